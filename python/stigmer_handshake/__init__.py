@@ -1,0 +1,52 @@
+"""stigmer-handshake: Temporal async activity completion done right.
+
+A caller activity hands its task token to a long-running child (an agent run or a child workflow),
+returns "result pending" so its worker slot is free, and the child settles the parent exactly once
+when it ends. See README.md for the whole flow.
+"""
+
+from stigmer_handshake import pb
+from stigmer_handshake._core import (
+    ActivityGone,
+    ConnectError,
+    DeliveryError,
+    Execution,
+    ExecutionNotFound,
+    HandshakeError,
+    HeartbeatReply,
+    InvalidInput,
+    InvalidState,
+    Settlement,
+    StoreError,
+    TaskToken,
+    TemporalRpcError,
+    TokenError,
+    WaitTimeout,
+    __version__,
+)
+from stigmer_handshake.handshake import Handshake
+from stigmer_handshake.workflow import Callback, complete_external_activity, fail_external_activity
+
+__all__ = [
+    "ActivityGone",
+    "Callback",
+    "ConnectError",
+    "DeliveryError",
+    "Execution",
+    "ExecutionNotFound",
+    "Handshake",
+    "HandshakeError",
+    "HeartbeatReply",
+    "InvalidInput",
+    "InvalidState",
+    "Settlement",
+    "StoreError",
+    "TaskToken",
+    "TemporalRpcError",
+    "TokenError",
+    "WaitTimeout",
+    "__version__",
+    "complete_external_activity",
+    "fail_external_activity",
+    "pb",
+]

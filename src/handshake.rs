@@ -1,0 +1,544 @@
+//! The handshake as one object: a store, an optional Temporal connection, and the operations the
+//! caller activity and the runner use. `PyCore` exposes it to Python as awaitables.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use tokio::sync::Notify;
+
+use crate::delivery::{self, DELIVERY_LEASE_MS};
+use crate::errors::{Error, InvalidInput, Result};
+use crate::store::{
+    self, CallbackInfo, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore,
+};
+use crate::temporal::{HeartbeatFlags, Target, Temporal};
+use crate::token::TaskToken;
+
+/// How often `wait` looks at the store for a settle made by another process.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// What `settle` did, as the caller of settle sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettleOutcome {
+    /// The parent activity was told.
+    Delivered,
+    /// Recorded as due; no Temporal connection here, another process delivers it.
+    Recorded,
+    /// A direct execution (no token): nothing to tell.
+    NoCallback,
+    /// The execution had already ended; nothing was sent again.
+    AlreadySettled,
+    /// The parent activity attempt no longer exists (timed out, retried, workflow closed).
+    ActivityGone,
+    /// Delivery failed for now; the callback stays due for `deliver_due`.
+    Retrying,
+}
+
+impl SettleOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettleOutcome::Delivered => "delivered",
+            SettleOutcome::Recorded => "recorded",
+            SettleOutcome::NoCallback => "no_callback",
+            SettleOutcome::AlreadySettled => "already_settled",
+            SettleOutcome::ActivityGone => "activity_gone",
+            SettleOutcome::Retrying => "retrying",
+        }
+    }
+}
+
+/// The shared state behind every clone of a handshake.
+pub struct Core {
+    store: SqliteStore,
+    temporal: Option<Temporal>,
+    /// Wakes in-process `wait`ers as soon as a settle commits (other processes are seen by polling).
+    settled: Notify,
+    pid: u32,
+}
+
+impl Core {
+    pub async fn connect(store_url: &str, temporal: Option<(&str, &str, &str)>) -> Result<Self> {
+        let store = store::open(store_url).await?;
+        let temporal = match temporal {
+            Some((target, namespace, identity)) => Some(Temporal::connect(target, namespace, identity).await?),
+            None => None,
+        };
+        Ok(Self { store, temporal, settled: Notify::new(), pid: std::process::id() })
+    }
+
+    /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along.
+    fn check_pid(&self) -> Result<()> {
+        let current = std::process::id();
+        if current == self.pid {
+            Ok(())
+        } else {
+            Err(Error::Forked { created: self.pid, current })
+        }
+    }
+
+    pub async fn create(&self, new: NewExecution) -> Result<()> {
+        self.check_pid()?;
+        self.store.create(new).await
+    }
+
+    pub async fn settle(&self, id: &str, outcome: Outcome, status: Option<Vec<u8>>) -> Result<(SettleOutcome, Option<String>)> {
+        self.check_pid()?;
+        // Payloads are checked before anything is stored: a malformed result must not end the execution.
+        for payloads in [outcome_payloads(&outcome)] {
+            crate::temporal::decode_payloads(payloads)?;
+        }
+        let lease = if self.temporal.is_some() { DELIVERY_LEASE_MS } else { 0 };
+        let settled = self.store.settle(id, &outcome, status.as_deref(), lease).await?;
+        self.settled.notify_waiters();
+        match settled {
+            Settled::Already { .. } => Ok((SettleOutcome::AlreadySettled, None)),
+            Settled::Now { claimed: None } => {
+                let has_callback = self.store.get(id, false).await?.callback.is_some();
+                Ok((if has_callback { SettleOutcome::Recorded } else { SettleOutcome::NoCallback }, None))
+            }
+            Settled::Now { claimed: Some(claimed) } => {
+                let Some(temporal) = &self.temporal else {
+                    return Ok((SettleOutcome::Recorded, None));
+                };
+                Ok(match delivery::deliver(&self.store, temporal, claimed).await? {
+                    DeliveryResult::Delivered => (SettleOutcome::Delivered, None),
+                    DeliveryResult::Gone(why) => (SettleOutcome::ActivityGone, Some(why)),
+                    DeliveryResult::Failed(why) => (SettleOutcome::Retrying, Some(why)),
+                })
+            }
+        }
+    }
+
+    pub async fn heartbeat(&self, id: &str, details: Option<Vec<u8>>) -> Result<HeartbeatFlags> {
+        self.check_pid()?;
+        let Some(token) = self.store.armed_token(id).await? else {
+            // A direct execution, or one already settled: there is no parent to heartbeat.
+            return Ok(HeartbeatFlags::default());
+        };
+        self.temporal()?.heartbeat(&Target::Token(token), details.as_deref()).await
+    }
+
+    pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ExecutionRecord> {
+        self.check_pid()?;
+        let started = tokio::time::Instant::now();
+        loop {
+            // Register for the wake-up before reading, so a settle between the read and the sleep is not missed.
+            let notified = self.settled.notified();
+            let record = self.store.get(id, false).await?;
+            if record.phase.is_terminal() {
+                return Ok(record);
+            }
+            let mut pause = WAIT_POLL;
+            if let Some(limit) = timeout {
+                let left = limit.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(Error::WaitTimeout(limit.as_secs_f64()));
+                }
+                pause = pause.min(left);
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    fn temporal(&self) -> Result<&Temporal> {
+        self.temporal.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
+        })
+    }
+}
+
+fn outcome_payloads(outcome: &Outcome) -> Option<&[u8]> {
+    match outcome {
+        Outcome::Complete { result } => result.as_deref(),
+        Outcome::Fail { details, .. } | Outcome::Cancel { details } => details.as_deref(),
+    }
+}
+
+/// Read a bytes-like argument, or raise `InvalidInput` naming it.
+pub fn bytes_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    if let Ok(b) = value.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if let Ok(b) = value.cast::<PyByteArray>() {
+        return Ok(b.to_vec());
+    }
+    if value.cast::<PyMemoryView>().is_ok() {
+        let bytes = value.call_method0("tobytes")?;
+        return Ok(bytes.cast::<PyBytes>()?.as_bytes().to_vec());
+    }
+    Err(InvalidInput::new_err(format!(
+        "{what} must be bytes, not {}",
+        value.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
+    )))
+}
+
+fn optional_bytes(value: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Vec<u8>>> {
+    value.filter(|v| !v.is_none()).map(|v| bytes_arg(v, what)).transpose()
+}
+
+fn non_empty(text: &str, what: &str) -> Result<()> {
+    if text.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} must not be empty")));
+    }
+    Ok(())
+}
+
+/// How an execution ended, for `settle` and `respond`.
+#[pyclass(name = "Outcome", module = "stigmer_handshake._core", frozen)]
+#[derive(Clone)]
+pub struct PyOutcome(pub Outcome);
+
+#[pymethods]
+impl PyOutcome {
+    /// Success; `result` is encoded `Payloads` bytes (the Python layer encodes with the data converter).
+    #[staticmethod]
+    #[pyo3(signature = (result=None))]
+    fn complete(result: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(Self(Outcome::Complete { result: optional_bytes(result, "result")? }))
+    }
+
+    /// Failure, delivered as an `ApplicationFailure`.
+    #[staticmethod]
+    #[pyo3(signature = (message, r#type="", non_retryable=false, details=None))]
+    fn fail(message: String, r#type: &str, non_retryable: bool, details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(Self(Outcome::Fail {
+            message,
+            failure_type: r#type.to_owned(),
+            non_retryable,
+            details: optional_bytes(details, "details")?,
+        }))
+    }
+
+    /// Cancellation, acknowledging a cancel request.
+    #[staticmethod]
+    #[pyo3(signature = (details=None))]
+    fn cancel(details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(Self(Outcome::Cancel { details: optional_bytes(details, "details")? }))
+    }
+
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.0 {
+            Outcome::Fail { message, failure_type, non_retryable, .. } => {
+                format!("Outcome.fail({message:?}, type={failure_type:?}, non_retryable={non_retryable})")
+            }
+            other => format!("Outcome.{}(...)", other.name()),
+        }
+    }
+}
+
+/// A stored execution as the handshake sees it: resource bytes plus callback bookkeeping.
+#[pyclass(name = "Execution", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PyExecution {
+    id: String,
+    kind: &'static str,
+    phase: &'static str,
+    spec: Py<PyBytes>,
+    status: Py<PyBytes>,
+    callback_state: Option<&'static str>,
+    token_fingerprint: Option<String>,
+    callback_outcome: Option<String>,
+    delivery_attempts: i64,
+    last_error: Option<String>,
+}
+
+impl PyExecution {
+    fn from_record(py: Python<'_>, record: ExecutionRecord) -> Self {
+        let callback: Option<CallbackInfo> = record.callback;
+        Self {
+            id: record.id,
+            kind: record.kind.as_str(),
+            phase: record.phase.name(),
+            spec: PyBytes::new(py, &record.spec).unbind(),
+            status: PyBytes::new(py, &record.status).unbind(),
+            callback_state: callback.as_ref().map(|c| c.state.as_str()),
+            token_fingerprint: callback.as_ref().map(|c| c.fingerprint.clone()),
+            callback_outcome: callback.as_ref().and_then(|c| c.outcome.clone()),
+            delivery_attempts: callback.as_ref().map_or(0, |c| c.attempts),
+            last_error: callback.and_then(|c| c.last_error),
+        }
+    }
+}
+
+#[pymethods]
+impl PyExecution {
+    fn __repr__(&self) -> String {
+        format!(
+            "Execution(id={:?}, kind={:?}, phase={:?}, callback_state={:?}, token={:?})",
+            self.id, self.kind, self.phase, self.callback_state, self.token_fingerprint
+        )
+    }
+}
+
+/// The result of a settle: what happened to the parent activity.
+#[pyclass(name = "Settlement", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PySettlement {
+    execution_id: String,
+    outcome: &'static str,
+    detail: Option<String>,
+}
+
+#[pymethods]
+impl PySettlement {
+    fn __repr__(&self) -> String {
+        format!("Settlement(execution_id={:?}, outcome={:?}, detail={:?})", self.execution_id, self.outcome, self.detail)
+    }
+}
+
+/// What a heartbeat reply said about the parent activity.
+#[pyclass(name = "HeartbeatReply", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PyHeartbeatReply {
+    cancel_requested: bool,
+    paused: bool,
+    reset: bool,
+}
+
+#[pymethods]
+impl PyHeartbeatReply {
+    fn __repr__(&self) -> String {
+        format!(
+            "HeartbeatReply(cancel_requested={}, paused={}, reset={})",
+            self.cancel_requested, self.paused, self.reset
+        )
+    }
+}
+
+impl From<HeartbeatFlags> for PyHeartbeatReply {
+    fn from(flags: HeartbeatFlags) -> Self {
+        Self { cancel_requested: flags.cancel_requested, paused: flags.paused, reset: flags.reset }
+    }
+}
+
+/// The Rust core of a `stigmer_handshake.Handshake`. Every method returns an awaitable.
+#[pyclass(name = "Core", module = "stigmer_handshake._core", frozen)]
+pub struct PyCore(Arc<Core>);
+
+/// Run `fut` on the one tokio runtime and hand Python an awaitable. The future owns everything it
+/// touches (no `&self`, no `Bound`), so dropping it on asyncio cancellation is safe.
+fn spawn<'py, T, F>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    pyo3_async_runtimes::tokio::future_into_py(py, fut)
+}
+
+fn target_from(token: Option<Vec<u8>>, workflow_id: Option<String>, run_id: String, activity_id: Option<String>) -> Result<Target> {
+    match (token, workflow_id, activity_id) {
+        (Some(token), None, None) => Ok(Target::Token(TaskToken::parse(&token)?)),
+        (None, Some(workflow_id), Some(activity_id)) => {
+            non_empty(&workflow_id, "workflow_id")?;
+            non_empty(&activity_id, "activity_id")?;
+            Ok(Target::Id { workflow_id, run_id, activity_id })
+        }
+        _ => Err(Error::InvalidArgument(
+            "name the activity either by token=..., or by workflow_id=... and activity_id=... (run_id optional)".into(),
+        )),
+    }
+}
+
+#[pymethods]
+impl PyCore {
+    /// Open the store and, when `temporal` is given, connect to Temporal.
+    #[staticmethod]
+    #[pyo3(signature = (store, temporal=None, namespace="default".to_owned(), identity="stigmer-handshake".to_owned()))]
+    fn connect(py: Python<'_>, store: String, temporal: Option<String>, namespace: String, identity: String) -> PyResult<Bound<'_, PyAny>> {
+        spawn(py, async move {
+            let temporal = temporal.as_deref().map(|t| (t, namespace.as_str(), identity.as_str()));
+            let core = Core::connect(&store, temporal).await?;
+            Ok(PyCore(Arc::new(core)))
+        })
+    }
+
+    /// Store a new PENDING execution; with `token`, arm its callback. Returns the id.
+    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None))]
+    fn create<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        spec: &Bound<'py, PyAny>,
+        execution_id: Option<String>,
+        token: Option<&Bound<'py, PyAny>>,
+        status: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kind = Kind::parse(kind)?;
+        let spec = bytes_arg(spec, "spec")?;
+        let token = optional_bytes(token, "token")?.map(|t| TaskToken::parse(&t)).transpose()?;
+        let status = optional_bytes(status, "status")?;
+        let id = execution_id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
+        non_empty(&id, "execution_id")?;
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.create(NewExecution { id: id.clone(), kind, spec, status, token }).await?;
+            Ok(id)
+        })
+    }
+
+    /// Read one execution. The status carries `callback_token` only with `include_token=True`.
+    #[pyo3(signature = (execution_id, include_token=false))]
+    fn get<'py>(&self, py: Python<'py>, execution_id: String, include_token: bool) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.check_pid()?;
+            let record = core.store.get(&execution_id, include_token).await?;
+            Ok(Python::attach(|py| PyExecution::from_record(py, record)))
+        })
+    }
+
+    /// List executions, oldest first, optionally of one kind and phase.
+    #[pyo3(signature = (kind=None, phase=None, limit=100))]
+    fn list<'py>(&self, py: Python<'py>, kind: Option<&str>, phase: Option<&str>, limit: i64) -> PyResult<Bound<'py, PyAny>> {
+        let kind = kind.map(Kind::parse).transpose()?;
+        let phase = phase.map(parse_phase).transpose()?;
+        if limit <= 0 {
+            return Err(Error::InvalidArgument(format!("limit must be positive, not {limit}")).into());
+        }
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.check_pid()?;
+            let records = core.store.list(kind, phase, limit).await?;
+            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+        })
+    }
+
+    /// Move up to `limit` PENDING executions of `kind` to IN_PROGRESS for this runner.
+    #[pyo3(signature = (kind, limit=1))]
+    fn claim<'py>(&self, py: Python<'py>, kind: &str, limit: i64) -> PyResult<Bound<'py, PyAny>> {
+        let kind = Kind::parse(kind)?;
+        if limit <= 0 {
+            return Err(Error::InvalidArgument(format!("limit must be positive, not {limit}")).into());
+        }
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.check_pid()?;
+            let records = core.store.claim(kind, limit).await?;
+            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+        })
+    }
+
+    /// Replace a running execution's status (progress); terminal phases go through `settle`.
+    fn update_status<'py>(&self, py: Python<'py>, execution_id: String, status: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let status = bytes_arg(status, "status")?;
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.check_pid()?;
+            core.store.update_status(&execution_id, &status).await?;
+            Ok(())
+        })
+    }
+
+    /// End the execution with `outcome` (and optionally its final status) and tell the parent.
+    #[pyo3(signature = (execution_id, outcome, status=None))]
+    fn settle<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: String,
+        outcome: &PyOutcome,
+        status: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let status = optional_bytes(status, "status")?;
+        let outcome = outcome.0.clone();
+        let core = self.0.clone();
+        spawn(py, async move {
+            let (settled, detail) = core.settle(&execution_id, outcome, status).await?;
+            Ok(PySettlement { execution_id, outcome: settled.as_str(), detail })
+        })
+    }
+
+    /// Heartbeat the parent activity of a running execution, with encoded details.
+    #[pyo3(signature = (execution_id, details=None))]
+    fn heartbeat<'py>(&self, py: Python<'py>, execution_id: String, details: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let details = optional_bytes(details, "details")?;
+        let core = self.0.clone();
+        spawn(py, async move { Ok(PyHeartbeatReply::from(core.heartbeat(&execution_id, details).await?)) })
+    }
+
+    /// Deliver every due callback whose delivery has not finished; returns how many were settled.
+    #[pyo3(signature = (limit=1000))]
+    fn deliver_due<'py>(&self, py: Python<'py>, limit: i64) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.check_pid()?;
+            Ok(delivery::deliver_due(&core.store, core.temporal()?, limit).await?)
+        })
+    }
+
+    /// Wait until the execution reaches a terminal phase (`timeout` in seconds, None for no limit).
+    #[pyo3(signature = (execution_id, timeout=None))]
+    fn wait<'py>(&self, py: Python<'py>, execution_id: String, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = timeout
+            .map(|t| {
+                Duration::try_from_secs_f64(t)
+                    .map_err(|_| Error::InvalidArgument(format!("timeout must be a non-negative number of seconds, not {t}")))
+            })
+            .transpose()?;
+        let core = self.0.clone();
+        spawn(py, async move {
+            let record = core.wait(&execution_id, timeout).await?;
+            Ok(Python::attach(|py| PyExecution::from_record(py, record)))
+        })
+    }
+
+    /// Complete, fail or cancel an activity directly, by token or by id (no store involved).
+    #[pyo3(signature = (outcome, *, token=None, workflow_id=None, run_id=String::new(), activity_id=None))]
+    fn respond<'py>(
+        &self,
+        py: Python<'py>,
+        outcome: &PyOutcome,
+        token: Option<&Bound<'py, PyAny>>,
+        workflow_id: Option<String>,
+        run_id: String,
+        activity_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id, activity_id)?;
+        let outcome = outcome.0.clone();
+        crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.check_pid()?;
+            core.temporal()?.respond(&target, &outcome).await?;
+            Ok(())
+        })
+    }
+
+    /// Heartbeat an activity directly, by token or by id.
+    #[pyo3(signature = (details=None, *, token=None, workflow_id=None, run_id=String::new(), activity_id=None))]
+    fn heartbeat_activity<'py>(
+        &self,
+        py: Python<'py>,
+        details: Option<&Bound<'py, PyAny>>,
+        token: Option<&Bound<'py, PyAny>>,
+        workflow_id: Option<String>,
+        run_id: String,
+        activity_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id, activity_id)?;
+        let details = optional_bytes(details, "details")?;
+        let core = self.0.clone();
+        spawn(py, async move {
+            core.check_pid()?;
+            let flags = core.temporal()?.heartbeat(&target, details.as_deref()).await?;
+            Ok(PyHeartbeatReply::from(flags))
+        })
+    }
+}
+
+fn parse_phase(name: &str) -> Result<Phase> {
+    [Phase::Pending, Phase::InProgress, Phase::Completed, Phase::Failed, Phase::Cancelled]
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "phase must be one of PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, not {name:?}"
+            ))
+        })
+}

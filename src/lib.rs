@@ -1,0 +1,42 @@
+//! stigmer-handshake's Rust core: task tokens, the execution store, delivery to Temporal, and the
+//! Python module `stigmer_handshake._core`.
+
+pub mod delivery;
+pub mod errors;
+pub mod handshake;
+pub mod store;
+pub mod temporal;
+pub mod token;
+
+/// Types generated from `proto/` by prost.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/protos.rs"));
+}
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<token::PyTaskToken>()?;
+    m.add_class::<handshake::PyCore>()?;
+    m.add_class::<handshake::PyOutcome>()?;
+    m.add_class::<handshake::PyExecution>()?;
+    m.add_class::<handshake::PySettlement>()?;
+    m.add_class::<handshake::PyHeartbeatReply>()?;
+    m.add_function(wrap_pyfunction!(token::fingerprint_bytes, m)?)?;
+    m.add("HandshakeError", py.get_type::<errors::HandshakeError>())?;
+    m.add("TokenError", py.get_type::<errors::TokenError>())?;
+    m.add("InvalidInput", py.get_type::<errors::InvalidInput>())?;
+    m.add("StoreError", py.get_type::<errors::StoreError>())?;
+    m.add("ExecutionNotFound", py.get_type::<errors::ExecutionNotFound>())?;
+    m.add("InvalidState", py.get_type::<errors::InvalidState>())?;
+    m.add("DeliveryError", py.get_type::<errors::DeliveryError>())?;
+    m.add("ConnectError", py.get_type::<errors::ConnectError>())?;
+    m.add("ActivityGone", py.get_type::<errors::ActivityGone>())?;
+    m.add("TemporalRpcError", py.get_type::<errors::TemporalRpcError>())?;
+    m.add("WaitTimeout", py.get_type::<errors::WaitTimeout>())?;
+    Ok(())
+}

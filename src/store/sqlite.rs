@@ -1,0 +1,378 @@
+//! The embedded SQLite store (WAL, full sync: a commit survives a crash of any process).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::status::{check_spec, edit_status, timestamp};
+use super::{
+    now_ms, CallbackInfo, CallbackState, ClaimedCallback, DeliveryResult, ExecutionRecord, Kind, NewExecution,
+    Outcome, Phase, Settled,
+};
+use crate::errors::{Error, Result};
+use crate::proto::ai::stigmer::commons::v1::ExecutionError;
+use crate::token::TaskToken;
+
+const RECORD_COLUMNS: &str = "e.id, e.kind, e.phase, e.spec, e.status, c.state, c.fingerprint, c.outcome, \
+     c.attempts, c.last_error, c.token";
+const OUTCOME_COLUMNS: &str = "execution_id, token, outcome, payloads, failure_message, failure_type, non_retryable";
+
+/// Executions and callbacks in one SQLite database file (or in memory).
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let in_memory = url == "sqlite::memory:" || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::InvalidArgument(format!("bad SQLite store URL: {e}")))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            // Several processes (worker, runners) share one file: wait for the write lock rather than fail.
+            .busy_timeout(Duration::from_secs(30))
+            .journal_mode(if in_memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            .synchronous(SqliteSynchronous::Full);
+        // An in-memory database lives in one connection: keep exactly one, forever.
+        let pool_options = if in_memory {
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(4)
+        };
+        let pool = pool_options.connect_with(options).await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn create(&self, new: NewExecution) -> Result<()> {
+        check_spec(new.kind, &new.spec)?;
+        let now = now_ms();
+        let status = edit_status(new.kind, new.status.as_deref().unwrap_or_default(), |s| {
+            s.set_phase(Phase::Pending);
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&new.id)
+        .bind(new.kind.as_str())
+        .bind(Phase::Pending.to_proto())
+        .bind(&new.spec)
+        .bind(&status)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(sqlx::Error::Database(db)) = &inserted {
+            if db.is_unique_violation() {
+                return Err(Error::InvalidState {
+                    id: new.id,
+                    phase: "already stored",
+                    why: "execution ids are unique".into(),
+                });
+            }
+        }
+        inserted?;
+        if let Some(token) = &new.token {
+            sqlx::query(
+                "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
+                 state, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'armed', ?)",
+            )
+            .bind(&new.id)
+            .bind(token.secret_bytes())
+            .bind(token.fingerprint())
+            .bind(&token.workflow_id)
+            .bind(&token.run_id)
+            .bind(&token.activity_id)
+            .bind(token.attempt)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str, include_token: bool) -> Result<ExecutionRecord> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id WHERE e.id = ?"
+        );
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
+        record_from_row(&row, include_token)
+    }
+
+    pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
+             WHERE (?1 IS NULL OR e.kind = ?1) AND (?2 IS NULL OR e.phase = ?2) ORDER BY e.created_ms, e.id LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(kind.map(Kind::as_str))
+            .bind(phase.map(Phase::to_proto))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| record_from_row(row, false)).collect()
+    }
+
+    /// Move up to `limit` PENDING executions of `kind` to IN_PROGRESS and return them; concurrent
+    /// claimers never get the same execution (the first statement takes SQLite's write lock).
+    pub async fn claim(&self, kind: Kind, limit: i64) -> Result<Vec<ExecutionRecord>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE executions SET updated_ms = ? WHERE id IN (SELECT id FROM executions WHERE kind = ? AND phase = ? \
+             ORDER BY created_ms, id LIMIT ?) RETURNING id, status",
+        )
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(Phase::Pending.to_proto())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let status: Vec<u8> = row.try_get("status")?;
+            let status = edit_status(kind, &status, |s| {
+                s.set_phase(Phase::InProgress);
+                s.mark_started(timestamp(now));
+            })?;
+            sqlx::query("UPDATE executions SET phase = ?, status = ? WHERE id = ?")
+                .bind(Phase::InProgress.to_proto())
+                .bind(status)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            claimed.push(self.get(&id, false).await?);
+        }
+        Ok(claimed)
+    }
+
+    /// Replace a running execution's status (progress). A terminal phase is refused: it is reached only
+    /// through `settle`, which also records the callback.
+    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let (kind, phase, _) = touch(&mut tx, id).await?;
+        if phase.is_terminal() {
+            return Err(Error::InvalidState {
+                id: id.to_owned(),
+                phase: phase.name(),
+                why: "its status is final".into(),
+            });
+        }
+        let mut new_phase = phase;
+        let blob = edit_status(kind, status, |s| {
+            if s.phase() == Phase::Unspecified {
+                s.set_phase(phase);
+            }
+            new_phase = s.phase();
+        })?;
+        if new_phase.is_terminal() {
+            return Err(Error::InvalidArgument(format!(
+                "update_status cannot set the terminal phase {}: end an execution with succeed, fail or cancel, \
+                 which also settles its callback",
+                new_phase.name()
+            )));
+        }
+        sqlx::query("UPDATE executions SET phase = ?, status = ? WHERE id = ?")
+            .bind(new_phase.to_proto())
+            .bind(blob)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// End an execution: terminal status and due callback in one transaction.
+    ///
+    /// With `lease_ms > 0` the callback is claimed for the caller to deliver at once; if the caller dies,
+    /// the lease runs out and `claim_due` hands it to someone else.
+    pub async fn settle(&self, id: &str, outcome: &Outcome, final_status: Option<&[u8]>, lease_ms: i64) -> Result<Settled> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let (kind, phase, status) = touch(&mut tx, id).await?;
+        if phase.is_terminal() {
+            let row = sqlx::query("SELECT state, fingerprint, outcome, attempts, last_error FROM callbacks WHERE execution_id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let callback = row.as_ref().map(callback_from_row).transpose()?.flatten();
+            let recorded = callback.as_ref().and_then(|c| c.outcome.clone());
+            return Ok(Settled::Already { outcome: recorded, callback });
+        }
+        let blob = edit_status(kind, final_status.unwrap_or(&status), |s| {
+            s.set_phase(outcome.phase());
+            s.mark_completed(timestamp(now));
+            if let Outcome::Fail { message, failure_type, non_retryable, .. } = outcome {
+                s.set_error(Some(ExecutionError {
+                    message: message.clone(),
+                    r#type: failure_type.clone(),
+                    non_retryable: *non_retryable,
+                }));
+            }
+        })?;
+        sqlx::query("UPDATE executions SET phase = ?, status = ?, updated_ms = ? WHERE id = ?")
+            .bind(outcome.phase().to_proto())
+            .bind(blob)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let (payloads, message, failure_type, non_retryable) = match outcome {
+            Outcome::Complete { result } => (result.clone(), None, None, false),
+            Outcome::Fail { message, failure_type, non_retryable, details } => {
+                (details.clone(), Some(message.clone()), Some(failure_type.clone()), *non_retryable)
+            }
+            Outcome::Cancel { details } => (details.clone(), None, None, false),
+        };
+        let state = if lease_ms > 0 { CallbackState::Delivering } else { CallbackState::Due };
+        let token: Option<Vec<u8>> = sqlx::query_scalar(
+            "UPDATE callbacks SET state = ?, outcome = ?, payloads = ?, failure_message = ?, failure_type = ?, \
+             non_retryable = ?, lease_until_ms = ? WHERE execution_id = ? AND state = 'armed' RETURNING token",
+        )
+        .bind(state.as_str())
+        .bind(outcome.name())
+        .bind(payloads)
+        .bind(message)
+        .bind(failure_type)
+        .bind(non_retryable)
+        .bind(if lease_ms > 0 { now + lease_ms } else { 0 })
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let claimed = match (token, lease_ms > 0) {
+            (Some(token), true) => Some(ClaimedCallback {
+                execution_id: id.to_owned(),
+                token: TaskToken::parse(&token)?,
+                outcome: outcome.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Settled::Now { claimed })
+    }
+
+    /// Claim due callbacks (and ones whose delivery lease ran out) for delivery.
+    pub async fn claim_due(&self, limit: i64, lease_ms: i64) -> Result<Vec<ClaimedCallback>> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE callbacks SET state = 'delivering', lease_until_ms = ? WHERE execution_id IN \
+             (SELECT execution_id FROM callbacks WHERE state = 'due' OR (state = 'delivering' AND lease_until_ms < ?) \
+             ORDER BY created_ms LIMIT ?) RETURNING {OUTCOME_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(claimed_from_row).collect()
+    }
+
+    /// Record what delivery of a claimed callback did. A settled callback's token is cleared.
+    pub async fn record_delivery(&self, id: &str, result: &DeliveryResult) -> Result<()> {
+        let now = now_ms();
+        let (state, last_error, settled_ms) = match result {
+            DeliveryResult::Delivered => (CallbackState::Delivered, None, Some(now)),
+            DeliveryResult::Gone(reason) => (CallbackState::Gone, Some(reason), Some(now)),
+            DeliveryResult::Failed(error) => (CallbackState::Due, Some(error), None),
+        };
+        sqlx::query(
+            "UPDATE callbacks SET state = ?1, settled_ms = ?2, token = CASE WHEN ?2 IS NULL THEN token END, \
+             attempts = attempts + 1, last_error = ?3, lease_until_ms = 0 WHERE execution_id = ?4 AND state = 'delivering'",
+        )
+        .bind(state.as_str())
+        .bind(settled_ms)
+        .bind(last_error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The token of a running execution's armed callback (for heartbeats); None for a direct execution
+    /// or once the callback is due.
+    pub async fn armed_token(&self, id: &str) -> Result<Option<TaskToken>> {
+        let row = sqlx::query(
+            "SELECT c.token FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' \
+             WHERE e.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
+        let token: Option<Vec<u8>> = row.try_get("token")?;
+        token.map(|t| TaskToken::parse(&t)).transpose()
+    }
+}
+
+/// Take the write lock on an execution (an UPDATE first, so concurrent writers queue on SQLite's lock
+/// instead of failing to upgrade a read lock) and return its kind, phase and status.
+async fn touch(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> Result<(Kind, Phase, Vec<u8>)> {
+    let row = sqlx::query("UPDATE executions SET updated_ms = ? WHERE id = ? RETURNING kind, phase, status")
+        .bind(now_ms())
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
+    let kind = Kind::parse(row.try_get("kind")?)?;
+    let phase = Phase::from_proto(row.try_get("phase")?);
+    Ok((kind, phase, row.try_get("status")?))
+}
+
+fn callback_from_row(row: &SqliteRow) -> Result<Option<CallbackInfo>> {
+    let state: Option<String> = row.try_get("state")?;
+    let Some(state) = state else { return Ok(None) };
+    Ok(Some(CallbackInfo {
+        state: CallbackState::parse(&state)?,
+        fingerprint: row.try_get("fingerprint")?,
+        outcome: row.try_get("outcome")?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+    }))
+}
+
+fn record_from_row(row: &SqliteRow, include_token: bool) -> Result<ExecutionRecord> {
+    let kind = Kind::parse(row.try_get("kind")?)?;
+    let mut status: Vec<u8> = row.try_get("status")?;
+    if include_token {
+        let token: Option<Vec<u8>> = row.try_get("token")?;
+        if let Some(token) = token {
+            status = edit_status(kind, &status, |s| s.set_token(token))?;
+        }
+    }
+    Ok(ExecutionRecord {
+        id: row.try_get("id")?,
+        kind,
+        phase: Phase::from_proto(row.try_get("phase")?),
+        spec: row.try_get("spec")?,
+        status,
+        callback: callback_from_row(row)?,
+    })
+}
+
+fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedCallback> {
+    let execution_id: String = row.try_get("execution_id")?;
+    let token: Option<Vec<u8>> = row.try_get("token")?;
+    let token = token.ok_or_else(|| Error::Store(format!("due callback of {execution_id:?} has no token")))?;
+    let outcome: Option<String> = row.try_get("outcome")?;
+    let payloads: Option<Vec<u8>> = row.try_get("payloads")?;
+    let outcome = match outcome.as_deref() {
+        Some("complete") => Outcome::Complete { result: payloads },
+        Some("fail") => Outcome::Fail {
+            message: row.try_get::<Option<String>, _>("failure_message")?.unwrap_or_default(),
+            failure_type: row.try_get::<Option<String>, _>("failure_type")?.unwrap_or_default(),
+            non_retryable: row.try_get("non_retryable")?,
+            details: payloads,
+        },
+        Some("cancel") => Outcome::Cancel { details: payloads },
+        other => return Err(Error::Store(format!("due callback of {execution_id:?} has outcome {other:?}"))),
+    };
+    Ok(ClaimedCallback { execution_id, token: TaskToken::parse(&token)?, outcome })
+}

@@ -1,0 +1,138 @@
+//! The few Status fields the handshake owns, for both resource kinds.
+
+use prost::Message;
+
+use super::Kind;
+use crate::errors::{Error, Result};
+use crate::proto::ai::stigmer::agentic::agentexecution::v1::AgentExecutionStatus;
+use crate::proto::ai::stigmer::agentic::workflowexecution::v1::WorkflowExecutionStatus;
+use crate::proto::ai::stigmer::commons::v1::{ExecutionError, ExecutionPhase};
+
+/// An execution's phase (`ai.stigmer.commons.v1.ExecutionPhase`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Unspecified,
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Phase {
+    pub fn from_proto(value: i32) -> Self {
+        match ExecutionPhase::try_from(value) {
+            Ok(ExecutionPhase::Pending) => Phase::Pending,
+            Ok(ExecutionPhase::InProgress) => Phase::InProgress,
+            Ok(ExecutionPhase::Completed) => Phase::Completed,
+            Ok(ExecutionPhase::Failed) => Phase::Failed,
+            Ok(ExecutionPhase::Cancelled) => Phase::Cancelled,
+            Ok(ExecutionPhase::Unspecified) | Err(_) => Phase::Unspecified,
+        }
+    }
+
+    pub fn to_proto(self) -> i32 {
+        let phase = match self {
+            Phase::Unspecified => ExecutionPhase::Unspecified,
+            Phase::Pending => ExecutionPhase::Pending,
+            Phase::InProgress => ExecutionPhase::InProgress,
+            Phase::Completed => ExecutionPhase::Completed,
+            Phase::Failed => ExecutionPhase::Failed,
+            Phase::Cancelled => ExecutionPhase::Cancelled,
+        };
+        phase as i32
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Unspecified => "UNSPECIFIED",
+            Phase::Pending => "PENDING",
+            Phase::InProgress => "IN_PROGRESS",
+            Phase::Completed => "COMPLETED",
+            Phase::Failed => "FAILED",
+            Phase::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// The Status fields the handshake reads and writes, whatever the resource kind.
+pub trait StatusFields {
+    fn phase(&self) -> Phase;
+    fn set_phase(&mut self, phase: Phase);
+    fn set_token(&mut self, token: Vec<u8>);
+    fn mark_started(&mut self, at: prost_types::Timestamp);
+    fn mark_completed(&mut self, at: prost_types::Timestamp);
+    fn set_error(&mut self, error: Option<ExecutionError>);
+}
+
+macro_rules! status_fields {
+    ($ty:ty, $error_field:ident) => {
+        impl StatusFields for $ty {
+            fn phase(&self) -> Phase {
+                Phase::from_proto(self.phase)
+            }
+            fn set_phase(&mut self, phase: Phase) {
+                self.phase = phase.to_proto();
+            }
+            fn set_token(&mut self, token: Vec<u8>) {
+                self.callback_token = token;
+            }
+            fn mark_started(&mut self, at: prost_types::Timestamp) {
+                self.started_at.get_or_insert(at);
+            }
+            fn mark_completed(&mut self, at: prost_types::Timestamp) {
+                self.completed_at = Some(at);
+            }
+            fn set_error(&mut self, error: Option<ExecutionError>) {
+                self.$error_field = error;
+            }
+        }
+    };
+}
+status_fields!(AgentExecutionStatus, error);
+status_fields!(WorkflowExecutionStatus, error);
+
+/// Decode a status of `kind`, let `edit` change it, and encode it again.
+///
+/// The token is always cleared before `edit` runs, so a stored blob never carries it; an edit that
+/// needs it in the output (an opt-in read) sets it back.
+pub fn edit_status(kind: Kind, bytes: &[u8], edit: impl FnOnce(&mut dyn StatusFields)) -> Result<Vec<u8>> {
+    fn apply<S: Message + Default + StatusFields>(bytes: &[u8], edit: impl FnOnce(&mut dyn StatusFields)) -> Result<Vec<u8>> {
+        let mut status = S::decode(bytes).map_err(|e| Error::InvalidArgument(format!("malformed status bytes: {e}")))?;
+        status.set_token(Vec::new());
+        edit(&mut status);
+        Ok(status.encode_to_vec())
+    }
+    match kind {
+        Kind::Agent => apply::<AgentExecutionStatus>(bytes, edit),
+        Kind::Workflow => apply::<WorkflowExecutionStatus>(bytes, edit),
+    }
+}
+
+/// The phase recorded in a status blob.
+pub fn status_phase(kind: Kind, bytes: &[u8]) -> Result<Phase> {
+    let mut phase = Phase::Unspecified;
+    edit_status(kind, bytes, |s| phase = s.phase())?;
+    Ok(phase)
+}
+
+/// Check that spec bytes decode as the spec of `kind` (bad input is refused before it is stored).
+pub fn check_spec(kind: Kind, bytes: &[u8]) -> Result<()> {
+    use crate::proto::ai::stigmer::agentic::{agentexecution, workflowexecution};
+    let decoded = match kind {
+        Kind::Agent => agentexecution::v1::AgentExecutionSpec::decode(bytes).map(drop),
+        Kind::Workflow => workflowexecution::v1::WorkflowExecutionSpec::decode(bytes).map(drop),
+    };
+    decoded.map_err(|e| Error::InvalidArgument(format!("malformed {} spec bytes: {e}", kind.as_str())))
+}
+
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}

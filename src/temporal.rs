@@ -1,0 +1,216 @@
+//! The connection to Temporal and the four calls the handshake makes on a parent activity:
+//! complete, fail, report cancellation and heartbeat, addressed by task token or by id.
+//!
+//! Payloads arrive already encoded by the Python worker's data converter, so they are sent as they
+//! are: the parent decodes them with the same converter into its declared result type.
+
+use std::time::Duration;
+
+use prost::Message;
+use temporalio_client::grpc::WorkflowService;
+use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
+use temporalio_common::protos::temporal::api::common::v1::Payloads;
+use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
+use temporalio_common::protos::temporal::api::workflowservice::v1::{
+    RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest,
+    RespondActivityTaskCanceledRequest, RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
+    RespondActivityTaskFailedByIdRequest, RespondActivityTaskFailedRequest,
+};
+use tonic::IntoRequest;
+
+use crate::errors::{Error, Result};
+use crate::store::Outcome;
+use crate::token::TaskToken;
+
+/// How long to wait for the TCP (and TLS) connection before giving up with a typed error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which activity a call is for.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Token(TaskToken),
+    /// An empty `run_id` means the workflow's latest run.
+    Id { workflow_id: String, run_id: String, activity_id: String },
+}
+
+/// The flags a heartbeat reply carries back to the child.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatFlags {
+    pub cancel_requested: bool,
+    pub paused: bool,
+    pub reset: bool,
+}
+
+/// A namespace-bound Temporal client; cheap to clone.
+#[derive(Clone)]
+pub struct Temporal {
+    client: Client,
+    namespace: String,
+    identity: String,
+}
+
+impl Temporal {
+    /// Connect to `target` (a URL with a scheme, e.g. `http://127.0.0.1:7233`).
+    pub async fn connect(target: &str, namespace: &str, identity: &str) -> Result<Self> {
+        let url = url::Url::parse(target).map_err(|e| {
+            Error::InvalidArgument(format!("the Temporal address {target:?} is not a URL ({e}); use http://host:port"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "the Temporal address {target:?} must look like http://host:port (or https://)"
+            )));
+        }
+        if namespace.is_empty() {
+            return Err(Error::InvalidArgument("the Temporal namespace must not be empty".into()));
+        }
+        let options = ConnectionOptions::new(url)
+            .identity(identity.to_owned())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build();
+        let connection = Connection::connect(options)
+            .await
+            .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
+        let client = Client::new(connection, ClientOptions::new(namespace.to_owned()).build())
+            .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
+        Ok(Self { client, namespace: namespace.to_owned(), identity: identity.to_owned() })
+    }
+
+    /// Tell the parent activity how its child ended.
+    pub async fn respond(&self, target: &Target, outcome: &Outcome) -> Result<()> {
+        let mut client = self.client.clone();
+        let (namespace, identity) = (self.namespace.clone(), self.identity.clone());
+        match (outcome, target) {
+            (Outcome::Complete { result }, Target::Token(token)) => {
+                let request = RespondActivityTaskCompletedRequest {
+                    task_token: token.secret_bytes().to_vec(),
+                    result: decode_payloads(result.as_deref())?,
+                    identity,
+                    namespace,
+                    ..Default::default()
+                };
+                client.respond_activity_task_completed(request.into_request()).await?;
+            }
+            (Outcome::Complete { result }, Target::Id { workflow_id, run_id, activity_id }) => {
+                let request = RespondActivityTaskCompletedByIdRequest {
+                    namespace,
+                    workflow_id: workflow_id.clone(),
+                    run_id: run_id.clone(),
+                    activity_id: activity_id.clone(),
+                    result: decode_payloads(result.as_deref())?,
+                    identity,
+                    ..Default::default()
+                };
+                client.respond_activity_task_completed_by_id(request.into_request()).await?;
+            }
+            (Outcome::Fail { message, failure_type, non_retryable, details }, target) => {
+                let failure = Some(Failure {
+                    message: message.clone(),
+                    source: "stigmer-handshake".into(),
+                    failure_info: Some(FailureInfo::ApplicationFailureInfo(ApplicationFailureInfo {
+                        r#type: failure_type.clone(),
+                        non_retryable: *non_retryable,
+                        details: decode_payloads(details.as_deref())?,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                });
+                match target {
+                    Target::Token(token) => {
+                        let request = RespondActivityTaskFailedRequest {
+                            task_token: token.secret_bytes().to_vec(),
+                            failure,
+                            identity,
+                            namespace,
+                            ..Default::default()
+                        };
+                        client.respond_activity_task_failed(request.into_request()).await?;
+                    }
+                    Target::Id { workflow_id, run_id, activity_id } => {
+                        let request = RespondActivityTaskFailedByIdRequest {
+                            namespace,
+                            workflow_id: workflow_id.clone(),
+                            run_id: run_id.clone(),
+                            activity_id: activity_id.clone(),
+                            failure,
+                            identity,
+                            ..Default::default()
+                        };
+                        client.respond_activity_task_failed_by_id(request.into_request()).await?;
+                    }
+                }
+            }
+            (Outcome::Cancel { details }, Target::Token(token)) => {
+                let request = RespondActivityTaskCanceledRequest {
+                    task_token: token.secret_bytes().to_vec(),
+                    details: decode_payloads(details.as_deref())?,
+                    identity,
+                    namespace,
+                    ..Default::default()
+                };
+                client.respond_activity_task_canceled(request.into_request()).await?;
+            }
+            (Outcome::Cancel { details }, Target::Id { workflow_id, run_id, activity_id }) => {
+                let request = RespondActivityTaskCanceledByIdRequest {
+                    namespace,
+                    workflow_id: workflow_id.clone(),
+                    run_id: run_id.clone(),
+                    activity_id: activity_id.clone(),
+                    details: decode_payloads(details.as_deref())?,
+                    identity,
+                    ..Default::default()
+                };
+                client.respond_activity_task_canceled_by_id(request.into_request()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heartbeat the parent activity; the reply says whether it was cancelled, paused or reset.
+    pub async fn heartbeat(&self, target: &Target, details: Option<&[u8]>) -> Result<HeartbeatFlags> {
+        let mut client = self.client.clone();
+        let details = decode_payloads(details)?;
+        let (namespace, identity) = (self.namespace.clone(), self.identity.clone());
+        let flags = match target {
+            Target::Token(token) => {
+                let request = RecordActivityTaskHeartbeatRequest {
+                    task_token: token.secret_bytes().to_vec(),
+                    details,
+                    identity,
+                    namespace,
+                    ..Default::default()
+                };
+                let reply = client.record_activity_task_heartbeat(request.into_request()).await?.into_inner();
+                HeartbeatFlags {
+                    cancel_requested: reply.cancel_requested,
+                    paused: reply.activity_paused,
+                    reset: reply.activity_reset,
+                }
+            }
+            Target::Id { workflow_id, run_id, activity_id } => {
+                let request = RecordActivityTaskHeartbeatByIdRequest {
+                    namespace,
+                    workflow_id: workflow_id.clone(),
+                    run_id: run_id.clone(),
+                    activity_id: activity_id.clone(),
+                    details,
+                    identity,
+                    ..Default::default()
+                };
+                let reply = client.record_activity_task_heartbeat_by_id(request.into_request()).await?.into_inner();
+                HeartbeatFlags {
+                    cancel_requested: reply.cancel_requested,
+                    paused: reply.activity_paused,
+                    reset: reply.activity_reset,
+                }
+            }
+        };
+        Ok(flags)
+    }
+}
+
+/// Decode `temporal.api.common.v1.Payloads` bytes made by the Python data converter.
+pub fn decode_payloads(bytes: Option<&[u8]>) -> Result<Option<Payloads>> {
+    bytes
+        .map(|b| Payloads::decode(b).map_err(|e| Error::InvalidArgument(format!("malformed payloads: {e}"))))
+        .transpose()
+}

@@ -1,0 +1,265 @@
+//! The Temporal task token: opaque bytes that identify one attempt of one activity.
+//!
+//! The token is a bearer credential (whoever holds it can settle the parent activity), so nothing here
+//! prints its bytes: `Debug` and `Display` show only the decoded identity and a fingerprint.
+
+use std::fmt;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::errors::{Error, Result};
+
+/// Largest token accepted. Real tokens are ~135 bytes; anything near this is not a token.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The fields of `temporal.server.api.token.v1.Task` that identify the activity attempt.
+///
+/// Newer fields (clock, started event, version, ...) are skipped by prost as unknown fields.
+#[derive(Clone, PartialEq, Message)]
+struct TaskProto {
+    #[prost(string, tag = "1")]
+    namespace_id: String,
+    #[prost(string, tag = "2")]
+    workflow_id: String,
+    #[prost(string, tag = "3")]
+    run_id: String,
+    #[prost(int64, tag = "4")]
+    scheduled_event_id: i64,
+    #[prost(int32, tag = "5")]
+    attempt: i32,
+    #[prost(string, tag = "6")]
+    activity_id: String,
+    #[prost(string, tag = "7")]
+    workflow_type: String,
+    #[prost(string, tag = "8")]
+    activity_type: String,
+}
+
+/// A validated task token and the identity decoded from it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TaskToken {
+    bytes: Vec<u8>,
+    pub namespace_id: String,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub scheduled_event_id: i64,
+    pub attempt: i32,
+    pub activity_id: String,
+    pub workflow_type: String,
+    pub activity_type: String,
+}
+
+impl TaskToken {
+    /// Validate and decode token bytes; every failure is a typed [`Error::Token`].
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        if bytes.is_empty() {
+            return Err(Error::Token("the token is empty".into()));
+        }
+        if bytes.len() > MAX_TOKEN_BYTES {
+            return Err(Error::Token(format!(
+                "the token is {} bytes, more than the {MAX_TOKEN_BYTES} a task token can be",
+                bytes.len()
+            )));
+        }
+        let task = TaskProto::decode(bytes)
+            .map_err(|e| Error::Token(format!("the bytes are not a Temporal task token ({e})")))?;
+        let missing: Vec<&str> = [
+            ("namespace_id", task.namespace_id.is_empty()),
+            ("workflow_id", task.workflow_id.is_empty()),
+            ("run_id", task.run_id.is_empty()),
+            ("activity_id", task.activity_id.is_empty()),
+            ("scheduled_event_id", task.scheduled_event_id <= 0),
+        ]
+        .into_iter()
+        .filter_map(|(name, absent)| absent.then_some(name))
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::Token(format!(
+                "the token is truncated or not an activity task token (missing {})",
+                missing.join(", ")
+            )));
+        }
+        Ok(Self {
+            bytes: bytes.to_vec(),
+            namespace_id: task.namespace_id,
+            workflow_id: task.workflow_id,
+            run_id: task.run_id,
+            scheduled_event_id: task.scheduled_event_id,
+            attempt: task.attempt,
+            activity_id: task.activity_id,
+            workflow_type: task.workflow_type,
+            activity_type: task.activity_type,
+        })
+    }
+
+    /// The raw bytes, for the RPC and the store only. Never log them.
+    pub fn secret_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// A short, stable, non-reversible name for the token, safe for logs and errors.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.bytes)
+    }
+}
+
+/// `tok-` and the first 12 hex digits of the SHA-256 of the bytes (48 bits: enough to tell tokens apart
+/// in logs, far too little to rebuild one).
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    format!("tok-{}", hex::encode(&digest[..6]))
+}
+
+impl fmt::Debug for TaskToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskToken")
+            .field("fingerprint", &self.fingerprint())
+            .field("workflow_id", &self.workflow_id)
+            .field("activity_id", &self.activity_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for TaskToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (workflow {}, activity {}, attempt {})",
+            self.fingerprint(),
+            self.workflow_id,
+            self.activity_id,
+            self.attempt
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A token shaped like the server's, for tests.
+    pub(crate) fn sample_token_bytes(activity_id: &str, attempt: i32) -> Vec<u8> {
+        TaskProto {
+            namespace_id: "6f1c2d3e-0000-4000-8000-000000000001".into(),
+            workflow_id: "parent-wf".into(),
+            run_id: "0190a9b8-7c6d-7e5f-8a9b-0c1d2e3f4a5b".into(),
+            scheduled_event_id: 5,
+            attempt,
+            activity_id: activity_id.into(),
+            workflow_type: "ParentWorkflow".into(),
+            activity_type: "run_agent".into(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn decodes_identity() {
+        let token = TaskToken::parse(&sample_token_bytes("1", 2)).unwrap();
+        assert_eq!(token.workflow_id, "parent-wf");
+        assert_eq!(token.activity_id, "1");
+        assert_eq!(token.attempt, 2);
+        assert_eq!(token.scheduled_event_id, 5);
+        assert_eq!(token.activity_type, "run_agent");
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let good = sample_token_bytes("1", 1);
+        for bad in [
+            Vec::new(),
+            b"garbage".to_vec(),
+            good[..good.len() / 2].to_vec(),
+            vec![0x0a; MAX_TOKEN_BYTES + 1],
+            vec![0xff; 64],
+        ] {
+            assert!(matches!(TaskToken::parse(&bad), Err(Error::Token(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_and_display_hide_the_bytes() {
+        let bytes = sample_token_bytes("act-1", 1);
+        let token = TaskToken::parse(&bytes).unwrap();
+        let shown = format!("{token:?} {token}");
+        assert!(shown.contains(&token.fingerprint()));
+        assert!(!shown.contains(&hex::encode(&bytes)));
+        assert!(!shown.contains(&token.run_id), "run id is not needed to tell tokens apart");
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_short() {
+        let a = fingerprint(b"abc");
+        assert_eq!(a, fingerprint(b"abc"));
+        assert_ne!(a, fingerprint(b"abd"));
+        assert_eq!(a.len(), 16);
+    }
+}
+
+/// Python view of a task token: the decoded identity and fingerprint, never the bytes.
+#[pyo3::pyclass(name = "TaskToken", module = "stigmer_handshake._core", frozen)]
+pub struct PyTaskToken(pub TaskToken);
+
+#[pyo3::pymethods]
+impl PyTaskToken {
+    #[new]
+    fn new(data: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<Self> {
+        let bytes = crate::handshake::bytes_arg(data, "token")?;
+        Ok(Self(TaskToken::parse(&bytes)?))
+    }
+    #[getter]
+    fn namespace_id(&self) -> &str {
+        &self.0.namespace_id
+    }
+    #[getter]
+    fn workflow_id(&self) -> &str {
+        &self.0.workflow_id
+    }
+    #[getter]
+    fn run_id(&self) -> &str {
+        &self.0.run_id
+    }
+    #[getter]
+    fn scheduled_event_id(&self) -> i64 {
+        self.0.scheduled_event_id
+    }
+    #[getter]
+    fn attempt(&self) -> i32 {
+        self.0.attempt
+    }
+    #[getter]
+    fn activity_id(&self) -> &str {
+        &self.0.activity_id
+    }
+    #[getter]
+    fn workflow_type(&self) -> &str {
+        &self.0.workflow_type
+    }
+    #[getter]
+    fn activity_type(&self) -> &str {
+        &self.0.activity_type
+    }
+    #[getter]
+    fn fingerprint(&self) -> String {
+        self.0.fingerprint()
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "TaskToken({}, workflow_id={:?}, activity_id={:?}, attempt={})",
+            self.0.fingerprint(),
+            self.0.workflow_id,
+            self.0.activity_id,
+            self.0.attempt
+        )
+    }
+    fn __str__(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// The fingerprint of token bytes, without validating them (for logging what was refused).
+#[pyo3::pyfunction]
+pub fn fingerprint_bytes(data: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<String> {
+    Ok(fingerprint(&crate::handshake::bytes_arg(data, "token")?))
+}

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from stigmer_handshake import Handshake
+from stigmer_handshake.testing import DevServer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flows import AgentParent, CallerActivities, ChildPipeline, PipelineParent, QuickParent  # noqa: E402
+
+RUNNER = Path(__file__).parent / "runner.py"
+
+
+@dataclass
+class Env:
+    """One test's world: a real dev server, a fresh SQLite store, a worker with ONE activity slot."""
+
+    server: DevServer
+    client: Client
+    store: str
+    hs: Handshake
+    activities: CallerActivities
+    task_queue: str
+
+    async def run_runner(self, mode: str, execution_id: str, arg: object = None) -> dict[str, object]:
+        """Settle from a separate OS process, as an agent runner would."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(RUNNER), self.store, self.server.url, mode, execution_id, json.dumps(arg),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(RUNNER.parent)},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err.decode()
+        report: dict[str, object] = json.loads(out.decode().strip().splitlines()[-1])
+        report["stdout"], report["stderr"] = out.decode(), err.decode()
+        return report
+
+    async def wait_for_execution(self, execution_id: str, timeout: float = 30) -> None:
+        """Wait until the caller activity has stored the execution (the parent is pending)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if any(e.id == execution_id for e in await self.hs.list()):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"execution {execution_id} was never stored")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def env(temporal_server: DevServer, temporal_client: Client, store_url: str) -> AsyncIterator[Env]:
+    hs = await Handshake.connect(store=store_url, temporal=temporal_server.url)
+    task_queue = f"tq-{uuid.uuid4()}"
+    activities = CallerActivities(hs, child_task_queue=task_queue)
+    async with Worker(
+        temporal_client,
+        task_queue=task_queue,
+        workflows=[AgentParent, QuickParent, PipelineParent, ChildPipeline],
+        activities=[activities.run_agent, activities.run_pipeline, activities.quick, *hs.activities],
+        max_concurrent_activities=1,
+    ):
+        yield Env(temporal_server, temporal_client, store_url, hs, activities, task_queue)

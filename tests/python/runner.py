@@ -1,0 +1,51 @@
+"""A runner process for the end-to-end tests: settles one execution from outside the worker's process.
+
+    python tests/python/runner.py STORE_URL TEMPORAL_URL MODE EXECUTION_ID [JSON]
+
+MODE is succeed (JSON result), fail (JSON {message, type, non_retryable, details}) or cancel (heartbeat
+until the parent asks to cancel, then report it). Prints one JSON line: {"pid", "outcome", ...}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from stigmer_handshake import Handshake
+
+
+async def main(store: str, temporal: str, mode: str, execution_id: str, arg: str) -> dict[str, object]:
+    hs = await Handshake.connect(store=store, temporal=temporal)
+    report: dict[str, object] = {"pid": os.getpid()}
+    if mode == "succeed":
+        settlement = await hs.succeed(execution_id, json.loads(arg))
+    elif mode == "fail":
+        spec = json.loads(arg)
+        settlement = await hs.fail(
+            execution_id,
+            spec["message"],
+            type=spec["type"],
+            non_retryable=spec["non_retryable"],
+            details=spec["details"],
+        )
+    elif mode == "cancel":
+        beats = 0
+        while True:
+            beats += 1
+            reply = await hs.heartbeat(execution_id, {"beat": beats})
+            if reply.cancel_requested:
+                break
+            await asyncio.sleep(0.2)
+        report["heartbeats"] = beats
+        settlement = await hs.cancel(execution_id, "stopped on request")
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    report["outcome"] = settlement.outcome
+    return report
+
+
+if __name__ == "__main__":
+    store, temporal, mode, execution_id, *rest = sys.argv[1:]
+    print(json.dumps(asyncio.run(main(store, temporal, mode, execution_id, rest[0] if rest else "null"))))
