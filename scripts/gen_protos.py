@@ -26,7 +26,15 @@ IMPORT_RE = re.compile(r"^from ai\.stigmer\.", re.MULTILINE)
 def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--pyi_out={out}", *protos],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_DIR}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            *protos,
+        ],
         check=True,
     )
     for path in sorted(out.rglob("*_pb2.py*")):

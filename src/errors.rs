@@ -15,7 +15,11 @@ pub enum Error {
     #[error("no execution with id {0:?}")]
     ExecutionNotFound(String),
     #[error("execution {id:?} is {phase}, {why}")]
-    InvalidState { id: String, phase: &'static str, why: String },
+    InvalidState {
+        id: String,
+        phase: &'static str,
+        why: String,
+    },
     #[error("store error: {0}")]
     Store(String),
     #[error("could not connect to Temporal at {target}: {message}")]
@@ -62,17 +66,72 @@ impl From<tonic::Status> for Error {
     }
 }
 
-pyo3::create_exception!(stigmer_handshake._core, HandshakeError, PyException, "Root of every error stigmer-handshake raises.");
-pyo3::create_exception!(stigmer_handshake._core, TokenError, HandshakeError, "The bytes are not a usable Temporal task token.");
-pyo3::create_exception!(stigmer_handshake._core, InvalidInput, HandshakeError, "An argument is out of range or malformed.");
-pyo3::create_exception!(stigmer_handshake._core, StoreError, HandshakeError, "The execution store failed or refused the operation.");
-pyo3::create_exception!(stigmer_handshake._core, ExecutionNotFound, StoreError, "No execution has the given id.");
-pyo3::create_exception!(stigmer_handshake._core, InvalidState, StoreError, "The execution's phase does not allow the operation.");
-pyo3::create_exception!(stigmer_handshake._core, DeliveryError, HandshakeError, "Talking to Temporal failed.");
-pyo3::create_exception!(stigmer_handshake._core, ConnectError, DeliveryError, "The Temporal server could not be reached.");
-pyo3::create_exception!(stigmer_handshake._core, ActivityGone, DeliveryError, "The parent activity attempt no longer exists on the server.");
-pyo3::create_exception!(stigmer_handshake._core, TemporalRpcError, DeliveryError, "The Temporal server rejected a call; see .code and .message.");
-pyo3::create_exception!(stigmer_handshake._core, WaitTimeout, HandshakeError, "wait() ran out of time before the execution ended.");
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    HandshakeError,
+    PyException,
+    "Root of every error stigmer-handshake raises."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    TokenError,
+    HandshakeError,
+    "The bytes are not a usable Temporal task token."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    InvalidInput,
+    HandshakeError,
+    "An argument is out of range or malformed."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    StoreError,
+    HandshakeError,
+    "The execution store failed or refused the operation."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    ExecutionNotFound,
+    StoreError,
+    "No execution has the given id."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    InvalidState,
+    StoreError,
+    "The execution's phase does not allow the operation."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    DeliveryError,
+    HandshakeError,
+    "Talking to Temporal failed."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    ConnectError,
+    DeliveryError,
+    "The Temporal server could not be reached."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    ActivityGone,
+    DeliveryError,
+    "The parent activity attempt no longer exists on the server."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    TemporalRpcError,
+    DeliveryError,
+    "The Temporal server rejected a call; see .code and .message."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    WaitTimeout,
+    HandshakeError,
+    "wait() ran out of time before the execution ended."
+);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {

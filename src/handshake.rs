@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 use crate::delivery::{self, DELIVERY_LEASE_MS};
 use crate::errors::{Error, InvalidInput, Result};
 use crate::store::{
-    self, CallbackInfo, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore,
+    self, CallbackInfo, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome, Phase,
+    Settled, SqliteStore,
 };
 use crate::temporal::{HeartbeatFlags, Target, Temporal};
 use crate::token::TaskToken;
@@ -62,10 +63,17 @@ impl Core {
     pub async fn connect(store_url: &str, temporal: Option<(&str, &str, &str)>) -> Result<Self> {
         let store = store::open(store_url).await?;
         let temporal = match temporal {
-            Some((target, namespace, identity)) => Some(Temporal::connect(target, namespace, identity).await?),
+            Some((target, namespace, identity)) => {
+                Some(Temporal::connect(target, namespace, identity).await?)
+            }
             None => None,
         };
-        Ok(Self { store, temporal, settled: Notify::new(), pid: std::process::id() })
+        Ok(Self {
+            store,
+            temporal,
+            settled: Notify::new(),
+            pid: std::process::id(),
+        })
     }
 
     /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along.
@@ -74,7 +82,10 @@ impl Core {
         if current == self.pid {
             Ok(())
         } else {
-            Err(Error::Forked { created: self.pid, current })
+            Err(Error::Forked {
+                created: self.pid,
+                current,
+            })
         }
     }
 
@@ -83,30 +94,51 @@ impl Core {
         self.store.create(new).await
     }
 
-    pub async fn settle(&self, id: &str, outcome: Outcome, status: Option<Vec<u8>>) -> Result<(SettleOutcome, Option<String>)> {
+    pub async fn settle(
+        &self,
+        id: &str,
+        outcome: Outcome,
+        status: Option<Vec<u8>>,
+    ) -> Result<(SettleOutcome, Option<String>)> {
         self.check_pid()?;
         // Payloads are checked before anything is stored: a malformed result must not end the execution.
-        for payloads in [outcome_payloads(&outcome)] {
-            crate::temporal::decode_payloads(payloads)?;
-        }
-        let lease = if self.temporal.is_some() { DELIVERY_LEASE_MS } else { 0 };
-        let settled = self.store.settle(id, &outcome, status.as_deref(), lease).await?;
+        crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
+        let lease = if self.temporal.is_some() {
+            DELIVERY_LEASE_MS
+        } else {
+            0
+        };
+        let settled = self
+            .store
+            .settle(id, &outcome, status.as_deref(), lease)
+            .await?;
         self.settled.notify_waiters();
         match settled {
             Settled::Already { .. } => Ok((SettleOutcome::AlreadySettled, None)),
             Settled::Now { claimed: None } => {
                 let has_callback = self.store.get(id, false).await?.callback.is_some();
-                Ok((if has_callback { SettleOutcome::Recorded } else { SettleOutcome::NoCallback }, None))
+                Ok((
+                    if has_callback {
+                        SettleOutcome::Recorded
+                    } else {
+                        SettleOutcome::NoCallback
+                    },
+                    None,
+                ))
             }
-            Settled::Now { claimed: Some(claimed) } => {
+            Settled::Now {
+                claimed: Some(claimed),
+            } => {
                 let Some(temporal) = &self.temporal else {
                     return Ok((SettleOutcome::Recorded, None));
                 };
-                Ok(match delivery::deliver(&self.store, temporal, claimed).await? {
-                    DeliveryResult::Delivered => (SettleOutcome::Delivered, None),
-                    DeliveryResult::Gone(why) => (SettleOutcome::ActivityGone, Some(why)),
-                    DeliveryResult::Failed(why) => (SettleOutcome::Retrying, Some(why)),
-                })
+                Ok(
+                    match delivery::deliver(&self.store, temporal, claimed).await? {
+                        DeliveryResult::Delivered => (SettleOutcome::Delivered, None),
+                        DeliveryResult::Gone(why) => (SettleOutcome::ActivityGone, Some(why)),
+                        DeliveryResult::Failed(why) => (SettleOutcome::Retrying, Some(why)),
+                    },
+                )
             }
         }
     }
@@ -117,7 +149,9 @@ impl Core {
             // A direct execution, or one already settled: there is no parent to heartbeat.
             return Ok(HeartbeatFlags::default());
         };
-        self.temporal()?.heartbeat(&Target::Token(token), details.as_deref()).await
+        self.temporal()?
+            .heartbeat(&Target::Token(token), details.as_deref())
+            .await
     }
 
     pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ExecutionRecord> {
@@ -147,7 +181,9 @@ impl Core {
 
     fn temporal(&self) -> Result<&Temporal> {
         self.temporal.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
+            Error::InvalidArgument(
+                "this handshake has no Temporal connection (connect with temporal=...)".into(),
+            )
         })
     }
 }
@@ -173,12 +209,18 @@ pub fn bytes_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     }
     Err(InvalidInput::new_err(format!(
         "{what} must be bytes, not {}",
-        value.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
+        value
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".to_owned(), |n| n.to_string())
     )))
 }
 
 fn optional_bytes(value: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Vec<u8>>> {
-    value.filter(|v| !v.is_none()).map(|v| bytes_arg(v, what)).transpose()
+    value
+        .filter(|v| !v.is_none())
+        .map(|v| bytes_arg(v, what))
+        .transpose()
 }
 
 fn non_empty(text: &str, what: &str) -> Result<()> {
@@ -199,13 +241,20 @@ impl PyOutcome {
     #[staticmethod]
     #[pyo3(signature = (result=None))]
     fn complete(result: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        Ok(Self(Outcome::Complete { result: optional_bytes(result, "result")? }))
+        Ok(Self(Outcome::Complete {
+            result: optional_bytes(result, "result")?,
+        }))
     }
 
     /// Failure, delivered as an `ApplicationFailure`.
     #[staticmethod]
     #[pyo3(signature = (message, r#type="", non_retryable=false, details=None))]
-    fn fail(message: String, r#type: &str, non_retryable: bool, details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn fail(
+        message: String,
+        r#type: &str,
+        non_retryable: bool,
+        details: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         Ok(Self(Outcome::Fail {
             message,
             failure_type: r#type.to_owned(),
@@ -218,7 +267,9 @@ impl PyOutcome {
     #[staticmethod]
     #[pyo3(signature = (details=None))]
     fn cancel(details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        Ok(Self(Outcome::Cancel { details: optional_bytes(details, "details")? }))
+        Ok(Self(Outcome::Cancel {
+            details: optional_bytes(details, "details")?,
+        }))
     }
 
     #[getter]
@@ -228,7 +279,12 @@ impl PyOutcome {
 
     fn __repr__(&self) -> String {
         match &self.0 {
-            Outcome::Fail { message, failure_type, non_retryable, .. } => {
+            Outcome::Fail {
+                message,
+                failure_type,
+                non_retryable,
+                ..
+            } => {
                 format!("Outcome.fail({message:?}, type={failure_type:?}, non_retryable={non_retryable})")
             }
             other => format!("Outcome.{}(...)", other.name()),
@@ -237,7 +293,12 @@ impl PyOutcome {
 }
 
 /// A stored execution as the handshake sees it: resource bytes plus callback bookkeeping.
-#[pyclass(name = "Execution", module = "stigmer_handshake._core", frozen, get_all)]
+#[pyclass(
+    name = "Execution",
+    module = "stigmer_handshake._core",
+    frozen,
+    get_all
+)]
 pub struct PyExecution {
     id: String,
     kind: &'static str,
@@ -280,7 +341,12 @@ impl PyExecution {
 }
 
 /// The result of a settle: what happened to the parent activity.
-#[pyclass(name = "Settlement", module = "stigmer_handshake._core", frozen, get_all)]
+#[pyclass(
+    name = "Settlement",
+    module = "stigmer_handshake._core",
+    frozen,
+    get_all
+)]
 pub struct PySettlement {
     execution_id: String,
     outcome: &'static str,
@@ -290,12 +356,20 @@ pub struct PySettlement {
 #[pymethods]
 impl PySettlement {
     fn __repr__(&self) -> String {
-        format!("Settlement(execution_id={:?}, outcome={:?}, detail={:?})", self.execution_id, self.outcome, self.detail)
+        format!(
+            "Settlement(execution_id={:?}, outcome={:?}, detail={:?})",
+            self.execution_id, self.outcome, self.detail
+        )
     }
 }
 
 /// What a heartbeat reply said about the parent activity.
-#[pyclass(name = "HeartbeatReply", module = "stigmer_handshake._core", frozen, get_all)]
+#[pyclass(
+    name = "HeartbeatReply",
+    module = "stigmer_handshake._core",
+    frozen,
+    get_all
+)]
 pub struct PyHeartbeatReply {
     cancel_requested: bool,
     paused: bool,
@@ -314,7 +388,11 @@ impl PyHeartbeatReply {
 
 impl From<HeartbeatFlags> for PyHeartbeatReply {
     fn from(flags: HeartbeatFlags) -> Self {
-        Self { cancel_requested: flags.cancel_requested, paused: flags.paused, reset: flags.reset }
+        Self {
+            cancel_requested: flags.cancel_requested,
+            paused: flags.paused,
+            reset: flags.reset,
+        }
     }
 }
 
@@ -332,7 +410,12 @@ where
     pyo3_async_runtimes::tokio::future_into_py(py, fut)
 }
 
-fn target_from(token: Option<Vec<u8>>, workflow_id: Option<String>, run_id: String, activity_id: Option<String>) -> Result<Target> {
+fn target_from(
+    token: Option<Vec<u8>>,
+    workflow_id: Option<String>,
+    run_id: String,
+    activity_id: Option<String>,
+) -> Result<Target> {
     match (token, workflow_id, activity_id) {
         (Some(token), None, None) => Ok(Target::Token(TaskToken::parse(&token)?)),
         (None, Some(workflow_id), Some(activity_id)) => {
@@ -350,10 +433,19 @@ fn target_from(token: Option<Vec<u8>>, workflow_id: Option<String>, run_id: Stri
 impl PyCore {
     /// Open the store and, when `temporal` is given, connect to Temporal.
     #[staticmethod]
-    #[pyo3(signature = (store, temporal=None, namespace="default".to_owned(), identity="stigmer-handshake".to_owned()))]
-    fn connect(py: Python<'_>, store: String, temporal: Option<String>, namespace: String, identity: String) -> PyResult<Bound<'_, PyAny>> {
+    #[pyo3(signature = (store, temporal=None, namespace="default", identity="stigmer-handshake"))]
+    fn connect<'py>(
+        py: Python<'py>,
+        store: String,
+        temporal: Option<String>,
+        namespace: &str,
+        identity: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (namespace, identity) = (namespace.to_owned(), identity.to_owned());
         spawn(py, async move {
-            let temporal = temporal.as_deref().map(|t| (t, namespace.as_str(), identity.as_str()));
+            let temporal = temporal
+                .as_deref()
+                .map(|t| (t, namespace.as_str(), identity.as_str()));
             let core = Core::connect(&store, temporal).await?;
             Ok(PyCore(Arc::new(core)))
         })
@@ -372,20 +464,35 @@ impl PyCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = Kind::parse(kind)?;
         let spec = bytes_arg(spec, "spec")?;
-        let token = optional_bytes(token, "token")?.map(|t| TaskToken::parse(&t)).transpose()?;
+        let token = optional_bytes(token, "token")?
+            .map(|t| TaskToken::parse(&t))
+            .transpose()?;
         let status = optional_bytes(status, "status")?;
-        let id = execution_id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
+        let id =
+            execution_id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
         non_empty(&id, "execution_id")?;
         let core = self.0.clone();
         spawn(py, async move {
-            core.create(NewExecution { id: id.clone(), kind, spec, status, token }).await?;
+            core.create(NewExecution {
+                id: id.clone(),
+                kind,
+                spec,
+                status,
+                token,
+            })
+            .await?;
             Ok(id)
         })
     }
 
     /// Read one execution. The status carries `callback_token` only with `include_token=True`.
     #[pyo3(signature = (execution_id, include_token=false))]
-    fn get<'py>(&self, py: Python<'py>, execution_id: String, include_token: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: String,
+        include_token: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let core = self.0.clone();
         spawn(py, async move {
             core.check_pid()?;
@@ -396,17 +503,30 @@ impl PyCore {
 
     /// List executions, oldest first, optionally of one kind and phase.
     #[pyo3(signature = (kind=None, phase=None, limit=100))]
-    fn list<'py>(&self, py: Python<'py>, kind: Option<&str>, phase: Option<&str>, limit: i64) -> PyResult<Bound<'py, PyAny>> {
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        kind: Option<&str>,
+        phase: Option<&str>,
+        limit: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let kind = kind.map(Kind::parse).transpose()?;
         let phase = phase.map(parse_phase).transpose()?;
         if limit <= 0 {
-            return Err(Error::InvalidArgument(format!("limit must be positive, not {limit}")).into());
+            return Err(
+                Error::InvalidArgument(format!("limit must be positive, not {limit}")).into(),
+            );
         }
         let core = self.0.clone();
         spawn(py, async move {
             core.check_pid()?;
             let records = core.store.list(kind, phase, limit).await?;
-            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+            Ok(Python::attach(|py| {
+                records
+                    .into_iter()
+                    .map(|r| PyExecution::from_record(py, r))
+                    .collect::<Vec<_>>()
+            }))
         })
     }
 
@@ -415,18 +535,30 @@ impl PyCore {
     fn claim<'py>(&self, py: Python<'py>, kind: &str, limit: i64) -> PyResult<Bound<'py, PyAny>> {
         let kind = Kind::parse(kind)?;
         if limit <= 0 {
-            return Err(Error::InvalidArgument(format!("limit must be positive, not {limit}")).into());
+            return Err(
+                Error::InvalidArgument(format!("limit must be positive, not {limit}")).into(),
+            );
         }
         let core = self.0.clone();
         spawn(py, async move {
             core.check_pid()?;
             let records = core.store.claim(kind, limit).await?;
-            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+            Ok(Python::attach(|py| {
+                records
+                    .into_iter()
+                    .map(|r| PyExecution::from_record(py, r))
+                    .collect::<Vec<_>>()
+            }))
         })
     }
 
     /// Replace a running execution's status (progress); terminal phases go through `settle`.
-    fn update_status<'py>(&self, py: Python<'py>, execution_id: String, status: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn update_status<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: String,
+        status: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let status = bytes_arg(status, "status")?;
         let core = self.0.clone();
         spawn(py, async move {
@@ -450,16 +582,29 @@ impl PyCore {
         let core = self.0.clone();
         spawn(py, async move {
             let (settled, detail) = core.settle(&execution_id, outcome, status).await?;
-            Ok(PySettlement { execution_id, outcome: settled.as_str(), detail })
+            Ok(PySettlement {
+                execution_id,
+                outcome: settled.as_str(),
+                detail,
+            })
         })
     }
 
     /// Heartbeat the parent activity of a running execution, with encoded details.
     #[pyo3(signature = (execution_id, details=None))]
-    fn heartbeat<'py>(&self, py: Python<'py>, execution_id: String, details: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn heartbeat<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: String,
+        details: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let details = optional_bytes(details, "details")?;
         let core = self.0.clone();
-        spawn(py, async move { Ok(PyHeartbeatReply::from(core.heartbeat(&execution_id, details).await?)) })
+        spawn(py, async move {
+            Ok(PyHeartbeatReply::from(
+                core.heartbeat(&execution_id, details).await?,
+            ))
+        })
     }
 
     /// Deliver every due callback whose delivery has not finished; returns how many were settled.
@@ -474,11 +619,19 @@ impl PyCore {
 
     /// Wait until the execution reaches a terminal phase (`timeout` in seconds, None for no limit).
     #[pyo3(signature = (execution_id, timeout=None))]
-    fn wait<'py>(&self, py: Python<'py>, execution_id: String, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = timeout
             .map(|t| {
-                Duration::try_from_secs_f64(t)
-                    .map_err(|_| Error::InvalidArgument(format!("timeout must be a non-negative number of seconds, not {t}")))
+                Duration::try_from_secs_f64(t).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "timeout must be a non-negative number of seconds, not {t}"
+                    ))
+                })
             })
             .transpose()?;
         let core = self.0.clone();
@@ -489,17 +642,22 @@ impl PyCore {
     }
 
     /// Complete, fail or cancel an activity directly, by token or by id (no store involved).
-    #[pyo3(signature = (outcome, *, token=None, workflow_id=None, run_id=String::new(), activity_id=None))]
+    #[pyo3(signature = (outcome, *, token=None, workflow_id=None, run_id="", activity_id=None))]
     fn respond<'py>(
         &self,
         py: Python<'py>,
         outcome: &PyOutcome,
         token: Option<&Bound<'py, PyAny>>,
         workflow_id: Option<String>,
-        run_id: String,
+        run_id: &str,
         activity_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id, activity_id)?;
+        let target = target_from(
+            optional_bytes(token, "token")?,
+            workflow_id,
+            run_id.to_owned(),
+            activity_id,
+        )?;
         let outcome = outcome.0.clone();
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
         let core = self.0.clone();
@@ -511,34 +669,48 @@ impl PyCore {
     }
 
     /// Heartbeat an activity directly, by token or by id.
-    #[pyo3(signature = (details=None, *, token=None, workflow_id=None, run_id=String::new(), activity_id=None))]
+    #[pyo3(signature = (details=None, *, token=None, workflow_id=None, run_id="", activity_id=None))]
     fn heartbeat_activity<'py>(
         &self,
         py: Python<'py>,
         details: Option<&Bound<'py, PyAny>>,
         token: Option<&Bound<'py, PyAny>>,
         workflow_id: Option<String>,
-        run_id: String,
+        run_id: &str,
         activity_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id, activity_id)?;
+        let target = target_from(
+            optional_bytes(token, "token")?,
+            workflow_id,
+            run_id.to_owned(),
+            activity_id,
+        )?;
         let details = optional_bytes(details, "details")?;
         let core = self.0.clone();
         spawn(py, async move {
             core.check_pid()?;
-            let flags = core.temporal()?.heartbeat(&target, details.as_deref()).await?;
+            let flags = core
+                .temporal()?
+                .heartbeat(&target, details.as_deref())
+                .await?;
             Ok(PyHeartbeatReply::from(flags))
         })
     }
 }
 
 fn parse_phase(name: &str) -> Result<Phase> {
-    [Phase::Pending, Phase::InProgress, Phase::Completed, Phase::Failed, Phase::Cancelled]
-        .into_iter()
-        .find(|p| p.name() == name)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "phase must be one of PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, not {name:?}"
-            ))
-        })
+    [
+        Phase::Pending,
+        Phase::InProgress,
+        Phase::Completed,
+        Phase::Failed,
+        Phase::Cancelled,
+    ]
+    .into_iter()
+    .find(|p| p.name() == name)
+    .ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "phase must be one of PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, not {name:?}"
+        ))
+    })
 }

@@ -25,6 +25,7 @@ from stigmer_handshake._core import (
     __version__,
 )
 from stigmer_handshake.handshake import Handshake
+from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import Callback, complete_external_activity, fail_external_activity
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "complete_external_activity",
     "fail_external_activity",
     "pb",
+    "redact_task_tokens",
 ]

@@ -1,7 +1,30 @@
 """Type stubs for the Rust core (checked against the built module by `mypy.stubtest` in `make test`)."""
 
+import builtins
 from collections.abc import Awaitable
 from typing import Literal, final
+
+__all__ = [
+    "ActivityGone",
+    "ConnectError",
+    "Core",
+    "DeliveryError",
+    "Execution",
+    "ExecutionNotFound",
+    "HandshakeError",
+    "HeartbeatReply",
+    "InvalidInput",
+    "InvalidState",
+    "Outcome",
+    "Settlement",
+    "StoreError",
+    "TaskToken",
+    "TemporalRpcError",
+    "TokenError",
+    "WaitTimeout",
+    "__version__",
+    "fingerprint_bytes",
+]
 
 __version__: str
 
@@ -22,6 +45,7 @@ class TemporalRpcError(DeliveryError):
 class WaitTimeout(HandshakeError): ...
 
 def fingerprint_bytes(data: bytes | bytearray | memoryview) -> str: ...
+
 @final
 class TaskToken:
     def __new__(cls, data: bytes | bytearray | memoryview) -> TaskToken: ...
@@ -83,7 +107,9 @@ class Settlement:
     @property
     def execution_id(self) -> str: ...
     @property
-    def outcome(self) -> Literal["delivered", "recorded", "no_callback", "already_settled", "activity_gone", "retrying"]: ...
+    def outcome(
+        self,
+    ) -> Literal["delivered", "recorded", "no_callback", "already_settled", "activity_gone", "retrying"]: ...
     @property
     def detail(self) -> str | None: ...
 
@@ -111,8 +137,10 @@ class Core:
         status: bytes | None = None,
     ) -> Awaitable[str]: ...
     def get(self, execution_id: str, include_token: bool = False) -> Awaitable[Execution]: ...
-    def list(self, kind: str | None = None, phase: str | None = None, limit: int = 100) -> Awaitable[list[Execution]]: ...
-    def claim(self, kind: str, limit: int = 1) -> Awaitable[list[Execution]]: ...
+    def list(
+        self, kind: str | None = None, phase: str | None = None, limit: int = 100
+    ) -> Awaitable[builtins.list[Execution]]: ...
+    def claim(self, kind: str, limit: int = 1) -> Awaitable[builtins.list[Execution]]: ...
     def update_status(self, execution_id: str, status: bytes) -> Awaitable[None]: ...
     def settle(self, execution_id: str, outcome: Outcome, status: bytes | None = None) -> Awaitable[Settlement]: ...
     def heartbeat(self, execution_id: str, details: bytes | None = None) -> Awaitable[HeartbeatReply]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
 from stigmer_handshake import _core, pb
+from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import (
     COMPLETE_EXTERNAL_ACTIVITY,
     FAIL_EXTERNAL_ACTIVITY,
@@ -62,7 +64,9 @@ def _to_resource(record: _core.Execution) -> Resource:
 
 def _current_activity_token() -> bytes:
     if not activity.in_activity():
-        raise _core.InvalidInput("defer() must be called inside a Temporal activity: it needs the activity's task token")
+        raise _core.InvalidInput(
+            "defer() must be called inside a Temporal activity: it needs the activity's task token"
+        )
     return activity.info().task_token
 
 
@@ -97,10 +101,10 @@ class Handshake:
         ``temporal=None`` opens the store only: settles are recorded as due and another process
         delivers them (``deliver_due``). ``data_converter`` must match the parent worker's, so the
         parent decodes results into its declared types; the default is temporalio's (JSON).
+        It also keeps task tokens out of temporalio's own debug logs (see ``redaction``).
         """
-        core = await _core.Core.connect(
-            store, temporal, namespace, identity or f"stigmer-handshake@{os.getpid()}"
-        )
+        redact_task_tokens()
+        core = await _core.Core.connect(store, temporal, namespace, identity or f"stigmer-handshake@{os.getpid()}")
         return cls(core, data_converter or DataConverter.default)
 
     # -- caller activity --------------------------------------------------------------------------
@@ -150,7 +154,9 @@ class Handshake:
             )
         except Exception as err:
             # No child will ever settle this execution: end it now, so the parent is told and nothing hangs.
-            await self.fail(execution_id, f"child workflow {child_id!r} did not start: {err}", type="CHILD_START_FAILED")
+            await self.fail(
+                execution_id, f"child workflow {child_id!r} did not start: {err}", type="CHILD_START_FAILED"
+            )
             raise
         activity.raise_complete_async()
 
@@ -203,7 +209,10 @@ class Handshake:
         details: Sequence[Any] = (),
         status: Status | None = None,
     ) -> _core.Settlement:
-        """End the execution FAILED; the parent sees ``ApplicationError(message, *details, type=..., non_retryable=...)``."""
+        """End the execution FAILED.
+
+        The parent sees ``ApplicationError(message, *details, type=type, non_retryable=non_retryable)``.
+        """
         outcome = _core.Outcome.fail(message, type, non_retryable, await self._encode(details) if details else None)
         return await self._core.settle(execution_id, outcome, _serialize(status))
 
@@ -254,7 +263,7 @@ class Handshake:
     # -- the child-workflow path's system activities ------------------------------------------------
 
     @property
-    def activities(self) -> list[Callable[..., Any]]:
+    def activities(self) -> builtins.list[Callable[..., Any]]:
         """The system activities a child workflow ends with; register them on the child's worker."""
         hs = self
 
@@ -281,7 +290,9 @@ class Handshake:
         try:
             carried = _core.fingerprint_bytes(base64.b64decode(callback.callback_token, validate=True))
         except (ValueError, _core.HandshakeError) as err:
-            raise ApplicationError("the callback token is not valid base64", type="BAD_CALLBACK", non_retryable=True) from err
+            raise ApplicationError(
+                "the callback token is not valid base64", type="BAD_CALLBACK", non_retryable=True
+            ) from err
         record = await self._core.get(callback.execution_id, False)
         if record.token_fingerprint != carried:
             raise ApplicationError(

@@ -1,7 +1,7 @@
 """The resource messages (generated from proto/), under short names.
 
-    from stigmer_handshake import pb
-    spec = pb.AgentExecutionSpec(agent_id="researcher", message="Summarise the report")
+from stigmer_handshake import pb
+spec = pb.AgentExecutionSpec(agent_id="researcher", message="Summarise the report")
 """
 
 from stigmer_handshake._proto.ai.stigmer.agentic.agentexecution.v1.api_pb2 import (

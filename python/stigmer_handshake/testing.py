@@ -1,8 +1,8 @@
 """Real parts for tests and demos: a Temporal dev server on free ports, and store URLs.
 
-    async with DevServer() as server:
-        client = await Client.connect(server.address)
-        hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=server.url)
+async with DevServer() as server:
+    client = await Client.connect(server.address)
+    hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=server.url)
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ mod sqlite;
 mod status;
 
 pub use sqlite::SqliteStore;
-pub use status::{Phase, edit_status, status_phase};
+pub use status::{edit_status, status_phase, Phase};
 
 use crate::errors::{Error, Result};
 use crate::token::TaskToken;
@@ -45,14 +45,18 @@ impl Kind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// `result` is an encoded `temporal.api.common.v1.Payloads`, made by the worker's data converter.
-    Complete { result: Option<Vec<u8>> },
+    Complete {
+        result: Option<Vec<u8>>,
+    },
     Fail {
         message: String,
         failure_type: String,
         non_retryable: bool,
         details: Option<Vec<u8>>,
     },
-    Cancel { details: Option<Vec<u8>> },
+    Cancel {
+        details: Option<Vec<u8>>,
+    },
 }
 
 impl Outcome {
@@ -101,7 +105,11 @@ impl CallbackState {
             "delivering" => CallbackState::Delivering,
             "delivered" => CallbackState::Delivered,
             "gone" => CallbackState::Gone,
-            other => return Err(Error::Store(format!("unknown callback state {other:?} in the store"))),
+            other => {
+                return Err(Error::Store(format!(
+                    "unknown callback state {other:?} in the store"
+                )))
+            }
         })
     }
 }
@@ -151,7 +159,10 @@ pub enum Settled {
     /// (None for a direct execution, which has no parent to tell).
     Now { claimed: Option<ClaimedCallback> },
     /// It had ended before: nothing was written; the recorded outcome and callback are returned.
-    Already { outcome: Option<String>, callback: Option<CallbackInfo> },
+    Already {
+        outcome: Option<String>,
+        callback: Option<CallbackInfo>,
+    },
 }
 
 /// What happened when a claimed callback was sent.

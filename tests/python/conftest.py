@@ -18,7 +18,7 @@ from stigmer_handshake import Handshake
 from stigmer_handshake.testing import DevServer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flows import AgentParent, CallerActivities, ChildPipeline, PipelineParent, QuickParent  # noqa: E402
+from flows import AgentParent, CallerActivities, ChildPipeline, PipelineParent, QuickParent
 
 RUNNER = Path(__file__).parent / "runner.py"
 

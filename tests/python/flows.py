@@ -114,7 +114,11 @@ class ChildPipeline:
     @workflow.run
     async def run(self, callback: Callback, request: PipelineRequest) -> None:
         if request.fail_with:
-            await fail_external_activity(callback, f"pipeline failed: {request.fail_with}", type=request.fail_with, non_retryable=True)
+            await fail_external_activity(
+                callback, f"pipeline failed: {request.fail_with}", type=request.fail_with, non_retryable=True
+            )
             return
         await workflow.sleep(timedelta(milliseconds=200))
-        await complete_external_activity(callback, PipelineResult(total=sum(request.numbers), count=len(request.numbers)))
+        await complete_external_activity(
+            callback, PipelineResult(total=sum(request.numbers), count=len(request.numbers))
+        )

@@ -7,12 +7,13 @@ import os
 import uuid
 
 import pytest
-from conftest import Env
-from flows import AgentAnswer, AgentParent, AgentRequest, PipelineParent, PipelineRequest, PipelineResult, QuickParent
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from stigmer_handshake import pb
+
+from conftest import Env
+from flows import AgentAnswer, AgentParent, AgentRequest, PipelineParent, PipelineRequest, PipelineResult, QuickParent
 
 
 def new_id(prefix: str) -> str:
@@ -22,7 +23,10 @@ def new_id(prefix: str) -> str:
 async def test_agent_path_delivers_typed_result_and_frees_the_slot(env: Env) -> None:
     execution_id = new_id("agent")
     handle = await env.client.start_workflow(
-        AgentParent.run, AgentRequest(execution_id, "why is the sky blue?"), id=new_id("parent"), task_queue=env.task_queue
+        AgentParent.run,
+        AgentRequest(execution_id, "why is the sky blue?"),
+        id=new_id("parent"),
+        task_queue=env.task_queue,
     )
     await env.wait_for_execution(execution_id)
 
