@@ -8,7 +8,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
-use super::status::{check_spec, edit_status, timestamp};
+use super::status::{check_spec, edit_status, started_at, timestamp};
 use super::{
     now_ms, CallbackInfo, CallbackState, ClaimedCallback, DeliveryResult, ExecutionRecord, Kind,
     NewExecution, Outcome, Phase, Settled,
@@ -182,7 +182,7 @@ impl SqliteStore {
     /// through `settle`, which also records the callback.
     pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let (kind, phase, _) = touch(&mut tx, id).await?;
+        let (kind, phase, current) = touch(&mut tx, id).await?;
         if phase.is_terminal() {
             return Err(Error::InvalidState {
                 id: id.to_owned(),
@@ -191,9 +191,14 @@ impl SqliteStore {
             });
         }
         let mut new_phase = phase;
+        // The runner sends its whole status; the start time the handshake recorded is kept.
+        let started = started_at(kind, &current)?;
         let blob = edit_status(kind, status, |s| {
             if s.phase() == Phase::Unspecified {
                 s.set_phase(phase);
+            }
+            if let Some(at) = started {
+                s.mark_started(at);
             }
             new_phase = s.phase();
         })?;
@@ -240,8 +245,10 @@ impl SqliteStore {
                 callback,
             });
         }
+        let started = started_at(kind, &status)?;
         let blob = edit_status(kind, final_status.unwrap_or(&status), |s| {
             s.set_phase(outcome.phase());
+            s.mark_started(started.unwrap_or_else(|| timestamp(now)));
             s.mark_completed(timestamp(now));
             if let Outcome::Fail {
                 message,

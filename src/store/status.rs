@@ -64,6 +64,7 @@ pub trait StatusFields {
     fn phase(&self) -> Phase;
     fn set_phase(&mut self, phase: Phase);
     fn set_token(&mut self, token: Vec<u8>);
+    fn started_at(&self) -> Option<prost_types::Timestamp>;
     fn mark_started(&mut self, at: prost_types::Timestamp);
     fn mark_completed(&mut self, at: prost_types::Timestamp);
     fn set_error(&mut self, error: Option<ExecutionError>);
@@ -80,6 +81,9 @@ macro_rules! status_fields {
             }
             fn set_token(&mut self, token: Vec<u8>) {
                 self.callback_token = token;
+            }
+            fn started_at(&self) -> Option<prost_types::Timestamp> {
+                self.started_at
             }
             fn mark_started(&mut self, at: prost_types::Timestamp) {
                 self.started_at.get_or_insert(at);
@@ -119,6 +123,13 @@ pub fn edit_status(
         Kind::Agent => apply::<AgentExecutionStatus>(bytes, edit),
         Kind::Workflow => apply::<WorkflowExecutionStatus>(bytes, edit),
     }
+}
+
+/// When the execution started, as recorded in a status blob.
+pub fn started_at(kind: Kind, bytes: &[u8]) -> Result<Option<prost_types::Timestamp>> {
+    let mut started = None;
+    edit_status(kind, bytes, |s| started = s.started_at())?;
+    Ok(started)
 }
 
 /// The phase recorded in a status blob.
