@@ -7,9 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ai/stigmer/agentic/workflowexecution/v1/api.proto",
     ];
     let descriptors = protox::compile(protos, ["proto"])?;
-    prost_build::Config::new()
-        .include_file("protos.rs")
-        .compile_fds(descriptors)?;
+    prost_build::Config::new().include_file("protos.rs").compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -11,23 +11,16 @@ use crate::temporal::{Target, Temporal};
 pub const DELIVERY_LEASE_MS: i64 = 60_000;
 
 /// Send one claimed callback and record what happened.
-pub async fn deliver(
-    store: &SqliteStore,
-    temporal: &Temporal,
-    claimed: ClaimedCallback,
-) -> Result<DeliveryResult> {
-    let sent = temporal
-        .respond(&Target::Token(claimed.token.clone()), &claimed.outcome)
-        .await;
+pub async fn deliver(store: &SqliteStore, temporal: &Temporal, claimed: ClaimedCallback) -> Result<DeliveryResult> {
+    let sent = temporal.respond(&Target::Token(claimed.token.clone()), &claimed.outcome).await;
     let result = match sent {
         Ok(()) => DeliveryResult::Delivered,
         // The server answers NotFound for an attempt that completed, timed out, was retried or whose
         // workflow closed; the token can never work again.
         Err(Error::ActivityGone { message }) => DeliveryResult::Gone(message),
-        Err(Error::Rpc {
-            code: tonic::Code::InvalidArgument,
-            message,
-        }) => DeliveryResult::Gone(format!("the server refused the token: {message}")),
+        Err(Error::Rpc { code: tonic::Code::InvalidArgument, message }) => {
+            DeliveryResult::Gone(format!("the server refused the token: {message}"))
+        }
         Err(other) => DeliveryResult::Failed(other.to_string()),
     };
     tracing::debug!(
@@ -37,9 +30,7 @@ pub async fn deliver(
         delivered = matches!(result, DeliveryResult::Delivered),
         "callback sent"
     );
-    store
-        .record_delivery(&claimed.execution_id, &result)
-        .await?;
+    store.record_delivery(&claimed.execution_id, &result).await?;
     Ok(result)
 }
 
@@ -48,10 +39,7 @@ pub async fn deliver(
 pub async fn deliver_due(store: &SqliteStore, temporal: &Temporal, limit: i64) -> Result<usize> {
     let mut settled = 0;
     for claimed in store.claim_due(limit, DELIVERY_LEASE_MS).await? {
-        if !matches!(
-            deliver(store, temporal, claimed).await?,
-            DeliveryResult::Failed(_)
-        ) {
+        if !matches!(deliver(store, temporal, claimed).await?, DeliveryResult::Failed(_)) {
             settled += 1;
         }
     }

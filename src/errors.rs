@@ -15,11 +15,7 @@ pub enum Error {
     #[error("no execution with id {0:?}")]
     ExecutionNotFound(String),
     #[error("execution {id:?} is {phase}, {why}")]
-    InvalidState {
-        id: String,
-        phase: &'static str,
-        why: String,
-    },
+    InvalidState { id: String, phase: &'static str, why: String },
     #[error("store error: {0}")]
     Store(String),
     #[error("could not connect to Temporal at {target}: {message}")]
@@ -90,24 +86,14 @@ pyo3::create_exception!(
     HandshakeError,
     "The execution store failed or refused the operation."
 );
-pyo3::create_exception!(
-    stigmer_handshake._core,
-    ExecutionNotFound,
-    StoreError,
-    "No execution has the given id."
-);
+pyo3::create_exception!(stigmer_handshake._core, ExecutionNotFound, StoreError, "No execution has the given id.");
 pyo3::create_exception!(
     stigmer_handshake._core,
     InvalidState,
     StoreError,
     "The execution's phase does not allow the operation."
 );
-pyo3::create_exception!(
-    stigmer_handshake._core,
-    DeliveryError,
-    HandshakeError,
-    "Talking to Temporal failed."
-);
+pyo3::create_exception!(stigmer_handshake._core, DeliveryError, HandshakeError, "Talking to Temporal failed.");
 pyo3::create_exception!(
     stigmer_handshake._core,
     ConnectError,
@@ -148,9 +134,8 @@ impl From<Error> for PyErr {
                 let err = TemporalRpcError::new_err(text);
                 // .code and .message mirror temporalio's RPCError, so handlers read the same way.
                 let value = err.value(py);
-                let attached = value
-                    .setattr("code", format!("{code:?}"))
-                    .and_then(|()| value.setattr("message", message));
+                let attached =
+                    value.setattr("code", format!("{code:?}")).and_then(|()| value.setattr("message", message));
                 match attached {
                     Ok(()) => err,
                     Err(e) => e,

@@ -11,8 +11,7 @@ use tokio::sync::Notify;
 use crate::delivery::{self, DELIVERY_LEASE_MS};
 use crate::errors::{Error, InvalidInput, Result};
 use crate::store::{
-    self, CallbackInfo, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome, Phase,
-    Settled, SqliteStore,
+    self, CallbackInfo, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore,
 };
 use crate::temporal::{HeartbeatFlags, Target, Temporal};
 use crate::token::TaskToken;
@@ -63,35 +62,21 @@ impl Core {
     pub async fn connect(store_url: &str, temporal: Option<(&str, &str, &str)>) -> Result<Self> {
         let store = store::open(store_url).await?;
         let temporal = match temporal {
-            Some((target, namespace, identity)) => {
-                Some(Temporal::connect(target, namespace, identity).await?)
-            }
+            Some((target, namespace, identity)) => Some(Temporal::connect(target, namespace, identity).await?),
             None => None,
         };
-        Ok(Self {
-            store,
-            temporal,
-            settled: Notify::new(),
-            pid: std::process::id(),
-        })
+        Ok(Self { store, temporal, settled: Notify::new(), pid: std::process::id() })
     }
 
-    /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along.
+    /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along,
+    /// so a future spawned in the child would never run. Checked before anything is spawned.
     fn check_pid(&self) -> Result<()> {
         let current = std::process::id();
         if current == self.pid {
             Ok(())
         } else {
-            Err(Error::Forked {
-                created: self.pid,
-                current,
-            })
+            Err(Error::Forked { created: self.pid, current })
         }
-    }
-
-    pub async fn create(&self, new: NewExecution) -> Result<()> {
-        self.check_pid()?;
-        self.store.create(new).await
     }
 
     pub async fn settle(
@@ -100,66 +85,43 @@ impl Core {
         outcome: Outcome,
         status: Option<Vec<u8>>,
     ) -> Result<(SettleOutcome, Option<String>)> {
-        self.check_pid()?;
         // Payloads are checked before anything is stored: a malformed result must not end the execution.
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
-        let lease = if self.temporal.is_some() {
-            DELIVERY_LEASE_MS
-        } else {
-            0
-        };
-        let settled = self
-            .store
-            .settle(id, &outcome, status.as_deref(), lease)
-            .await?;
+        let lease = if self.temporal.is_some() { DELIVERY_LEASE_MS } else { 0 };
+        let settled = self.store.settle(id, &outcome, status.as_deref(), lease).await?;
         self.settled.notify_waiters();
         match settled {
             Settled::Already { .. } => Ok((SettleOutcome::AlreadySettled, None)),
-            Settled::Now { claimed: None } => {
-                let has_callback = self.store.get(id, false).await?.callback.is_some();
-                Ok((
-                    if has_callback {
-                        SettleOutcome::Recorded
-                    } else {
-                        SettleOutcome::NoCallback
-                    },
-                    None,
-                ))
-            }
-            Settled::Now {
-                claimed: Some(claimed),
-            } => {
+            Settled::Now { claimed: None, has_callback: false } => Ok((SettleOutcome::NoCallback, None)),
+            Settled::Now { claimed: None, has_callback: true } => Ok((SettleOutcome::Recorded, None)),
+            Settled::Now { claimed: Some(claimed), .. } => {
                 let Some(temporal) = &self.temporal else {
                     return Ok((SettleOutcome::Recorded, None));
                 };
-                Ok(
-                    match delivery::deliver(&self.store, temporal, claimed).await? {
-                        DeliveryResult::Delivered => (SettleOutcome::Delivered, None),
-                        DeliveryResult::Gone(why) => (SettleOutcome::ActivityGone, Some(why)),
-                        DeliveryResult::Failed(why) => (SettleOutcome::Retrying, Some(why)),
-                    },
-                )
+                Ok(match delivery::deliver(&self.store, temporal, claimed).await? {
+                    DeliveryResult::Delivered => (SettleOutcome::Delivered, None),
+                    DeliveryResult::Gone(why) => (SettleOutcome::ActivityGone, Some(why)),
+                    DeliveryResult::Failed(why) => (SettleOutcome::Retrying, Some(why)),
+                })
             }
         }
     }
 
     pub async fn heartbeat(&self, id: &str, details: Option<Vec<u8>>) -> Result<HeartbeatFlags> {
-        self.check_pid()?;
         let Some(token) = self.store.armed_token(id).await? else {
             // A direct execution, or one already settled: there is no parent to heartbeat.
             return Ok(HeartbeatFlags::default());
         };
-        self.temporal()?
-            .heartbeat(&Target::Token(token), details.as_deref())
-            .await
+        self.temporal()?.heartbeat(&Target::Token(token), details.as_deref()).await
     }
 
     pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ExecutionRecord> {
-        self.check_pid()?;
         let started = tokio::time::Instant::now();
         loop {
-            // Register for the wake-up before reading, so a settle between the read and the sleep is not missed.
-            let notified = self.settled.notified();
+            // Register for the wake-up before reading, so a settle between the read and the sleep is not
+            // missed (a `Notified` only counts once enabled).
+            let mut notified = std::pin::pin!(self.settled.notified());
+            notified.as_mut().enable();
             let record = self.store.get(id, false).await?;
             if record.phase.is_terminal() {
                 return Ok(record);
@@ -181,9 +143,7 @@ impl Core {
 
     fn temporal(&self) -> Result<&Temporal> {
         self.temporal.as_ref().ok_or_else(|| {
-            Error::InvalidArgument(
-                "this handshake has no Temporal connection (connect with temporal=...)".into(),
-            )
+            Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
         })
     }
 }
@@ -209,18 +169,12 @@ pub fn bytes_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     }
     Err(InvalidInput::new_err(format!(
         "{what} must be bytes, not {}",
-        value
-            .get_type()
-            .name()
-            .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+        value.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
     )))
 }
 
 fn optional_bytes(value: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Vec<u8>>> {
-    value
-        .filter(|v| !v.is_none())
-        .map(|v| bytes_arg(v, what))
-        .transpose()
+    value.filter(|v| !v.is_none()).map(|v| bytes_arg(v, what)).transpose()
 }
 
 fn non_empty(text: &str, what: &str) -> Result<()> {
@@ -241,20 +195,13 @@ impl PyOutcome {
     #[staticmethod]
     #[pyo3(signature = (result=None))]
     fn complete(result: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        Ok(Self(Outcome::Complete {
-            result: optional_bytes(result, "result")?,
-        }))
+        Ok(Self(Outcome::Complete { result: optional_bytes(result, "result")? }))
     }
 
     /// Failure, delivered as an `ApplicationFailure`.
     #[staticmethod]
     #[pyo3(signature = (message, r#type="", non_retryable=false, details=None))]
-    fn fail(
-        message: String,
-        r#type: &str,
-        non_retryable: bool,
-        details: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    fn fail(message: String, r#type: &str, non_retryable: bool, details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         Ok(Self(Outcome::Fail {
             message,
             failure_type: r#type.to_owned(),
@@ -267,9 +214,7 @@ impl PyOutcome {
     #[staticmethod]
     #[pyo3(signature = (details=None))]
     fn cancel(details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        Ok(Self(Outcome::Cancel {
-            details: optional_bytes(details, "details")?,
-        }))
+        Ok(Self(Outcome::Cancel { details: optional_bytes(details, "details")? }))
     }
 
     #[getter]
@@ -279,12 +224,7 @@ impl PyOutcome {
 
     fn __repr__(&self) -> String {
         match &self.0 {
-            Outcome::Fail {
-                message,
-                failure_type,
-                non_retryable,
-                ..
-            } => {
+            Outcome::Fail { message, failure_type, non_retryable, .. } => {
                 format!("Outcome.fail({message:?}, type={failure_type:?}, non_retryable={non_retryable})")
             }
             other => format!("Outcome.{}(...)", other.name()),
@@ -293,12 +233,7 @@ impl PyOutcome {
 }
 
 /// A stored execution as the handshake sees it: resource bytes plus callback bookkeeping.
-#[pyclass(
-    name = "Execution",
-    module = "stigmer_handshake._core",
-    frozen,
-    get_all
-)]
+#[pyclass(name = "Execution", module = "stigmer_handshake._core", frozen, get_all)]
 pub struct PyExecution {
     id: String,
     kind: &'static str,
@@ -341,12 +276,7 @@ impl PyExecution {
 }
 
 /// The result of a settle: what happened to the parent activity.
-#[pyclass(
-    name = "Settlement",
-    module = "stigmer_handshake._core",
-    frozen,
-    get_all
-)]
+#[pyclass(name = "Settlement", module = "stigmer_handshake._core", frozen, get_all)]
 pub struct PySettlement {
     execution_id: String,
     outcome: &'static str,
@@ -364,12 +294,7 @@ impl PySettlement {
 }
 
 /// What a heartbeat reply said about the parent activity.
-#[pyclass(
-    name = "HeartbeatReply",
-    module = "stigmer_handshake._core",
-    frozen,
-    get_all
-)]
+#[pyclass(name = "HeartbeatReply", module = "stigmer_handshake._core", frozen, get_all)]
 pub struct PyHeartbeatReply {
     cancel_requested: bool,
     paused: bool,
@@ -388,11 +313,7 @@ impl PyHeartbeatReply {
 
 impl From<HeartbeatFlags> for PyHeartbeatReply {
     fn from(flags: HeartbeatFlags) -> Self {
-        Self {
-            cancel_requested: flags.cancel_requested,
-            paused: flags.paused,
-            reset: flags.reset,
-        }
+        Self { cancel_requested: flags.cancel_requested, paused: flags.paused, reset: flags.reset }
     }
 }
 
@@ -429,6 +350,14 @@ fn target_from(
     }
 }
 
+impl PyCore {
+    /// The shared core, if this process may use it.
+    fn core(&self) -> Result<Arc<Core>> {
+        self.0.check_pid()?;
+        Ok(self.0.clone())
+    }
+}
+
 #[pymethods]
 impl PyCore {
     /// Open the store and, when `temporal` is given, connect to Temporal.
@@ -443,9 +372,7 @@ impl PyCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let (namespace, identity) = (namespace.to_owned(), identity.to_owned());
         spawn(py, async move {
-            let temporal = temporal
-                .as_deref()
-                .map(|t| (t, namespace.as_str(), identity.as_str()));
+            let temporal = temporal.as_deref().map(|t| (t, namespace.as_str(), identity.as_str()));
             let core = Core::connect(&store, temporal).await?;
             Ok(PyCore(Arc::new(core)))
         })
@@ -464,38 +391,22 @@ impl PyCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = Kind::parse(kind)?;
         let spec = bytes_arg(spec, "spec")?;
-        let token = optional_bytes(token, "token")?
-            .map(|t| TaskToken::parse(&t))
-            .transpose()?;
+        let token = optional_bytes(token, "token")?.map(|t| TaskToken::parse(&t)).transpose()?;
         let status = optional_bytes(status, "status")?;
-        let id =
-            execution_id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
+        let id = execution_id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
         non_empty(&id, "execution_id")?;
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
-            core.create(NewExecution {
-                id: id.clone(),
-                kind,
-                spec,
-                status,
-                token,
-            })
-            .await?;
+            core.store.create(NewExecution { id: id.clone(), kind, spec, status, token }).await?;
             Ok(id)
         })
     }
 
     /// Read one execution. The status carries `callback_token` only with `include_token=True`.
     #[pyo3(signature = (execution_id, include_token=false))]
-    fn get<'py>(
-        &self,
-        py: Python<'py>,
-        execution_id: String,
-        include_token: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let core = self.0.clone();
+    fn get<'py>(&self, py: Python<'py>, execution_id: String, include_token: bool) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
         spawn(py, async move {
-            core.check_pid()?;
             let record = core.store.get(&execution_id, include_token).await?;
             Ok(Python::attach(|py| PyExecution::from_record(py, record)))
         })
@@ -513,20 +424,12 @@ impl PyCore {
         let kind = kind.map(Kind::parse).transpose()?;
         let phase = phase.map(parse_phase).transpose()?;
         if limit <= 0 {
-            return Err(
-                Error::InvalidArgument(format!("limit must be positive, not {limit}")).into(),
-            );
+            return Err(Error::InvalidArgument(format!("limit must be positive, not {limit}")).into());
         }
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
-            core.check_pid()?;
             let records = core.store.list(kind, phase, limit).await?;
-            Ok(Python::attach(|py| {
-                records
-                    .into_iter()
-                    .map(|r| PyExecution::from_record(py, r))
-                    .collect::<Vec<_>>()
-            }))
+            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }
 
@@ -535,20 +438,12 @@ impl PyCore {
     fn claim<'py>(&self, py: Python<'py>, kind: &str, limit: i64) -> PyResult<Bound<'py, PyAny>> {
         let kind = Kind::parse(kind)?;
         if limit <= 0 {
-            return Err(
-                Error::InvalidArgument(format!("limit must be positive, not {limit}")).into(),
-            );
+            return Err(Error::InvalidArgument(format!("limit must be positive, not {limit}")).into());
         }
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
-            core.check_pid()?;
             let records = core.store.claim(kind, limit).await?;
-            Ok(Python::attach(|py| {
-                records
-                    .into_iter()
-                    .map(|r| PyExecution::from_record(py, r))
-                    .collect::<Vec<_>>()
-            }))
+            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }
 
@@ -560,9 +455,8 @@ impl PyCore {
         status: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let status = bytes_arg(status, "status")?;
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
-            core.check_pid()?;
             core.store.update_status(&execution_id, &status).await?;
             Ok(())
         })
@@ -579,14 +473,10 @@ impl PyCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let status = optional_bytes(status, "status")?;
         let outcome = outcome.0.clone();
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
             let (settled, detail) = core.settle(&execution_id, outcome, status).await?;
-            Ok(PySettlement {
-                execution_id,
-                outcome: settled.as_str(),
-                detail,
-            })
+            Ok(PySettlement { execution_id, outcome: settled.as_str(), detail })
         })
     }
 
@@ -599,42 +489,28 @@ impl PyCore {
         details: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let details = optional_bytes(details, "details")?;
-        let core = self.0.clone();
-        spawn(py, async move {
-            Ok(PyHeartbeatReply::from(
-                core.heartbeat(&execution_id, details).await?,
-            ))
-        })
+        let core = self.core()?;
+        spawn(py, async move { Ok(PyHeartbeatReply::from(core.heartbeat(&execution_id, details).await?)) })
     }
 
     /// Deliver every due callback whose delivery has not finished; returns how many were settled.
     #[pyo3(signature = (limit=1000))]
     fn deliver_due<'py>(&self, py: Python<'py>, limit: i64) -> PyResult<Bound<'py, PyAny>> {
-        let core = self.0.clone();
-        spawn(py, async move {
-            core.check_pid()?;
-            Ok(delivery::deliver_due(&core.store, core.temporal()?, limit).await?)
-        })
+        let core = self.core()?;
+        spawn(py, async move { Ok(delivery::deliver_due(&core.store, core.temporal()?, limit).await?) })
     }
 
     /// Wait until the execution reaches a terminal phase (`timeout` in seconds, None for no limit).
     #[pyo3(signature = (execution_id, timeout=None))]
-    fn wait<'py>(
-        &self,
-        py: Python<'py>,
-        execution_id: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn wait<'py>(&self, py: Python<'py>, execution_id: String, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         let timeout = timeout
             .map(|t| {
                 Duration::try_from_secs_f64(t).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "timeout must be a non-negative number of seconds, not {t}"
-                    ))
+                    Error::InvalidArgument(format!("timeout must be a non-negative number of seconds, not {t}"))
                 })
             })
             .transpose()?;
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
             let record = core.wait(&execution_id, timeout).await?;
             Ok(Python::attach(|py| PyExecution::from_record(py, record)))
@@ -652,17 +528,11 @@ impl PyCore {
         run_id: &str,
         activity_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let target = target_from(
-            optional_bytes(token, "token")?,
-            workflow_id,
-            run_id.to_owned(),
-            activity_id,
-        )?;
+        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id.to_owned(), activity_id)?;
         let outcome = outcome.0.clone();
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
-            core.check_pid()?;
             core.temporal()?.respond(&target, &outcome).await?;
             Ok(())
         })
@@ -679,38 +549,23 @@ impl PyCore {
         run_id: &str,
         activity_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let target = target_from(
-            optional_bytes(token, "token")?,
-            workflow_id,
-            run_id.to_owned(),
-            activity_id,
-        )?;
+        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id.to_owned(), activity_id)?;
         let details = optional_bytes(details, "details")?;
-        let core = self.0.clone();
+        let core = self.core()?;
         spawn(py, async move {
-            core.check_pid()?;
-            let flags = core
-                .temporal()?
-                .heartbeat(&target, details.as_deref())
-                .await?;
+            let flags = core.temporal()?.heartbeat(&target, details.as_deref()).await?;
             Ok(PyHeartbeatReply::from(flags))
         })
     }
 }
 
 fn parse_phase(name: &str) -> Result<Phase> {
-    [
-        Phase::Pending,
-        Phase::InProgress,
-        Phase::Completed,
-        Phase::Failed,
-        Phase::Cancelled,
-    ]
-    .into_iter()
-    .find(|p| p.name() == name)
-    .ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "phase must be one of PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, not {name:?}"
-        ))
-    })
+    [Phase::Pending, Phase::InProgress, Phase::Completed, Phase::Failed, Phase::Cancelled]
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "phase must be one of PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, not {name:?}"
+            ))
+        })
 }

@@ -31,18 +31,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenError", py.get_type::<errors::TokenError>())?;
     m.add("InvalidInput", py.get_type::<errors::InvalidInput>())?;
     m.add("StoreError", py.get_type::<errors::StoreError>())?;
-    m.add(
-        "ExecutionNotFound",
-        py.get_type::<errors::ExecutionNotFound>(),
-    )?;
+    m.add("ExecutionNotFound", py.get_type::<errors::ExecutionNotFound>())?;
     m.add("InvalidState", py.get_type::<errors::InvalidState>())?;
     m.add("DeliveryError", py.get_type::<errors::DeliveryError>())?;
     m.add("ConnectError", py.get_type::<errors::ConnectError>())?;
     m.add("ActivityGone", py.get_type::<errors::ActivityGone>())?;
-    m.add(
-        "TemporalRpcError",
-        py.get_type::<errors::TemporalRpcError>(),
-    )?;
+    m.add("TemporalRpcError", py.get_type::<errors::TemporalRpcError>())?;
     m.add("WaitTimeout", py.get_type::<errors::WaitTimeout>())?;
     Ok(())
 }

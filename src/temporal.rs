@@ -10,13 +10,10 @@ use prost::Message;
 use temporalio_client::grpc::WorkflowService;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
 use temporalio_common::protos::temporal::api::common::v1::Payloads;
-use temporalio_common::protos::temporal::api::failure::v1::{
-    failure::FailureInfo, ApplicationFailureInfo, Failure,
-};
+use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest,
-    RespondActivityTaskCanceledByIdRequest, RespondActivityTaskCanceledRequest,
-    RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
+    RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest,
+    RespondActivityTaskCanceledRequest, RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
     RespondActivityTaskFailedByIdRequest, RespondActivityTaskFailedRequest,
 };
 use tonic::IntoRequest;
@@ -60,9 +57,7 @@ impl Temporal {
     /// Connect to `target` (a URL with a scheme, e.g. `http://127.0.0.1:7233`).
     pub async fn connect(target: &str, namespace: &str, identity: &str) -> Result<Self> {
         let url = url::Url::parse(target).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "the Temporal address {target:?} is not a URL ({e}); use http://host:port"
-            ))
+            Error::InvalidArgument(format!("the Temporal address {target:?} is not a URL ({e}); use http://host:port"))
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(Error::InvalidArgument(format!(
@@ -70,30 +65,16 @@ impl Temporal {
             )));
         }
         if namespace.is_empty() {
-            return Err(Error::InvalidArgument(
-                "the Temporal namespace must not be empty".into(),
-            ));
+            return Err(Error::InvalidArgument("the Temporal namespace must not be empty".into()));
         }
-        let options = ConnectionOptions::new(url)
-            .identity(identity.to_owned())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build();
+        let options =
+            ConnectionOptions::new(url).identity(identity.to_owned()).connect_timeout(CONNECT_TIMEOUT).build();
         let connection = Connection::connect(options)
             .await
-            .map_err(|e| Error::Connect {
-                target: target.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
         let client = Client::new(connection, ClientOptions::new(namespace.to_owned()).build())
-            .map_err(|e| Error::Connect {
-                target: target.to_owned(),
-                message: e.to_string(),
-            })?;
-        Ok(Self {
-            client,
-            namespace: namespace.to_owned(),
-            identity: identity.to_owned(),
-        })
+            .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
+        Ok(Self { client, namespace: namespace.to_owned(), identity: identity.to_owned() })
     }
 
     /// Tell the parent activity how its child ended.
@@ -111,18 +92,9 @@ impl Temporal {
                     namespace,
                     ..Default::default()
                 };
-                client
-                    .respond_activity_task_completed(request.into_request())
-                    .await?;
+                client.respond_activity_task_completed(request.into_request()).await?;
             }
-            (
-                Outcome::Complete { result },
-                Target::Id {
-                    workflow_id,
-                    run_id,
-                    activity_id,
-                },
-            ) => {
+            (Outcome::Complete { result }, Target::Id { workflow_id, run_id, activity_id }) => {
                 let request = RespondActivityTaskCompletedByIdRequest {
                     namespace,
                     workflow_id: workflow_id.clone(),
@@ -132,30 +104,18 @@ impl Temporal {
                     identity,
                     ..Default::default()
                 };
-                client
-                    .respond_activity_task_completed_by_id(request.into_request())
-                    .await?;
+                client.respond_activity_task_completed_by_id(request.into_request()).await?;
             }
-            (
-                Outcome::Fail {
-                    message,
-                    failure_type,
-                    non_retryable,
-                    details,
-                },
-                target,
-            ) => {
+            (Outcome::Fail { message, failure_type, non_retryable, details }, target) => {
                 let failure = Some(Failure {
                     message: message.clone(),
                     source: "stigmer-handshake".into(),
-                    failure_info: Some(FailureInfo::ApplicationFailureInfo(
-                        ApplicationFailureInfo {
-                            r#type: failure_type.clone(),
-                            non_retryable: *non_retryable,
-                            details: decode_payloads(details.as_deref())?,
-                            ..Default::default()
-                        },
-                    )),
+                    failure_info: Some(FailureInfo::ApplicationFailureInfo(ApplicationFailureInfo {
+                        r#type: failure_type.clone(),
+                        non_retryable: *non_retryable,
+                        details: decode_payloads(details.as_deref())?,
+                        ..Default::default()
+                    })),
                     ..Default::default()
                 });
                 match target {
@@ -167,15 +127,9 @@ impl Temporal {
                             namespace,
                             ..Default::default()
                         };
-                        client
-                            .respond_activity_task_failed(request.into_request())
-                            .await?;
+                        client.respond_activity_task_failed(request.into_request()).await?;
                     }
-                    Target::Id {
-                        workflow_id,
-                        run_id,
-                        activity_id,
-                    } => {
+                    Target::Id { workflow_id, run_id, activity_id } => {
                         let request = RespondActivityTaskFailedByIdRequest {
                             namespace,
                             workflow_id: workflow_id.clone(),
@@ -185,9 +139,7 @@ impl Temporal {
                             identity,
                             ..Default::default()
                         };
-                        client
-                            .respond_activity_task_failed_by_id(request.into_request())
-                            .await?;
+                        client.respond_activity_task_failed_by_id(request.into_request()).await?;
                     }
                 }
             }
@@ -199,18 +151,9 @@ impl Temporal {
                     namespace,
                     ..Default::default()
                 };
-                client
-                    .respond_activity_task_canceled(request.into_request())
-                    .await?;
+                client.respond_activity_task_canceled(request.into_request()).await?;
             }
-            (
-                Outcome::Cancel { details },
-                Target::Id {
-                    workflow_id,
-                    run_id,
-                    activity_id,
-                },
-            ) => {
+            (Outcome::Cancel { details }, Target::Id { workflow_id, run_id, activity_id }) => {
                 let request = RespondActivityTaskCanceledByIdRequest {
                     namespace,
                     workflow_id: workflow_id.clone(),
@@ -220,20 +163,14 @@ impl Temporal {
                     identity,
                     ..Default::default()
                 };
-                client
-                    .respond_activity_task_canceled_by_id(request.into_request())
-                    .await?;
+                client.respond_activity_task_canceled_by_id(request.into_request()).await?;
             }
         }
         Ok(())
     }
 
     /// Heartbeat the parent activity; the reply says whether it was cancelled, paused or reset.
-    pub async fn heartbeat(
-        &self,
-        target: &Target,
-        details: Option<&[u8]>,
-    ) -> Result<HeartbeatFlags> {
+    pub async fn heartbeat(&self, target: &Target, details: Option<&[u8]>) -> Result<HeartbeatFlags> {
         let mut client = self.client.clone();
         let details = decode_payloads(details)?;
         let (namespace, identity) = (self.namespace.clone(), self.identity.clone());
@@ -246,21 +183,14 @@ impl Temporal {
                     namespace,
                     ..Default::default()
                 };
-                let reply = client
-                    .record_activity_task_heartbeat(request.into_request())
-                    .await?
-                    .into_inner();
+                let reply = client.record_activity_task_heartbeat(request.into_request()).await?.into_inner();
                 HeartbeatFlags {
                     cancel_requested: reply.cancel_requested,
                     paused: reply.activity_paused,
                     reset: reply.activity_reset,
                 }
             }
-            Target::Id {
-                workflow_id,
-                run_id,
-                activity_id,
-            } => {
+            Target::Id { workflow_id, run_id, activity_id } => {
                 let request = RecordActivityTaskHeartbeatByIdRequest {
                     namespace,
                     workflow_id: workflow_id.clone(),
@@ -270,10 +200,7 @@ impl Temporal {
                     identity,
                     ..Default::default()
                 };
-                let reply = client
-                    .record_activity_task_heartbeat_by_id(request.into_request())
-                    .await?
-                    .into_inner();
+                let reply = client.record_activity_task_heartbeat_by_id(request.into_request()).await?.into_inner();
                 HeartbeatFlags {
                     cancel_requested: reply.cancel_requested,
                     paused: reply.activity_paused,
@@ -288,9 +215,6 @@ impl Temporal {
 /// Decode `temporal.api.common.v1.Payloads` bytes made by the Python data converter.
 pub fn decode_payloads(bytes: Option<&[u8]>) -> Result<Option<Payloads>> {
     bytes
-        .map(|b| {
-            Payloads::decode(b)
-                .map_err(|e| Error::InvalidArgument(format!("malformed payloads: {e}")))
-        })
+        .map(|b| Payloads::decode(b).map_err(|e| Error::InvalidArgument(format!("malformed payloads: {e}"))))
         .transpose()
 }

@@ -174,10 +174,7 @@ pub(crate) mod tests {
             vec![0x0a; MAX_TOKEN_BYTES + 1],
             vec![0xff; 64],
         ] {
-            assert!(
-                matches!(TaskToken::parse(&bad), Err(Error::Token(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(TaskToken::parse(&bad), Err(Error::Token(_))), "{bad:?}");
         }
     }
 
@@ -188,10 +185,7 @@ pub(crate) mod tests {
         let shown = format!("{token:?} {token}");
         assert!(shown.contains(&token.fingerprint()));
         assert!(!shown.contains(&hex::encode(&bytes)));
-        assert!(
-            !shown.contains(&token.run_id),
-            "run id is not needed to tell tokens apart"
-        );
+        assert!(!shown.contains(&token.run_id), "run id is not needed to tell tokens apart");
     }
 
     #[test]

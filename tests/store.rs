@@ -1,13 +1,9 @@
 //! The SQLite store's contract: token kept out of reads, one-transaction settle, leases, idempotency.
 
 use _core::errors::Error;
-use _core::proto::ai::stigmer::agentic::agentexecution::v1::{
-    AgentExecutionSpec, AgentExecutionStatus,
-};
+use _core::proto::ai::stigmer::agentic::agentexecution::v1::{AgentExecutionSpec, AgentExecutionStatus};
 use _core::proto::ai::stigmer::agentic::workflowexecution::v1::WorkflowExecutionStatus;
-use _core::store::{
-    self, CallbackState, DeliveryResult, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore,
-};
+use _core::store::{self, CallbackState, DeliveryResult, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore};
 use _core::token::TaskToken;
 use prost::Message;
 
@@ -41,12 +37,7 @@ fn token(activity_id: &str) -> TaskToken {
 }
 
 fn spec() -> Vec<u8> {
-    AgentExecutionSpec {
-        agent_id: "a".into(),
-        message: "hi".into(),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    AgentExecutionSpec { agent_id: "a".into(), message: "hi".into(), ..Default::default() }.encode_to_vec()
 }
 
 async fn store_with(id: &str, with_token: bool) -> SqliteStore {
@@ -65,145 +56,82 @@ async fn store_with(id: &str, with_token: bool) -> SqliteStore {
 }
 
 fn status_token(record: &store::ExecutionRecord) -> Vec<u8> {
-    AgentExecutionStatus::decode(record.status.as_slice())
-        .unwrap()
-        .callback_token
+    AgentExecutionStatus::decode(record.status.as_slice()).unwrap().callback_token
 }
 
 #[tokio::test]
 async fn token_is_returned_only_on_request_and_cleared_after_delivery() {
     let store = store_with("e1", true).await;
     assert!(status_token(&store.get("e1", false).await.unwrap()).is_empty());
-    assert_eq!(
-        status_token(&store.get("e1", true).await.unwrap()),
-        token("1").secret_bytes()
-    );
+    assert_eq!(status_token(&store.get("e1", true).await.unwrap()), token("1").secret_bytes());
 
-    let Settled::Now {
-        claimed: Some(claimed),
-    } = store
-        .settle("e1", &Outcome::Complete { result: None }, None, 60_000)
-        .await
-        .unwrap()
+    let Settled::Now { claimed: Some(claimed) } =
+        store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap()
     else {
         panic!("the settle should claim the armed callback");
     };
     assert_eq!(claimed.token.fingerprint(), token("1").fingerprint());
     let record = store.get("e1", true).await.unwrap();
     assert_eq!(record.phase, Phase::Completed);
-    assert_eq!(
-        record.callback.as_ref().unwrap().state,
-        CallbackState::Delivering
-    );
+    assert_eq!(record.callback.as_ref().unwrap().state, CallbackState::Delivering);
 
-    store
-        .record_delivery("e1", &DeliveryResult::Delivered)
-        .await
-        .unwrap();
+    store.record_delivery("e1", &DeliveryResult::Delivered).await.unwrap();
     let record = store.get("e1", true).await.unwrap();
-    assert!(
-        status_token(&record).is_empty(),
-        "token cleared once settled"
-    );
+    assert!(status_token(&record).is_empty(), "token cleared once settled");
     assert_eq!(record.callback.unwrap().state, CallbackState::Delivered);
 }
 
 #[tokio::test]
 async fn second_settle_is_already_settled_and_writes_nothing() {
     let store = store_with("e1", true).await;
-    store
-        .settle("e1", &Outcome::Complete { result: None }, None, 60_000)
-        .await
-        .unwrap();
+    store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap();
     let again = store
         .settle(
             "e1",
-            &Outcome::Fail {
-                message: "x".into(),
-                failure_type: String::new(),
-                non_retryable: false,
-                details: None,
-            },
+            &Outcome::Fail { message: "x".into(), failure_type: String::new(), non_retryable: false, details: None },
             None,
             60_000,
         )
         .await
         .unwrap();
-    let Settled::Already { outcome, .. } = again else {
-        panic!("second settle must not settle again")
-    };
+    let Settled::Already { outcome, .. } = again else { panic!("second settle must not settle again") };
     assert_eq!(outcome.as_deref(), Some("complete"));
-    assert_eq!(
-        store.get("e1", false).await.unwrap().phase,
-        Phase::Completed
-    );
+    assert_eq!(store.get("e1", false).await.unwrap().phase, Phase::Completed);
 }
 
 #[tokio::test]
 async fn store_only_settle_is_due_and_claimed_once_under_a_lease() {
     let store = store_with("e1", true).await;
-    let settled = store
-        .settle("e1", &Outcome::Cancel { details: None }, None, 0)
-        .await
-        .unwrap();
+    let settled = store.settle("e1", &Outcome::Cancel { details: None }, None, 0).await.unwrap();
     assert!(matches!(settled, Settled::Now { claimed: None }));
-    assert_eq!(
-        store
-            .get("e1", false)
-            .await
-            .unwrap()
-            .callback
-            .unwrap()
-            .state,
-        CallbackState::Due
-    );
+    assert_eq!(store.get("e1", false).await.unwrap().callback.unwrap().state, CallbackState::Due);
 
     let first = store.claim_due(10, 60_000).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].outcome, Outcome::Cancel { details: None });
-    assert!(
-        store.claim_due(10, 60_000).await.unwrap().is_empty(),
-        "leased: nobody else gets it"
-    );
+    assert!(store.claim_due(10, 60_000).await.unwrap().is_empty(), "leased: nobody else gets it");
 
-    store
-        .record_delivery("e1", &DeliveryResult::Failed("unavailable".into()))
-        .await
-        .unwrap();
+    store.record_delivery("e1", &DeliveryResult::Failed("unavailable".into())).await.unwrap();
     let record = store.get("e1", false).await.unwrap();
     let callback = record.callback.unwrap();
     assert_eq!(callback.state, CallbackState::Due);
     assert_eq!(callback.attempts, 1);
     assert_eq!(callback.last_error.as_deref(), Some("unavailable"));
-    assert_eq!(
-        store.claim_due(10, 0).await.unwrap().len(),
-        1,
-        "a failed delivery is due again"
-    );
+    assert_eq!(store.claim_due(10, 0).await.unwrap().len(), 1, "a failed delivery is due again");
 }
 
 #[tokio::test]
 async fn expired_lease_is_claimable_again() {
     let store = store_with("e1", true).await;
-    store
-        .settle("e1", &Outcome::Complete { result: None }, None, 1)
-        .await
-        .unwrap();
+    store.settle("e1", &Outcome::Complete { result: None }, None, 1).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    assert_eq!(
-        store.claim_due(10, 60_000).await.unwrap().len(),
-        1,
-        "a dead deliverer's lease runs out"
-    );
+    assert_eq!(store.claim_due(10, 60_000).await.unwrap().len(), 1, "a dead deliverer's lease runs out");
 }
 
 #[tokio::test]
 async fn direct_execution_has_no_callback() {
     let store = store_with("e1", false).await;
-    let settled = store
-        .settle("e1", &Outcome::Complete { result: None }, None, 60_000)
-        .await
-        .unwrap();
+    let settled = store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap();
     assert!(matches!(settled, Settled::Now { claimed: None }));
     assert!(store.get("e1", false).await.unwrap().callback.is_none());
     assert!(store.claim_due(10, 60_000).await.unwrap().is_empty());
@@ -212,52 +140,36 @@ async fn direct_execution_has_no_callback() {
 #[tokio::test]
 async fn update_status_refuses_terminal_phases_and_ended_executions() {
     let store = store_with("e1", true).await;
-    let running = AgentExecutionStatus {
-        phase: 2,
-        callback_token: b"forged".to_vec(),
-        ..Default::default()
-    };
-    store
-        .update_status("e1", &running.encode_to_vec())
-        .await
-        .unwrap();
+    let running = AgentExecutionStatus { phase: 2, callback_token: b"forged".to_vec(), ..Default::default() };
+    store.update_status("e1", &running.encode_to_vec()).await.unwrap();
     let record = store.get("e1", true).await.unwrap();
     assert_eq!(record.phase, Phase::InProgress);
-    assert_eq!(
-        status_token(&record),
-        token("1").secret_bytes(),
-        "a status update cannot replace the token"
-    );
+    assert_eq!(status_token(&record), token("1").secret_bytes(), "a status update cannot replace the token");
 
-    let done = AgentExecutionStatus {
-        phase: 3,
-        ..Default::default()
-    };
-    assert!(matches!(
-        store.update_status("e1", &done.encode_to_vec()).await,
-        Err(Error::InvalidArgument(_))
-    ));
-    store
-        .settle("e1", &Outcome::Complete { result: None }, None, 0)
-        .await
-        .unwrap();
-    assert!(matches!(
-        store.update_status("e1", &running.encode_to_vec()).await,
-        Err(Error::InvalidState { .. })
-    ));
+    let done = AgentExecutionStatus { phase: 3, ..Default::default() };
+    assert!(matches!(store.update_status("e1", &done.encode_to_vec()).await, Err(Error::InvalidArgument(_))));
+    store.settle("e1", &Outcome::Complete { result: None }, None, 0).await.unwrap();
+    assert!(matches!(store.update_status("e1", &running.encode_to_vec()).await, Err(Error::InvalidState { .. })));
+}
+
+#[tokio::test]
+async fn status_updates_keep_the_recorded_start_time() {
+    let store = store_with("e1", false).await;
+    store.claim(Kind::Agent, 1).await.unwrap();
+    let started =
+        AgentExecutionStatus::decode(store.get("e1", false).await.unwrap().status.as_slice()).unwrap().started_at;
+    assert!(started.is_some());
+    store.update_status("e1", &AgentExecutionStatus::default().encode_to_vec()).await.unwrap();
+    let status = AgentExecutionStatus::decode(store.get("e1", false).await.unwrap().status.as_slice()).unwrap();
+    assert_eq!(status.started_at, started);
+    assert_eq!(status.phase, Phase::InProgress.to_proto(), "an unspecified phase keeps the current one");
 }
 
 #[tokio::test]
 async fn claims_never_overlap_and_unknown_ids_are_typed() {
     let store = store::open("sqlite::memory:").await.unwrap();
     for i in 0..5 {
-        let new = NewExecution {
-            id: format!("e{i}"),
-            kind: Kind::Agent,
-            spec: spec(),
-            status: None,
-            token: None,
-        };
+        let new = NewExecution { id: format!("e{i}"), kind: Kind::Agent, spec: spec(), status: None, token: None };
         store.create(new).await.unwrap();
     }
     let a = store.claim(Kind::Agent, 3).await.unwrap();
@@ -265,60 +177,26 @@ async fn claims_never_overlap_and_unknown_ids_are_typed() {
     assert_eq!((a.len(), b.len()), (3, 2));
     assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)));
     assert!(store.claim(Kind::Workflow, 3).await.unwrap().is_empty());
-    assert!(matches!(
-        store.get("nope", false).await,
-        Err(Error::ExecutionNotFound(_))
-    ));
-    let duplicate = NewExecution {
-        id: "e0".into(),
-        kind: Kind::Agent,
-        spec: spec(),
-        status: None,
-        token: None,
-    };
-    assert!(matches!(
-        store.create(duplicate).await,
-        Err(Error::InvalidState { .. })
-    ));
+    assert!(matches!(store.get("nope", false).await, Err(Error::ExecutionNotFound(_))));
+    let duplicate = NewExecution { id: "e0".into(), kind: Kind::Agent, spec: spec(), status: None, token: None };
+    assert!(matches!(store.create(duplicate).await, Err(Error::InvalidState { .. })));
 }
 
 #[tokio::test]
 async fn bad_urls_and_bad_specs_are_typed_errors() {
     for url in ["mysql://x", "postgres://localhost/db", "", "not a url"] {
-        assert!(
-            matches!(store::open(url).await, Err(Error::InvalidArgument(_))),
-            "{url}"
-        );
+        assert!(matches!(store::open(url).await, Err(Error::InvalidArgument(_))), "{url}");
     }
     let store = store::open("sqlite::memory:").await.unwrap();
-    let bad = NewExecution {
-        id: "e".into(),
-        kind: Kind::Agent,
-        spec: vec![0xff, 0xff],
-        status: None,
-        token: None,
-    };
-    assert!(matches!(
-        store.create(bad).await,
-        Err(Error::InvalidArgument(_))
-    ));
+    let bad = NewExecution { id: "e".into(), kind: Kind::Agent, spec: vec![0xff, 0xff], status: None, token: None };
+    assert!(matches!(store.create(bad).await, Err(Error::InvalidArgument(_))));
 }
 
 #[test]
 fn callback_token_field_numbers_are_the_contract() {
     // Hand-written wire bytes: tag = (field << 3) | 2 (length-delimited).
     let agent = [&[10 << 3 | 2, 3][..], b"tok"].concat();
-    assert_eq!(
-        AgentExecutionStatus::decode(agent.as_slice())
-            .unwrap()
-            .callback_token,
-        b"tok"
-    );
+    assert_eq!(AgentExecutionStatus::decode(agent.as_slice()).unwrap().callback_token, b"tok");
     let workflow = [&[11 << 3 | 2, 3][..], b"tok"].concat();
-    assert_eq!(
-        WorkflowExecutionStatus::decode(workflow.as_slice())
-            .unwrap()
-            .callback_token,
-        b"tok"
-    );
+    assert_eq!(WorkflowExecutionStatus::decode(workflow.as_slice()).unwrap().callback_token, b"tok");
 }

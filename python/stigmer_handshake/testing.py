@@ -55,6 +55,10 @@ def sqlite_url(folder: str | os.PathLike[str], name: str = "handshake.db") -> st
     return f"sqlite://{Path(folder).resolve() / name}"
 
 
+class _ExitedEarly(DevServerError):
+    pass
+
+
 class DevServer:
     """A real `temporal server start-dev` on free ports, stopped by its pid."""
 
@@ -69,6 +73,7 @@ class DevServer:
     ) -> None:
         self.namespace = namespace
         self.db_filename = db_filename
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.start_timeout = start_timeout
         self._log_file = log_file
@@ -85,6 +90,18 @@ class DevServer:
         return f"http://{self.address}"
 
     async def start(self) -> None:
+        """Start the server and wait until it answers. A start that dies at once (a port taken between
+        picking it and binding it) is retried on new ports, unless the port was chosen by the caller."""
+        for attempt in range(3):
+            try:
+                await self._start_once()
+                return
+            except _ExitedEarly:
+                if self._fixed_port or attempt == 2:
+                    raise
+                self.port = free_port()
+
+    async def _start_once(self) -> None:
         args = [
             temporal_binary(),
             "server",
@@ -106,7 +123,7 @@ class DevServer:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise DevServerError(f"temporal dev server exited with {self._process.returncode}; see {log_path}")
+                raise _ExitedEarly(f"temporal dev server exited with {self._process.returncode}; see {log_path}")
             try:
                 await Client.connect(self.address, namespace=self.namespace)
                 return

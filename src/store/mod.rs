@@ -34,9 +34,7 @@ impl Kind {
         match text {
             "agent" => Ok(Kind::Agent),
             "workflow" => Ok(Kind::Workflow),
-            other => Err(Error::InvalidArgument(format!(
-                "kind must be \"agent\" or \"workflow\", not {other:?}"
-            ))),
+            other => Err(Error::InvalidArgument(format!("kind must be \"agent\" or \"workflow\", not {other:?}"))),
         }
     }
 }
@@ -105,11 +103,7 @@ impl CallbackState {
             "delivering" => CallbackState::Delivering,
             "delivered" => CallbackState::Delivered,
             "gone" => CallbackState::Gone,
-            other => {
-                return Err(Error::Store(format!(
-                    "unknown callback state {other:?} in the store"
-                )))
-            }
+            other => return Err(Error::Store(format!("unknown callback state {other:?} in the store"))),
         })
     }
 }
@@ -155,14 +149,11 @@ pub struct ClaimedCallback {
 
 /// What `settle` wrote.
 pub enum Settled {
-    /// The execution ended now; `claimed` is its callback, leased to this caller for delivery
-    /// (None for a direct execution, which has no parent to tell).
-    Now { claimed: Option<ClaimedCallback> },
+    /// The execution ended now. `claimed` is its callback, leased to this caller for delivery; None
+    /// for a direct execution (`has_callback` false) or when no lease was asked for (left due).
+    Now { claimed: Option<ClaimedCallback>, has_callback: bool },
     /// It had ended before: nothing was written; the recorded outcome and callback are returned.
-    Already {
-        outcome: Option<String>,
-        callback: Option<CallbackInfo>,
-    },
+    Already { outcome: Option<String>, callback: Option<CallbackInfo> },
 }
 
 /// What happened when a claimed callback was sent.
@@ -191,8 +182,6 @@ pub async fn open(url: &str) -> Result<SqliteStore> {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }

@@ -3,25 +3,21 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 use super::status::{check_spec, edit_status, started_at, timestamp};
 use super::{
-    now_ms, CallbackInfo, CallbackState, ClaimedCallback, DeliveryResult, ExecutionRecord, Kind,
-    NewExecution, Outcome, Phase, Settled,
+    now_ms, CallbackInfo, CallbackState, ClaimedCallback, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome,
+    Phase, Settled,
 };
 use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::commons::v1::ExecutionError;
 use crate::token::TaskToken;
 
-const RECORD_COLUMNS: &str =
-    "e.id, e.kind, e.phase, e.spec, e.status, c.state, c.fingerprint, c.outcome, \
+const RECORD_COLUMNS: &str = "e.id, e.kind, e.phase, e.spec, e.status, c.state, c.fingerprint, c.outcome, \
      c.attempts, c.last_error, c.token";
-const OUTCOME_COLUMNS: &str =
-    "execution_id, token, outcome, payloads, failure_message, failure_type, non_retryable";
+const OUTCOME_COLUMNS: &str = "execution_id, token, outcome, payloads, failure_message, failure_type, non_retryable";
 
 /// Executions and callbacks in one SQLite database file (or in memory).
 #[derive(Clone)]
@@ -38,19 +34,11 @@ impl SqliteStore {
             .foreign_keys(true)
             // Several processes (worker, runners) share one file: wait for the write lock rather than fail.
             .busy_timeout(Duration::from_secs(30))
-            .journal_mode(if in_memory {
-                SqliteJournalMode::Memory
-            } else {
-                SqliteJournalMode::Wal
-            })
+            .journal_mode(if in_memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
             .synchronous(SqliteSynchronous::Full);
         // An in-memory database lives in one connection: keep exactly one, forever.
         let pool_options = if in_memory {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
         } else {
             SqlitePoolOptions::new().max_connections(4)
         };
@@ -112,20 +100,12 @@ impl SqliteStore {
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id WHERE e.id = ?"
         );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
         record_from_row(&row, include_token)
     }
 
-    pub async fn list(
-        &self,
-        kind: Option<Kind>,
-        phase: Option<Phase>,
-        limit: i64,
-    ) -> Result<Vec<ExecutionRecord>> {
+    pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
              WHERE (?1 IS NULL OR e.kind = ?1) AND (?2 IS NULL OR e.phase = ?2) ORDER BY e.created_ms, e.id LIMIT ?3"
@@ -234,29 +214,22 @@ impl SqliteStore {
         let mut tx = self.pool.begin().await?;
         let (kind, phase, status) = touch(&mut tx, id).await?;
         if phase.is_terminal() {
-            let row = sqlx::query("SELECT state, fingerprint, outcome, attempts, last_error FROM callbacks WHERE execution_id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let row = sqlx::query(
+                "SELECT state, fingerprint, outcome, attempts, last_error FROM callbacks WHERE execution_id = ?",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
             let callback = row.as_ref().map(callback_from_row).transpose()?.flatten();
             let recorded = callback.as_ref().and_then(|c| c.outcome.clone());
-            return Ok(Settled::Already {
-                outcome: recorded,
-                callback,
-            });
+            return Ok(Settled::Already { outcome: recorded, callback });
         }
         let started = started_at(kind, &status)?;
         let blob = edit_status(kind, final_status.unwrap_or(&status), |s| {
             s.set_phase(outcome.phase());
             s.mark_started(started.unwrap_or_else(|| timestamp(now)));
             s.mark_completed(timestamp(now));
-            if let Outcome::Fail {
-                message,
-                failure_type,
-                non_retryable,
-                ..
-            } = outcome
-            {
+            if let Outcome::Fail { message, failure_type, non_retryable, .. } = outcome {
                 s.set_error(Some(ExecutionError {
                     message: message.clone(),
                     r#type: failure_type.clone(),
@@ -273,24 +246,12 @@ impl SqliteStore {
             .await?;
         let (payloads, message, failure_type, non_retryable) = match outcome {
             Outcome::Complete { result } => (result.clone(), None, None, false),
-            Outcome::Fail {
-                message,
-                failure_type,
-                non_retryable,
-                details,
-            } => (
-                details.clone(),
-                Some(message.clone()),
-                Some(failure_type.clone()),
-                *non_retryable,
-            ),
+            Outcome::Fail { message, failure_type, non_retryable, details } => {
+                (details.clone(), Some(message.clone()), Some(failure_type.clone()), *non_retryable)
+            }
             Outcome::Cancel { details } => (details.clone(), None, None, false),
         };
-        let state = if lease_ms > 0 {
-            CallbackState::Delivering
-        } else {
-            CallbackState::Due
-        };
+        let state = if lease_ms > 0 { CallbackState::Delivering } else { CallbackState::Due };
         let token: Option<Vec<u8>> = sqlx::query_scalar(
             "UPDATE callbacks SET state = ?, outcome = ?, payloads = ?, failure_message = ?, failure_type = ?, \
              non_retryable = ?, lease_until_ms = ? WHERE execution_id = ? AND state = 'armed' RETURNING token",
@@ -306,6 +267,7 @@ impl SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
+        let has_callback = token.is_some();
         let claimed = match (token, lease_ms > 0) {
             (Some(token), true) => Some(ClaimedCallback {
                 execution_id: id.to_owned(),
@@ -314,7 +276,7 @@ impl SqliteStore {
             }),
             _ => None,
         };
-        Ok(Settled::Now { claimed })
+        Ok(Settled::Now { claimed, has_callback })
     }
 
     /// Claim due callbacks (and ones whose delivery lease ran out) for delivery.
@@ -325,12 +287,7 @@ impl SqliteStore {
              (SELECT execution_id FROM callbacks WHERE state = 'due' OR (state = 'delivering' AND lease_until_ms < ?) \
              ORDER BY created_ms LIMIT ?) RETURNING {OUTCOME_COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(claimed_from_row).collect()
     }
 
@@ -373,17 +330,12 @@ impl SqliteStore {
 
 /// Take the write lock on an execution (an UPDATE first, so concurrent writers queue on SQLite's lock
 /// instead of failing to upgrade a read lock) and return its kind, phase and status.
-async fn touch(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    id: &str,
-) -> Result<(Kind, Phase, Vec<u8>)> {
-    let row = sqlx::query(
-        "UPDATE executions SET updated_ms = ? WHERE id = ? RETURNING kind, phase, status",
-    )
-    .bind(now_ms())
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?;
+async fn touch(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> Result<(Kind, Phase, Vec<u8>)> {
+    let row = sqlx::query("UPDATE executions SET updated_ms = ? WHERE id = ? RETURNING kind, phase, status")
+        .bind(now_ms())
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
     let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
     let kind = Kind::parse(row.try_get("kind")?)?;
     let phase = Phase::from_proto(row.try_get("phase")?);
@@ -424,32 +376,19 @@ fn record_from_row(row: &SqliteRow, include_token: bool) -> Result<ExecutionReco
 fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedCallback> {
     let execution_id: String = row.try_get("execution_id")?;
     let token: Option<Vec<u8>> = row.try_get("token")?;
-    let token = token
-        .ok_or_else(|| Error::Store(format!("due callback of {execution_id:?} has no token")))?;
+    let token = token.ok_or_else(|| Error::Store(format!("due callback of {execution_id:?} has no token")))?;
     let outcome: Option<String> = row.try_get("outcome")?;
     let payloads: Option<Vec<u8>> = row.try_get("payloads")?;
     let outcome = match outcome.as_deref() {
         Some("complete") => Outcome::Complete { result: payloads },
         Some("fail") => Outcome::Fail {
-            message: row
-                .try_get::<Option<String>, _>("failure_message")?
-                .unwrap_or_default(),
-            failure_type: row
-                .try_get::<Option<String>, _>("failure_type")?
-                .unwrap_or_default(),
+            message: row.try_get::<Option<String>, _>("failure_message")?.unwrap_or_default(),
+            failure_type: row.try_get::<Option<String>, _>("failure_type")?.unwrap_or_default(),
             non_retryable: row.try_get("non_retryable")?,
             details: payloads,
         },
         Some("cancel") => Outcome::Cancel { details: payloads },
-        other => {
-            return Err(Error::Store(format!(
-                "due callback of {execution_id:?} has outcome {other:?}"
-            )))
-        }
+        other => return Err(Error::Store(format!("due callback of {execution_id:?} has outcome {other:?}"))),
     };
-    Ok(ClaimedCallback {
-        execution_id,
-        token: TaskToken::parse(&token)?,
-        outcome,
-    })
+    Ok(ClaimedCallback { execution_id, token: TaskToken::parse(&token)?, outcome })
 }

@@ -104,17 +104,13 @@ status_fields!(WorkflowExecutionStatus, error);
 ///
 /// The token is always cleared before `edit` runs, so a stored blob never carries it; an edit that
 /// needs it in the output (an opt-in read) sets it back.
-pub fn edit_status(
-    kind: Kind,
-    bytes: &[u8],
-    edit: impl FnOnce(&mut dyn StatusFields),
-) -> Result<Vec<u8>> {
+pub fn edit_status(kind: Kind, bytes: &[u8], edit: impl FnOnce(&mut dyn StatusFields)) -> Result<Vec<u8>> {
     fn apply<S: Message + Default + StatusFields>(
         bytes: &[u8],
         edit: impl FnOnce(&mut dyn StatusFields),
     ) -> Result<Vec<u8>> {
-        let mut status = S::decode(bytes)
-            .map_err(|e| Error::InvalidArgument(format!("malformed status bytes: {e}")))?;
+        let mut status =
+            S::decode(bytes).map_err(|e| Error::InvalidArgument(format!("malformed status bytes: {e}")))?;
         status.set_token(Vec::new());
         edit(&mut status);
         Ok(status.encode_to_vec())
@@ -146,8 +142,7 @@ pub fn check_spec(kind: Kind, bytes: &[u8]) -> Result<()> {
         Kind::Agent => agentexecution::v1::AgentExecutionSpec::decode(bytes).map(drop),
         Kind::Workflow => workflowexecution::v1::WorkflowExecutionSpec::decode(bytes).map(drop),
     };
-    decoded
-        .map_err(|e| Error::InvalidArgument(format!("malformed {} spec bytes: {e}", kind.as_str())))
+    decoded.map_err(|e| Error::InvalidArgument(format!("malformed {} spec bytes: {e}", kind.as_str())))
 }
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {

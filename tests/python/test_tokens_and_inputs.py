@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from pathlib import Path
 
@@ -127,3 +129,18 @@ def test_raw_field_numbers_decode_into_callback_token() -> None:
     assert pb.AgentExecutionStatus.DESCRIPTOR.fields_by_name["callback_token"].number == 10
     assert "callback_token" not in pb.AgentExecutionSpec.DESCRIPTOR.fields_by_name
     assert "callback_token" not in pb.WorkflowExecutionSpec.DESCRIPTOR.fields_by_name
+
+
+def test_use_after_fork_is_a_typed_error(tmp_path: Path) -> None:
+    hs = asyncio.run(Handshake.connect(store=sqlite_url(tmp_path), temporal=None))
+    pid = os.fork()
+    if pid == 0:  # the child: the handshake must refuse at once, not hang on the parent's runtime
+        try:
+            hs._core.get("anything")
+            os._exit(1)
+        except HandshakeError as err:
+            os._exit(0 if "fork" in str(err) else 2)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
