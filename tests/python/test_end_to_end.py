@@ -108,6 +108,9 @@ async def test_workflow_path_child_workflow_settles_parent(env: Env) -> None:
         task_queue=env.task_queue,
     )
     assert result == PipelineResult(total=10, count=4)
+    # The parent can see the result before the system activity has recorded the delivery; the child
+    # workflow ends only after that activity returned.
+    await env.client.get_workflow_handle(execution_id).result()
     execution = await env.hs.get(execution_id, include_token=True)
     assert isinstance(execution, pb.WorkflowExecution)
     assert execution.status.temporal_workflow_id == execution_id
