@@ -8,46 +8,15 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use tokio::sync::Notify;
 
-use crate::delivery::{self, DELIVERY_LEASE_MS};
+use crate::delivery::{self, SettleOutcome};
 use crate::errors::{Error, InvalidInput, Result};
-use crate::store::{
-    self, CallbackInfo, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore,
-};
+use crate::reconcile::{self, ReconcileReport};
+use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, SqliteStore};
 use crate::temporal::{HeartbeatFlags, Target, Temporal};
 use crate::token::TaskToken;
 
 /// How often `wait` looks at the store for a settle made by another process.
 const WAIT_POLL: Duration = Duration::from_millis(20);
-
-/// What `settle` did, as the caller of settle sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SettleOutcome {
-    /// The parent activity was told.
-    Delivered,
-    /// Recorded as due; no Temporal connection here, another process delivers it.
-    Recorded,
-    /// A direct execution (no token): nothing to tell.
-    NoCallback,
-    /// The execution had already ended; nothing was sent again.
-    AlreadySettled,
-    /// The parent activity attempt no longer exists (timed out, retried, workflow closed).
-    ActivityGone,
-    /// Delivery failed for now; the callback stays due for `deliver_due`.
-    Retrying,
-}
-
-impl SettleOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SettleOutcome::Delivered => "delivered",
-            SettleOutcome::Recorded => "recorded",
-            SettleOutcome::NoCallback => "no_callback",
-            SettleOutcome::AlreadySettled => "already_settled",
-            SettleOutcome::ActivityGone => "activity_gone",
-            SettleOutcome::Retrying => "retrying",
-        }
-    }
-}
 
 /// The shared state behind every clone of a handshake.
 pub struct Core {
@@ -56,6 +25,8 @@ pub struct Core {
     /// Wakes in-process `wait`ers as soon as a settle commits (other processes are seen by polling).
     settled: Notify,
     pid: u32,
+    /// Stops the background reconciler, when one runs.
+    reconciler: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
 }
 
 impl Core {
@@ -65,7 +36,13 @@ impl Core {
             Some((target, namespace, identity)) => Some(Temporal::connect(target, namespace, identity).await?),
             None => None,
         };
-        Ok(Self { store, temporal, settled: Notify::new(), pid: std::process::id() })
+        Ok(Self {
+            store,
+            temporal,
+            settled: Notify::new(),
+            pid: std::process::id(),
+            reconciler: std::sync::Mutex::default(),
+        })
     }
 
     /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along,
@@ -79,35 +56,32 @@ impl Core {
         }
     }
 
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    pub fn temporal_connection(&self) -> Option<&Temporal> {
+        self.temporal.as_ref()
+    }
+
     pub async fn settle(
         &self,
         id: &str,
         outcome: Outcome,
         status: Option<Vec<u8>>,
-    ) -> Result<(SettleOutcome, Option<String>)> {
+        wait: bool,
+    ) -> Result<SettleOutcome> {
         // Payloads are checked before anything is stored: a malformed result must not end the execution.
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
-        let lease = if self.temporal.is_some() { DELIVERY_LEASE_MS } else { 0 };
-        let settled = self.store.settle(id, &outcome, status.as_deref(), lease).await?;
+        let settled =
+            delivery::settle(&self.store, self.temporal.as_ref(), id, &outcome, status.as_deref(), wait).await;
         self.settled.notify_waiters();
-        match settled {
-            Settled::Already { .. } => Ok((SettleOutcome::AlreadySettled, None)),
-            Settled::Now { claimed: None, has_callback: false } => Ok((SettleOutcome::NoCallback, None)),
-            Settled::Now { claimed: None, has_callback: true } => Ok((SettleOutcome::Recorded, None)),
-            Settled::Now { claimed: Some(claimed), .. } => {
-                let Some(temporal) = &self.temporal else {
-                    return Ok((SettleOutcome::Recorded, None));
-                };
-                Ok(match delivery::deliver(&self.store, temporal, claimed).await? {
-                    DeliveryResult::Delivered => (SettleOutcome::Delivered, None),
-                    DeliveryResult::Gone(why) => (SettleOutcome::ActivityGone, Some(why)),
-                    DeliveryResult::Failed(why) => (SettleOutcome::Retrying, Some(why)),
-                })
-            }
-        }
+        settled
     }
 
     pub async fn heartbeat(&self, id: &str, details: Option<Vec<u8>>) -> Result<HeartbeatFlags> {
+        // A heartbeat is the runner's sign of life: it keeps the runner's claim on the execution.
+        self.store.renew_claim(id).await?;
         let Some(token) = self.store.armed_token(id).await? else {
             // A direct execution, or one already settled: there is no parent to heartbeat.
             return Ok(HeartbeatFlags::default());
@@ -242,25 +216,39 @@ pub struct PyExecution {
     status: Py<PyBytes>,
     callback_state: Option<&'static str>,
     token_fingerprint: Option<String>,
+    parent_workflow_id: Option<String>,
+    parent_run_id: Option<String>,
+    parent_activity_id: Option<String>,
+    parent_attempt: Option<i64>,
     callback_outcome: Option<String>,
+    /// The recorded result (or failure/cancel details) as encoded `Payloads`, kept after delivery.
+    result: Option<Py<PyBytes>>,
     delivery_attempts: i64,
     last_error: Option<String>,
+    gone_reason: Option<String>,
 }
 
 impl PyExecution {
     fn from_record(py: Python<'_>, record: ExecutionRecord) -> Self {
         let callback: Option<CallbackInfo> = record.callback;
+        let c = callback.as_ref();
         Self {
             id: record.id,
             kind: record.kind.as_str(),
             phase: record.phase.name(),
             spec: PyBytes::new(py, &record.spec).unbind(),
             status: PyBytes::new(py, &record.status).unbind(),
-            callback_state: callback.as_ref().map(|c| c.state.as_str()),
-            token_fingerprint: callback.as_ref().map(|c| c.fingerprint.clone()),
-            callback_outcome: callback.as_ref().and_then(|c| c.outcome.clone()),
-            delivery_attempts: callback.as_ref().map_or(0, |c| c.attempts),
-            last_error: callback.and_then(|c| c.last_error),
+            callback_state: c.map(|c| c.state.as_str()),
+            token_fingerprint: c.map(|c| c.fingerprint.clone()),
+            parent_workflow_id: c.map(|c| c.workflow_id.clone()),
+            parent_run_id: c.map(|c| c.run_id.clone()),
+            parent_activity_id: c.map(|c| c.activity_id.clone()),
+            parent_attempt: c.map(|c| c.attempt),
+            callback_outcome: c.and_then(|c| c.outcome.clone()),
+            result: c.and_then(|c| c.payloads.as_deref()).map(|p| PyBytes::new(py, p).unbind()),
+            delivery_attempts: c.map_or(0, |c| c.attempts),
+            last_error: c.and_then(|c| c.last_error.clone()),
+            gone_reason: c.and_then(|c| c.gone_reason.clone()),
         }
     }
 }
@@ -279,16 +267,67 @@ impl PyExecution {
 #[pyclass(name = "Settlement", module = "stigmer_handshake._core", frozen, get_all)]
 pub struct PySettlement {
     execution_id: String,
+    /// delivered | recorded | no_callback | already_settled | activity_gone | retrying | dead_lettered
     outcome: &'static str,
+    /// For activity_gone: PARENT_TIMED_OUT, PARENT_WORKFLOW_CLOSED, STALE_ATTEMPT or INVALID_TOKEN.
+    reason: Option<&'static str>,
+    /// The server's or the store's words; for already_settled, the outcome recorded first.
     detail: Option<String>,
+}
+
+impl PySettlement {
+    fn new(execution_id: String, settled: SettleOutcome) -> Self {
+        let (outcome, reason, detail) = match settled {
+            SettleOutcome::Delivered => ("delivered", None, None),
+            SettleOutcome::Recorded => ("recorded", None, None),
+            SettleOutcome::NoCallback => ("no_callback", None, None),
+            SettleOutcome::AlreadySettled(recorded) => ("already_settled", None, recorded),
+            SettleOutcome::ActivityGone(reason, message) => ("activity_gone", Some(reason.as_str()), Some(message)),
+            SettleOutcome::Retrying(error) => ("retrying", None, Some(error)),
+            SettleOutcome::DeadLettered(error) => ("dead_lettered", None, Some(error)),
+        };
+        Self { execution_id, outcome, reason, detail }
+    }
 }
 
 #[pymethods]
 impl PySettlement {
     fn __repr__(&self) -> String {
         format!(
-            "Settlement(execution_id={:?}, outcome={:?}, detail={:?})",
-            self.execution_id, self.outcome, self.detail
+            "Settlement(execution_id={:?}, outcome={:?}, reason={:?}, detail={:?})",
+            self.execution_id, self.outcome, self.reason, self.detail
+        )
+    }
+}
+
+/// What a reconcile pass did.
+#[pyclass(name = "ReconcileReport", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PyReconcileReport {
+    delivered: usize,
+    gone: usize,
+    dead_lettered: usize,
+    retrying: usize,
+    children_failed: usize,
+}
+
+impl From<ReconcileReport> for PyReconcileReport {
+    fn from(r: ReconcileReport) -> Self {
+        Self {
+            delivered: r.deliveries.delivered,
+            gone: r.deliveries.gone,
+            dead_lettered: r.deliveries.dead,
+            retrying: r.deliveries.retrying,
+            children_failed: r.children_failed,
+        }
+    }
+}
+
+#[pymethods]
+impl PyReconcileReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "ReconcileReport(delivered={}, gone={}, dead_lettered={}, retrying={}, children_failed={})",
+            self.delivered, self.gone, self.dead_lettered, self.retrying, self.children_failed
         )
     }
 }
@@ -397,8 +436,10 @@ impl PyCore {
         non_empty(&id, "execution_id")?;
         let core = self.core()?;
         spawn(py, async move {
-            core.store.create(NewExecution { id: id.clone(), kind, spec, status, token }).await?;
-            Ok(id)
+            Ok(match core.store.create(NewExecution { id, kind, spec, status, token }).await? {
+                Created::New(id) => (id, false),
+                Created::Rebound(id) => (id, true),
+            })
         })
     }
 
@@ -433,16 +474,18 @@ impl PyCore {
         })
     }
 
-    /// Move up to `limit` PENDING executions of `kind` to IN_PROGRESS for this runner.
-    #[pyo3(signature = (kind, limit=1))]
-    fn claim<'py>(&self, py: Python<'py>, kind: &str, limit: i64) -> PyResult<Bound<'py, PyAny>> {
+    /// Hand up to `limit` executions of `kind` to this runner for `lease` seconds (renewed by each
+    /// heartbeat): PENDING ones, and running ones whose runner stopped renewing its lease.
+    #[pyo3(signature = (kind, limit=1, lease=300.0))]
+    fn claim<'py>(&self, py: Python<'py>, kind: &str, limit: i64, lease: f64) -> PyResult<Bound<'py, PyAny>> {
         let kind = Kind::parse(kind)?;
         if limit <= 0 {
             return Err(Error::InvalidArgument(format!("limit must be positive, not {limit}")).into());
         }
+        let lease_ms = seconds_to_ms(lease, "lease")?;
         let core = self.core()?;
         spawn(py, async move {
-            let records = core.store.claim(kind, limit).await?;
+            let records = core.store.claim(kind, limit, lease_ms).await?;
             Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }
@@ -463,20 +506,24 @@ impl PyCore {
     }
 
     /// End the execution with `outcome` (and optionally its final status) and tell the parent.
-    #[pyo3(signature = (execution_id, outcome, status=None))]
+    ///
+    /// Returns once the outcome is durably recorded and, with `wait_for_delivery` (the default), once
+    /// the parent was told (or found gone); without it, delivery goes on in the background.
+    #[pyo3(signature = (execution_id, outcome, status=None, wait_for_delivery=true))]
     fn settle<'py>(
         &self,
         py: Python<'py>,
         execution_id: String,
         outcome: &PyOutcome,
         status: Option<&Bound<'py, PyAny>>,
+        wait_for_delivery: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let status = optional_bytes(status, "status")?;
         let outcome = outcome.0.clone();
         let core = self.core()?;
         spawn(py, async move {
-            let (settled, detail) = core.settle(&execution_id, outcome, status).await?;
-            Ok(PySettlement { execution_id, outcome: settled.as_str(), detail })
+            let settled = core.settle(&execution_id, outcome, status, wait_for_delivery).await?;
+            Ok(PySettlement::new(execution_id, settled))
         })
     }
 
@@ -493,11 +540,38 @@ impl PyCore {
         spawn(py, async move { Ok(PyHeartbeatReply::from(core.heartbeat(&execution_id, details).await?)) })
     }
 
-    /// Deliver every due callback whose delivery has not finished; returns how many were settled.
-    #[pyo3(signature = (limit=1000))]
-    fn deliver_due<'py>(&self, py: Python<'py>, limit: i64) -> PyResult<Bound<'py, PyAny>> {
+    /// One reconcile pass: fail the parents of child workflows that closed without settling, and deliver
+    /// every callback whose delivery did not finish (a crash, an outage).
+    fn reconcile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = self.core()?;
-        spawn(py, async move { Ok(delivery::deliver_due(&core.store, core.temporal()?, limit).await?) })
+        spawn(py, async move {
+            Ok(PyReconcileReport::from(reconcile::reconcile_once(&core.store, core.temporal()?).await?))
+        })
+    }
+
+    /// Run reconcile passes in the background every `interval` seconds, the first at once.
+    fn start_reconciler(&self, interval: f64) -> PyResult<()> {
+        let interval = Duration::from_millis(u64::try_from(seconds_to_ms(interval, "interval")?).unwrap_or(0).max(10));
+        let core = self.core()?;
+        core.temporal()?;
+        let mut running = core.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?;
+        if running.is_some() {
+            return Err(Error::InvalidArgument("a reconciler is already running for this handshake".into()).into());
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        pyo3_async_runtimes::tokio::get_runtime().spawn(reconcile::run(Arc::downgrade(&core), interval, stopped));
+        *running = Some(stop);
+        Ok(())
+    }
+
+    /// Stop the background reconciler (no-op when none runs).
+    fn stop_reconciler(&self) -> PyResult<()> {
+        let stop = self.0.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?.take();
+        if let Some(stop) = stop {
+            // The loop ends at its next wait; a pass in flight finishes first.
+            let _ = stop.send(true);
+        }
+        Ok(())
     }
 
     /// Wait until the execution reaches a terminal phase (`timeout` in seconds, None for no limit).
@@ -557,6 +631,14 @@ impl PyCore {
             Ok(PyHeartbeatReply::from(flags))
         })
     }
+}
+
+fn seconds_to_ms(seconds: f64, what: &str) -> Result<i64> {
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+        return Err(Error::InvalidArgument(format!("{what} must be a positive number of seconds, not {seconds}")));
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    Ok((seconds * 1000.0).round() as i64)
 }
 
 fn parse_phase(name: &str) -> Result<Phase> {

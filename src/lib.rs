@@ -3,7 +3,9 @@
 
 pub mod delivery;
 pub mod errors;
+pub mod failpoint;
 pub mod handshake;
+pub mod reconcile;
 pub mod store;
 pub mod temporal;
 pub mod token;
@@ -26,6 +28,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handshake::PyExecution>()?;
     m.add_class::<handshake::PySettlement>()?;
     m.add_class::<handshake::PyHeartbeatReply>()?;
+    m.add_class::<handshake::PyReconcileReport>()?;
     m.add_function(wrap_pyfunction!(token::fingerprint_bytes, m)?)?;
     m.add("HandshakeError", py.get_type::<errors::HandshakeError>())?;
     m.add("TokenError", py.get_type::<errors::TokenError>())?;

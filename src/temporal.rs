@@ -9,12 +9,14 @@ use std::time::Duration;
 use prost::Message;
 use temporalio_client::grpc::WorkflowService;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
-use temporalio_common::protos::temporal::api::common::v1::Payloads;
+use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowExecution};
+use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest,
-    RespondActivityTaskCanceledRequest, RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
-    RespondActivityTaskFailedByIdRequest, RespondActivityTaskFailedRequest,
+    DescribeWorkflowExecutionRequest, RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest,
+    RespondActivityTaskCanceledByIdRequest, RespondActivityTaskCanceledRequest,
+    RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest, RespondActivityTaskFailedByIdRequest,
+    RespondActivityTaskFailedRequest,
 };
 use tonic::IntoRequest;
 
@@ -43,6 +45,15 @@ pub struct HeartbeatFlags {
     pub cancel_requested: bool,
     pub paused: bool,
     pub reset: bool,
+}
+
+/// What the handshake needs to know of a workflow: whether it still runs, and its pending activities.
+#[derive(Clone, Debug)]
+pub struct WorkflowState {
+    /// None while running; the closing status otherwise (e.g. "TERMINATED").
+    pub closed_as: Option<&'static str>,
+    /// (activity id, attempt) of each pending activity.
+    pub pending_activities: Vec<(String, i32)>,
 }
 
 /// A namespace-bound Temporal client; cheap to clone.
@@ -209,6 +220,35 @@ impl Temporal {
             }
         };
         Ok(flags)
+    }
+}
+
+impl Temporal {
+    /// Describe a workflow (an empty `run_id` means its latest run); None if the server does not know it.
+    pub async fn describe_workflow(&self, workflow_id: &str, run_id: &str) -> Result<Option<WorkflowState>> {
+        let mut client = self.client.clone();
+        let request = DescribeWorkflowExecutionRequest {
+            namespace: self.namespace.clone(),
+            execution: Some(WorkflowExecution { workflow_id: workflow_id.to_owned(), run_id: run_id.to_owned() }),
+        };
+        let reply = match client.describe_workflow_execution(request.into_request()).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => return Err(status.into()),
+        };
+        let status = reply.workflow_execution_info.map_or(0, |info| info.status);
+        let closed_as = match WorkflowExecutionStatus::try_from(status) {
+            Ok(WorkflowExecutionStatus::Completed) => Some("COMPLETED"),
+            Ok(WorkflowExecutionStatus::Failed) => Some("FAILED"),
+            Ok(WorkflowExecutionStatus::Canceled) => Some("CANCELED"),
+            Ok(WorkflowExecutionStatus::Terminated) => Some("TERMINATED"),
+            Ok(WorkflowExecutionStatus::ContinuedAsNew) => Some("CONTINUED_AS_NEW"),
+            Ok(WorkflowExecutionStatus::TimedOut) => Some("TIMED_OUT"),
+            // Running, or a status this client does not know yet (e.g. paused): not closed.
+            _ => None,
+        };
+        let pending_activities = reply.pending_activities.into_iter().map(|a| (a.activity_id, a.attempt)).collect();
+        Ok(Some(WorkflowState { closed_as, pending_activities }))
     }
 }
 

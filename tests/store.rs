@@ -3,7 +3,9 @@
 use _core::errors::Error;
 use _core::proto::ai::stigmer::agentic::agentexecution::v1::{AgentExecutionSpec, AgentExecutionStatus};
 use _core::proto::ai::stigmer::agentic::workflowexecution::v1::WorkflowExecutionStatus;
-use _core::store::{self, CallbackState, DeliveryResult, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore};
+use _core::store::{
+    self, CallbackState, Created, DeliveryResult, GoneReason, Kind, NewExecution, Outcome, Phase, Settled, SqliteStore,
+};
 use _core::token::TaskToken;
 use prost::Message;
 
@@ -24,12 +26,16 @@ struct Task {
 }
 
 fn token(activity_id: &str) -> TaskToken {
+    token_attempt(activity_id, 1)
+}
+
+fn token_attempt(activity_id: &str, attempt: i32) -> TaskToken {
     let bytes = Task {
         namespace_id: "ns-1".into(),
         workflow_id: "parent".into(),
         run_id: "run-1".into(),
         scheduled_event_id: 5,
-        attempt: 1,
+        attempt,
         activity_id: activity_id.into(),
     }
     .encode_to_vec();
@@ -65,7 +71,7 @@ async fn token_is_returned_only_on_request_and_cleared_after_delivery() {
     assert!(status_token(&store.get("e1", false).await.unwrap()).is_empty());
     assert_eq!(status_token(&store.get("e1", true).await.unwrap()), token("1").secret_bytes());
 
-    let Settled::Now { claimed: Some(claimed) } =
+    let Settled::Now { claimed: Some(claimed), .. } =
         store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap()
     else {
         panic!("the settle should claim the armed callback");
@@ -75,7 +81,7 @@ async fn token_is_returned_only_on_request_and_cleared_after_delivery() {
     assert_eq!(record.phase, Phase::Completed);
     assert_eq!(record.callback.as_ref().unwrap().state, CallbackState::Delivering);
 
-    store.record_delivery("e1", &DeliveryResult::Delivered).await.unwrap();
+    store.record_delivery(&claimed, &DeliveryResult::Delivered).await.unwrap();
     let record = store.get("e1", true).await.unwrap();
     assert!(status_token(&record).is_empty(), "token cleared once settled");
     assert_eq!(record.callback.unwrap().state, CallbackState::Delivered);
@@ -103,7 +109,7 @@ async fn second_settle_is_already_settled_and_writes_nothing() {
 async fn store_only_settle_is_due_and_claimed_once_under_a_lease() {
     let store = store_with("e1", true).await;
     let settled = store.settle("e1", &Outcome::Cancel { details: None }, None, 0).await.unwrap();
-    assert!(matches!(settled, Settled::Now { claimed: None }));
+    assert!(matches!(settled, Settled::Now { claimed: None, has_callback: true }));
     assert_eq!(store.get("e1", false).await.unwrap().callback.unwrap().state, CallbackState::Due);
 
     let first = store.claim_due(10, 60_000).await.unwrap();
@@ -111,7 +117,8 @@ async fn store_only_settle_is_due_and_claimed_once_under_a_lease() {
     assert_eq!(first[0].outcome, Outcome::Cancel { details: None });
     assert!(store.claim_due(10, 60_000).await.unwrap().is_empty(), "leased: nobody else gets it");
 
-    store.record_delivery("e1", &DeliveryResult::Failed("unavailable".into())).await.unwrap();
+    let retry = DeliveryResult::Retry { error: "unavailable".into(), retry_in_ms: 0 };
+    store.record_delivery(&first[0], &retry).await.unwrap();
     let record = store.get("e1", false).await.unwrap();
     let callback = record.callback.unwrap();
     assert_eq!(callback.state, CallbackState::Due);
@@ -132,7 +139,7 @@ async fn expired_lease_is_claimable_again() {
 async fn direct_execution_has_no_callback() {
     let store = store_with("e1", false).await;
     let settled = store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap();
-    assert!(matches!(settled, Settled::Now { claimed: None }));
+    assert!(matches!(settled, Settled::Now { claimed: None, has_callback: false }));
     assert!(store.get("e1", false).await.unwrap().callback.is_none());
     assert!(store.claim_due(10, 60_000).await.unwrap().is_empty());
 }
@@ -155,7 +162,7 @@ async fn update_status_refuses_terminal_phases_and_ended_executions() {
 #[tokio::test]
 async fn status_updates_keep_the_recorded_start_time() {
     let store = store_with("e1", false).await;
-    store.claim(Kind::Agent, 1).await.unwrap();
+    store.claim(Kind::Agent, 1, 60_000).await.unwrap();
     let started =
         AgentExecutionStatus::decode(store.get("e1", false).await.unwrap().status.as_slice()).unwrap().started_at;
     assert!(started.is_some());
@@ -172,11 +179,11 @@ async fn claims_never_overlap_and_unknown_ids_are_typed() {
         let new = NewExecution { id: format!("e{i}"), kind: Kind::Agent, spec: spec(), status: None, token: None };
         store.create(new).await.unwrap();
     }
-    let a = store.claim(Kind::Agent, 3).await.unwrap();
-    let b = store.claim(Kind::Agent, 3).await.unwrap();
+    let a = store.claim(Kind::Agent, 3, 60_000).await.unwrap();
+    let b = store.claim(Kind::Agent, 3, 60_000).await.unwrap();
     assert_eq!((a.len(), b.len()), (3, 2));
     assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)));
-    assert!(store.claim(Kind::Workflow, 3).await.unwrap().is_empty());
+    assert!(store.claim(Kind::Workflow, 3, 60_000).await.unwrap().is_empty());
     assert!(matches!(store.get("nope", false).await, Err(Error::ExecutionNotFound(_))));
     let duplicate = NewExecution { id: "e0".into(), kind: Kind::Agent, spec: spec(), status: None, token: None };
     assert!(matches!(store.create(duplicate).await, Err(Error::InvalidState { .. })));
@@ -199,4 +206,87 @@ fn callback_token_field_numbers_are_the_contract() {
     assert_eq!(AgentExecutionStatus::decode(agent.as_slice()).unwrap().callback_token, b"tok");
     let workflow = [&[11 << 3 | 2, 3][..], b"tok"].concat();
     assert_eq!(WorkflowExecutionStatus::decode(workflow.as_slice()).unwrap().callback_token, b"tok");
+}
+
+#[tokio::test]
+async fn a_retried_parent_rebinds_to_its_child_and_the_old_token_is_dropped() {
+    let store = store_with("e1", true).await;
+    let again = NewExecution {
+        id: "e2".into(),
+        kind: Kind::Agent,
+        spec: spec(),
+        status: None,
+        token: Some(token_attempt("1", 2)),
+    };
+    assert_eq!(store.create(again).await.unwrap(), Created::Rebound("e1".into()));
+    assert!(matches!(store.get("e2", false).await, Err(Error::ExecutionNotFound(_))), "no second child");
+    let record = store.get("e1", true).await.unwrap();
+    assert_eq!(status_token(&record), token_attempt("1", 2).secret_bytes());
+    assert_eq!(record.callback.unwrap().attempt, 2);
+
+    let stale =
+        NewExecution { id: "e3".into(), kind: Kind::Agent, spec: spec(), status: None, token: Some(token("1")) };
+    assert!(matches!(store.create(stale).await, Err(Error::InvalidState { .. })), "attempt 1 cannot take it back");
+}
+
+#[tokio::test]
+async fn a_gone_outcome_is_redelivered_to_the_next_attempt() {
+    let store = store_with("e1", true).await;
+    let Settled::Now { claimed: Some(claimed), .. } =
+        store.settle("e1", &Outcome::Complete { result: Some(vec![1, 2]) }, None, 60_000).await.unwrap()
+    else {
+        panic!("claimed");
+    };
+    store.record_delivery(&claimed, &DeliveryResult::Gone(GoneReason::StaleAttempt, "not found".into())).await.unwrap();
+    let record = store.get("e1", true).await.unwrap();
+    let callback = record.callback.as_ref().unwrap();
+    assert_eq!((callback.state, callback.gone_reason.as_deref()), (CallbackState::Gone, Some("STALE_ATTEMPT")));
+    assert_eq!(callback.payloads.as_deref(), Some(&[1u8, 2][..]), "the result is kept");
+    assert!(status_token(&record).is_empty());
+
+    let next = NewExecution {
+        id: "x".into(),
+        kind: Kind::Agent,
+        spec: spec(),
+        status: None,
+        token: Some(token_attempt("1", 2)),
+    };
+    assert_eq!(store.create(next).await.unwrap(), Created::Rebound("e1".into()));
+    let due = store.claim_due(10, 60_000).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].token.attempt, 2);
+    assert_eq!(due[0].outcome, Outcome::Complete { result: Some(vec![1, 2]) });
+}
+
+#[tokio::test]
+async fn a_stale_delivery_cannot_overwrite_a_rebound_callback() {
+    let store = store_with("e1", true).await;
+    let Settled::Now { claimed: Some(old), .. } =
+        store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap()
+    else {
+        panic!("claimed");
+    };
+    let next = NewExecution {
+        id: "x".into(),
+        kind: Kind::Agent,
+        spec: spec(),
+        status: None,
+        token: Some(token_attempt("1", 2)),
+    };
+    store.create(next).await.unwrap();
+    store.record_delivery(&old, &DeliveryResult::Gone(GoneReason::StaleAttempt, "old".into())).await.unwrap();
+    let callback = store.get("e1", false).await.unwrap().callback.unwrap();
+    assert_eq!(callback.state, CallbackState::Due, "the new attempt's delivery is still owed");
+}
+
+#[tokio::test]
+async fn a_dead_runners_claim_expires_and_is_taken_over() {
+    let store = store_with("e1", false).await;
+    assert_eq!(store.claim(Kind::Agent, 5, 1).await.unwrap().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let again = store.claim(Kind::Agent, 5, 60_000).await.unwrap();
+    assert_eq!(again.len(), 1, "the lease ran out");
+    assert_eq!(again[0].phase, Phase::InProgress);
+    store.renew_claim("e1").await.unwrap();
+    assert!(store.claim(Kind::Agent, 5, 60_000).await.unwrap().is_empty(), "a live lease is kept");
 }

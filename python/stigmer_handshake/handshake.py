@@ -95,16 +95,21 @@ class Handshake:
         namespace: str = "default",
         data_converter: DataConverter | None = None,
         identity: str | None = None,
+        reconcile_every: float | None = None,
     ) -> Handshake:
         """Open the store (``sqlite:///path.db`` or ``sqlite::memory:``) and connect to Temporal.
 
         ``temporal=None`` opens the store only: settles are recorded as due and another process
         delivers them (``deliver_due``). ``data_converter`` must match the parent worker's, so the
         parent decodes results into its declared types; the default is temporalio's (JSON).
-        It also keeps task tokens out of temporalio's own debug logs (see ``redaction``).
+        ``reconcile_every`` (seconds) runs the reconciler in this process: at once, for whatever a crash
+        left undelivered, then periodically (see ``reconcile``). It also keeps task tokens out of
+        temporalio's own debug logs (see ``redaction``).
         """
         redact_task_tokens()
         core = await _core.Core.connect(store, temporal, namespace, identity or f"stigmer-handshake@{os.getpid()}")
+        if reconcile_every is not None:
+            core.start_reconciler(reconcile_every)
         return cls(core, data_converter or DataConverter.default)
 
     # -- caller activity --------------------------------------------------------------------------
@@ -114,6 +119,8 @@ class Handshake:
 
         Call it as the last line of an ``async`` activity. Complete-async is raised only after the
         token is durably stored, so a crash before that fails the attempt normally (and it retries).
+        A retried attempt of the same activity re-binds to the child the first attempt made (no second
+        child); the child's result reaches whichever attempt is current when it ends.
         """
         token = _current_activity_token()
         await self.create(spec, execution_id=execution_id, status=status, token=token)
@@ -141,12 +148,15 @@ class Handshake:
         token = _current_activity_token()
         execution_id = execution_id or f"workflow-{uuid.uuid4()}"
         child_id = workflow_id or execution_id
-        await self.create(
-            spec,
-            execution_id=execution_id,
-            status=pb.WorkflowExecutionStatus(temporal_workflow_id=child_id),
-            token=token,
+        execution_id, rebound = await self._core.create(
+            "workflow",
+            spec.SerializeToString(),
+            execution_id,
+            token,
+            pb.WorkflowExecutionStatus(temporal_workflow_id=child_id).SerializeToString(),
         )
+        if rebound:  # a retried attempt: its child already exists and settles through the stored token
+            activity.raise_complete_async()
         callback = Callback(execution_id=execution_id, callback_token=base64.b64encode(token).decode())
         try:
             await (client or activity.client()).start_workflow(
@@ -171,19 +181,17 @@ class Handshake:
         """Store a PENDING execution and return its id. Without ``token`` it is a direct execution: it
         runs and ends like any other, and nothing is called back."""
         kind = _kind_of(spec)
-        return await self._core.create(
-            kind,
-            spec.SerializeToString(),
-            execution_id,
-            token,
-            None if status is None else status.SerializeToString(),
+        created_id, _rebound = await self._core.create(
+            kind, spec.SerializeToString(), execution_id, token, _serialize(status)
         )
+        return created_id
 
     # -- runner -----------------------------------------------------------------------------------
 
-    async def claim(self, kind: Kind = "agent", limit: int = 1) -> list[Resource]:
-        """Take up to ``limit`` PENDING executions (now IN_PROGRESS) for this runner to run."""
-        return [_to_resource(r) for r in await self._core.claim(kind, limit)]
+    async def claim(self, kind: Kind = "agent", limit: int = 1, *, lease: float = 300.0) -> list[Resource]:
+        """Take up to ``limit`` executions for this runner: PENDING ones (now IN_PROGRESS), and running ones
+        whose runner died. The claim lasts ``lease`` seconds and each ``heartbeat`` renews it."""
+        return [_to_resource(r) for r in await self._core.claim(kind, limit, lease)]
 
     async def update_status(self, execution_id: str, status: Status) -> None:
         """Report progress. Ending goes through ``succeed``/``fail``/``cancel``, which also tell the parent."""
@@ -193,11 +201,17 @@ class Handshake:
         """Heartbeat the parent activity with progress ``details``; the reply carries cancel/pause/reset."""
         return await self._core.heartbeat(execution_id, await self._encode(details) if details else None)
 
-    async def succeed(self, execution_id: str, result: Any = None, *, status: Status | None = None) -> _core.Settlement:
-        """End the execution COMPLETED and complete the parent activity with ``result``."""
-        return await self._core.settle(
-            execution_id, _core.Outcome.complete(await self._encode([result])), _serialize(status)
-        )
+    async def succeed(
+        self, execution_id: str, result: Any = None, *, status: Status | None = None, wait_for_delivery: bool = True
+    ) -> _core.Settlement:
+        """End the execution COMPLETED and complete the parent activity with ``result``.
+
+        Idempotent: a second settle returns ``already_settled`` and sends nothing. Returns once the
+        outcome is durably recorded and, with ``wait_for_delivery``, once the parent was told (or found
+        gone: ``activity_gone`` with its ``reason``; the result stays in the store).
+        """
+        outcome = _core.Outcome.complete(await self._encode([result]))
+        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery)
 
     async def fail(
         self,
@@ -208,18 +222,21 @@ class Handshake:
         non_retryable: bool = False,
         details: Sequence[Any] = (),
         status: Status | None = None,
+        wait_for_delivery: bool = True,
     ) -> _core.Settlement:
         """End the execution FAILED.
 
         The parent sees ``ApplicationError(message, *details, type=type, non_retryable=non_retryable)``.
         """
         outcome = _core.Outcome.fail(message, type, non_retryable, await self._encode(details) if details else None)
-        return await self._core.settle(execution_id, outcome, _serialize(status))
+        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery)
 
-    async def cancel(self, execution_id: str, *details: Any, status: Status | None = None) -> _core.Settlement:
+    async def cancel(
+        self, execution_id: str, *details: Any, status: Status | None = None, wait_for_delivery: bool = True
+    ) -> _core.Settlement:
         """End the execution CANCELLED and report the cancellation to the parent (after its cancel request)."""
         outcome = _core.Outcome.cancel(await self._encode(details) if details else None)
-        return await self._core.settle(execution_id, outcome, _serialize(status))
+        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -238,9 +255,30 @@ class Handshake:
         """Wait until the execution is COMPLETED, FAILED or CANCELLED (raises ``WaitTimeout``)."""
         return _to_resource(await self._core.wait(execution_id, timeout))
 
-    async def deliver_due(self, limit: int = 1000) -> int:
-        """Deliver callbacks recorded but not yet delivered (e.g. by a store-only process)."""
-        return await self._core.deliver_due(limit)
+    async def result(self, execution_id: str, type_hint: type[Any] | None = None) -> Any:
+        """The result an execution ended with, decoded by the data converter (kept even when its parent
+        activity was gone). Raises ``InvalidState`` when it has not completed."""
+        record = await self._core.get(execution_id, False)
+        if record.callback_outcome != "complete" or record.result is None:
+            raise _core.InvalidState(f"execution {execution_id!r} has no recorded result (phase {record.phase})")
+        payloads = temporalio.api.common.v1.Payloads.FromString(record.result).payloads
+        [value] = await self._converter.decode(payloads, None if type_hint is None else [type_hint])
+        return value
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    async def reconcile(self) -> _core.ReconcileReport:
+        """One pass of the reconciler: fail the parent of every child workflow that closed without settling
+        (``CHILD_TERMINATED``, ``CHILD_TIMED_OUT``, ...), and deliver every callback whose delivery did not
+        finish (a crash between commit and RPC, a server outage). Safe to run in several processes."""
+        return await self._core.reconcile()
+
+    def start_reconciler(self, interval: float = 5.0) -> None:
+        """Run ``reconcile`` in the background every ``interval`` seconds (the first pass at once)."""
+        self._core.start_reconciler(interval)
+
+    def stop_reconciler(self) -> None:
+        self._core.stop_reconciler()
 
     # -- direct calls on an activity, by token or by id --------------------------------------------
 
@@ -286,19 +324,24 @@ class Handshake:
         return [complete_external_activity, fail_external_activity]
 
     async def _check_callback(self, callback: Callback) -> None:
-        """Refuse a child whose token is not the execution's (a child of an older parent attempt)."""
+        """Refuse a child whose token is for another parent activity than the execution's.
+
+        The carried token may be an older attempt's (the parent was retried and re-bound): that is the
+        same logical call, and delivery uses the stored, current token.
+        """
         try:
-            carried = _core.fingerprint_bytes(base64.b64decode(callback.callback_token, validate=True))
+            carried = _core.TaskToken(base64.b64decode(callback.callback_token, validate=True))
         except (ValueError, _core.HandshakeError) as err:
             raise ApplicationError(
-                "the callback token is not valid base64", type="BAD_CALLBACK", non_retryable=True
+                "the callback token is not a task token", type="BAD_CALLBACK", non_retryable=True
             ) from err
         record = await self._core.get(callback.execution_id, False)
-        if record.token_fingerprint != carried:
+        stored = (record.parent_workflow_id, record.parent_run_id, record.parent_activity_id)
+        if stored != (carried.workflow_id, carried.run_id, carried.activity_id):
             raise ApplicationError(
-                f"execution {callback.execution_id!r} is bound to token {record.token_fingerprint}, "
-                f"not the child's {carried}",
-                type="STALE_CALLBACK",
+                f"execution {callback.execution_id!r} belongs to another parent activity than the child's "
+                f"token {carried.fingerprint}",
+                type="FOREIGN_CALLBACK",
                 non_retryable=True,
             )
 

@@ -75,7 +75,9 @@ impl Outcome {
     }
 }
 
-/// Where a callback is in its life.
+/// Where a callback is in its life: armed (child running) -> due (outcome recorded) -> delivering (claimed
+/// under a lease) -> delivered | gone (the parent attempt no longer exists) | dead (dead-lettered: a
+/// permanent error). A transient failure takes delivering back to due, with a backoff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallbackState {
     Armed,
@@ -83,6 +85,7 @@ pub enum CallbackState {
     Delivering,
     Delivered,
     Gone,
+    Dead,
 }
 
 impl CallbackState {
@@ -93,6 +96,7 @@ impl CallbackState {
             CallbackState::Delivering => "delivering",
             CallbackState::Delivered => "delivered",
             CallbackState::Gone => "gone",
+            CallbackState::Dead => "dead",
         }
     }
 
@@ -103,6 +107,7 @@ impl CallbackState {
             "delivering" => CallbackState::Delivering,
             "delivered" => CallbackState::Delivered,
             "gone" => CallbackState::Gone,
+            "dead" => CallbackState::Dead,
             other => return Err(Error::Store(format!("unknown callback state {other:?} in the store"))),
         })
     }
@@ -119,14 +124,45 @@ pub struct NewExecution {
     pub token: Option<TaskToken>,
 }
 
+/// Why a parent activity attempt can no longer be settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoneReason {
+    /// The attempt ended without us: its StartToClose (or ScheduleToClose) timeout fired.
+    ParentTimedOut,
+    /// The parent workflow is closed (completed, failed, terminated, timed out, ...).
+    ParentWorkflowClosed,
+    /// The activity was retried: a newer attempt (with a new token) is running.
+    StaleAttempt,
+    /// The server refused the token itself.
+    InvalidToken,
+}
+
+impl GoneReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoneReason::ParentTimedOut => "PARENT_TIMED_OUT",
+            GoneReason::ParentWorkflowClosed => "PARENT_WORKFLOW_CLOSED",
+            GoneReason::StaleAttempt => "STALE_ATTEMPT",
+            GoneReason::InvalidToken => "INVALID_TOKEN",
+        }
+    }
+}
+
 /// The callback side of an execution, without the token.
 #[derive(Clone, Debug)]
 pub struct CallbackInfo {
     pub state: CallbackState,
     pub fingerprint: String,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub activity_id: String,
+    pub attempt: i64,
     pub outcome: Option<String>,
+    /// The recorded result (complete) or details (fail, cancel): kept even when the parent is gone.
+    pub payloads: Option<Vec<u8>>,
     pub attempts: i64,
     pub last_error: Option<String>,
+    pub gone_reason: Option<String>,
 }
 
 /// One stored execution. `status` holds the token only when it was read with `include_token`.
@@ -141,10 +177,13 @@ pub struct ExecutionRecord {
 }
 
 /// A callback claimed for delivery: the token and the outcome to send with it.
+#[derive(Clone)]
 pub struct ClaimedCallback {
     pub execution_id: String,
     pub token: TaskToken,
     pub outcome: Outcome,
+    /// Delivery attempts made before this one (drives the backoff).
+    pub attempts: i64,
 }
 
 /// What `settle` wrote.
@@ -157,12 +196,27 @@ pub enum Settled {
 }
 
 /// What happened when a claimed callback was sent.
+#[derive(Clone, Debug, PartialEq)]
 pub enum DeliveryResult {
     Delivered,
     /// The server no longer knows the activity attempt; the token is dead and is cleared.
-    Gone(String),
-    /// A transient failure: the callback goes back to due for a later attempt.
-    Failed(String),
+    Gone(GoneReason, String),
+    /// A transient failure: the callback goes back to due, to be tried again after `retry_in_ms`.
+    Retry {
+        error: String,
+        retry_in_ms: i64,
+    },
+    /// A permanent failure: dead-lettered with the reason; the token is cleared.
+    Dead(String),
+}
+
+/// What `create` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    New(String),
+    /// A retried parent activity (same workflow run and activity id, newer attempt) was bound to its
+    /// existing child: the new token replaced the old one, and no second child was made.
+    Rebound(String),
 }
 
 /// Open a store from its URL: `sqlite:///abs/path.db`, `sqlite:relative.db` or `sqlite::memory:`.

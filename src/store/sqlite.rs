@@ -8,16 +8,17 @@ use sqlx::{Row, SqlitePool};
 
 use super::status::{check_spec, edit_status, started_at, timestamp};
 use super::{
-    now_ms, CallbackInfo, CallbackState, ClaimedCallback, DeliveryResult, ExecutionRecord, Kind, NewExecution, Outcome,
-    Phase, Settled,
+    now_ms, CallbackInfo, CallbackState, ClaimedCallback, Created, DeliveryResult, ExecutionRecord, Kind, NewExecution,
+    Outcome, Phase, Settled,
 };
 use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::commons::v1::ExecutionError;
 use crate::token::TaskToken;
 
-const RECORD_COLUMNS: &str = "e.id, e.kind, e.phase, e.spec, e.status, c.state, c.fingerprint, c.outcome, \
-     c.attempts, c.last_error, c.token";
-const OUTCOME_COLUMNS: &str = "execution_id, token, outcome, payloads, failure_message, failure_type, non_retryable";
+const RECORD_COLUMNS: &str = "e.id, e.kind, e.phase, e.spec, e.status, c.state, c.fingerprint, c.workflow_id, \
+     c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token";
+const OUTCOME_COLUMNS: &str =
+    "execution_id, token, outcome, payloads, failure_message, failure_type, non_retryable, attempts";
 
 /// Executions and callbacks in one SQLite database file (or in memory).
 #[derive(Clone)]
@@ -47,13 +48,65 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    pub async fn create(&self, new: NewExecution) -> Result<()> {
+    /// Store a new execution, or re-bind a retried parent activity to the child it already has.
+    ///
+    /// A token for the same workflow run and activity id as a stored callback, with a newer attempt, is
+    /// the same logical call retried: its token replaces the old one (so the old attempt can never settle
+    /// the child), and if the child already ended, its recorded outcome becomes due for the new attempt.
+    pub async fn create(&self, new: NewExecution) -> Result<Created> {
         check_spec(new.kind, &new.spec)?;
         let now = now_ms();
         let status = edit_status(new.kind, new.status.as_deref().unwrap_or_default(), |s| {
             s.set_phase(Phase::Pending);
         })?;
         let mut tx = self.pool.begin().await?;
+        if let Some(token) = &new.token {
+            // A write first, so the lookup and the swap happen under SQLite's write lock.
+            let existing = sqlx::query(
+                "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE workflow_id = ? AND run_id = ? \
+                 AND activity_id = ? RETURNING execution_id, attempt, state",
+            )
+            .bind(&token.workflow_id)
+            .bind(&token.run_id)
+            .bind(&token.activity_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let id: String = row.try_get("execution_id")?;
+                let attempt: i64 = row.try_get("attempt")?;
+                let state = CallbackState::parse(row.try_get("state")?)?;
+                if i64::from(token.attempt) <= attempt {
+                    // The same attempt deferring twice is idempotent; an older one is refused.
+                    if i64::from(token.attempt) == attempt {
+                        return Ok(Created::Rebound(id));
+                    }
+                    return Err(Error::InvalidState {
+                        id,
+                        phase: "bound to a newer attempt",
+                        why: format!("attempt {} of the parent activity is stale", token.attempt),
+                    });
+                }
+                let state = match state {
+                    // The child ended and its delivery found the old attempt gone (or failed): deliver the
+                    // recorded outcome to the new attempt.
+                    CallbackState::Gone | CallbackState::Dead | CallbackState::Delivering => CallbackState::Due,
+                    other => other,
+                };
+                sqlx::query(
+                    "UPDATE callbacks SET token = ?, fingerprint = ?, attempt = ?, state = ?, gone_reason = NULL, \
+                     settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0 WHERE execution_id = ?",
+                )
+                .bind(token.secret_bytes())
+                .bind(token.fingerprint())
+                .bind(token.attempt)
+                .bind(state.as_str())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(Created::Rebound(id));
+            }
+        }
         let inserted = sqlx::query(
             "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
@@ -93,7 +146,7 @@ impl SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Created::New(new.id))
     }
 
     pub async fn get(&self, id: &str, include_token: bool) -> Result<ExecutionRecord> {
@@ -119,35 +172,41 @@ impl SqliteStore {
         rows.iter().map(|row| record_from_row(row, false)).collect()
     }
 
-    /// Move up to `limit` PENDING executions of `kind` to IN_PROGRESS and return them; concurrent
-    /// claimers never get the same execution (the first statement takes SQLite's write lock).
-    pub async fn claim(&self, kind: Kind, limit: i64) -> Result<Vec<ExecutionRecord>> {
+    /// Hand up to `limit` executions of `kind` to a runner for `lease_ms`: PENDING ones, and IN_PROGRESS
+    /// ones whose runner's lease ran out (it died). Concurrent claimers never get the same execution
+    /// (the first statement takes SQLite's write lock). The runner keeps its lease by heartbeating.
+    pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
-            "UPDATE executions SET updated_ms = ? WHERE id IN (SELECT id FROM executions WHERE kind = ? AND phase = ? \
-             ORDER BY created_ms, id LIMIT ?) RETURNING id, status",
+            "UPDATE executions SET updated_ms = ?1, claim_until_ms = ?1 + ?2, claim_lease_ms = ?2 WHERE id IN \
+             (SELECT id FROM executions WHERE kind = ?3 AND (phase = ?4 OR (phase = ?5 AND claim_until_ms < ?1)) \
+             ORDER BY created_ms, id LIMIT ?6) RETURNING id, phase, status",
         )
         .bind(now)
+        .bind(lease_ms)
         .bind(kind.as_str())
         .bind(Phase::Pending.to_proto())
+        .bind(Phase::InProgress.to_proto())
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("id")?;
-            let status: Vec<u8> = row.try_get("status")?;
-            let status = edit_status(kind, &status, |s| {
-                s.set_phase(Phase::InProgress);
-                s.mark_started(timestamp(now));
-            })?;
-            sqlx::query("UPDATE executions SET phase = ?, status = ? WHERE id = ?")
-                .bind(Phase::InProgress.to_proto())
-                .bind(status)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
+            if Phase::from_proto(row.try_get("phase")?) == Phase::Pending {
+                let status: Vec<u8> = row.try_get("status")?;
+                let status = edit_status(kind, &status, |s| {
+                    s.set_phase(Phase::InProgress);
+                    s.mark_started(timestamp(now));
+                })?;
+                sqlx::query("UPDATE executions SET phase = ?, status = ? WHERE id = ?")
+                    .bind(Phase::InProgress.to_proto())
+                    .bind(status)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             ids.push(id);
         }
         tx.commit().await?;
@@ -156,6 +215,17 @@ impl SqliteStore {
             claimed.push(self.get(&id, false).await?);
         }
         Ok(claimed)
+    }
+
+    /// Extend a runner's lease on a running execution (by the lease it claimed with).
+    pub async fn renew_claim(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE executions SET claim_until_ms = ? + claim_lease_ms WHERE id = ? AND phase = ?")
+            .bind(now_ms())
+            .bind(id)
+            .bind(Phase::InProgress.to_proto())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Replace a running execution's status (progress). A terminal phase is refused: it is reached only
@@ -215,7 +285,8 @@ impl SqliteStore {
         let (kind, phase, status) = touch(&mut tx, id).await?;
         if phase.is_terminal() {
             let row = sqlx::query(
-                "SELECT state, fingerprint, outcome, attempts, last_error FROM callbacks WHERE execution_id = ?",
+                "SELECT state, fingerprint, workflow_id, run_id, activity_id, attempt, outcome, payloads, attempts, \
+                 last_error, gone_reason FROM callbacks WHERE execution_id = ?",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -254,7 +325,8 @@ impl SqliteStore {
         let state = if lease_ms > 0 { CallbackState::Delivering } else { CallbackState::Due };
         let token: Option<Vec<u8>> = sqlx::query_scalar(
             "UPDATE callbacks SET state = ?, outcome = ?, payloads = ?, failure_message = ?, failure_type = ?, \
-             non_retryable = ?, lease_until_ms = ? WHERE execution_id = ? AND state = 'armed' RETURNING token",
+             non_retryable = ?, lease_until_ms = ?, due_ms = ? WHERE execution_id = ? AND state = 'armed' \
+             RETURNING token",
         )
         .bind(state.as_str())
         .bind(outcome.name())
@@ -263,6 +335,7 @@ impl SqliteStore {
         .bind(failure_type)
         .bind(non_retryable)
         .bind(if lease_ms > 0 { now + lease_ms } else { 0 })
+        .bind(now)
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -273,43 +346,80 @@ impl SqliteStore {
                 execution_id: id.to_owned(),
                 token: TaskToken::parse(&token)?,
                 outcome: outcome.clone(),
+                attempts: 0,
             }),
             _ => None,
         };
         Ok(Settled::Now { claimed, has_callback })
     }
 
-    /// Claim due callbacks (and ones whose delivery lease ran out) for delivery.
+    /// Claim due callbacks (whose backoff has passed) and ones whose delivery lease ran out.
     pub async fn claim_due(&self, limit: i64, lease_ms: i64) -> Result<Vec<ClaimedCallback>> {
         let now = now_ms();
         let sql = format!(
-            "UPDATE callbacks SET state = 'delivering', lease_until_ms = ? WHERE execution_id IN \
-             (SELECT execution_id FROM callbacks WHERE state = 'due' OR (state = 'delivering' AND lease_until_ms < ?) \
-             ORDER BY created_ms LIMIT ?) RETURNING {OUTCOME_COLUMNS}"
+            "UPDATE callbacks SET state = 'delivering', lease_until_ms = ?1 WHERE execution_id IN \
+             (SELECT execution_id FROM callbacks WHERE (state = 'due' AND next_attempt_ms <= ?2) \
+             OR (state = 'delivering' AND lease_until_ms < ?2) ORDER BY due_ms LIMIT ?3) RETURNING {OUTCOME_COLUMNS}"
         );
         let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(claimed_from_row).collect()
     }
 
-    /// Record what delivery of a claimed callback did. A settled callback's token is cleared.
-    pub async fn record_delivery(&self, id: &str, result: &DeliveryResult) -> Result<()> {
+    /// Record what delivering a claimed callback did. A callback that reached its end (delivered, gone,
+    /// dead) has its token cleared. Only the claim that sent this token can record: if the callback was
+    /// re-bound to a newer attempt meanwhile, the stale result is dropped.
+    pub async fn record_delivery(&self, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()> {
         let now = now_ms();
-        let (state, last_error, settled_ms) = match result {
-            DeliveryResult::Delivered => (CallbackState::Delivered, None, Some(now)),
-            DeliveryResult::Gone(reason) => (CallbackState::Gone, Some(reason), Some(now)),
-            DeliveryResult::Failed(error) => (CallbackState::Due, Some(error), None),
+        let (state, last_error, gone_reason, next_attempt_ms) = match result {
+            DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
+            DeliveryResult::Gone(reason, message) => {
+                (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
+            }
+            DeliveryResult::Retry { error, retry_in_ms } => {
+                (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
+            }
+            DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
         };
+        let ended = state != CallbackState::Due;
         sqlx::query(
-            "UPDATE callbacks SET state = ?1, settled_ms = ?2, token = CASE WHEN ?2 IS NULL THEN token END, \
-             attempts = attempts + 1, last_error = ?3, lease_until_ms = 0 WHERE execution_id = ?4 AND state = 'delivering'",
+            "UPDATE callbacks SET state = ?1, settled_ms = CASE WHEN ?2 THEN ?3 END, \
+             token = CASE WHEN ?2 THEN NULL ELSE token END, attempts = attempts + 1, last_error = ?4, \
+             gone_reason = ?5, next_attempt_ms = ?6, lease_until_ms = 0 \
+             WHERE execution_id = ?7 AND state = 'delivering' AND fingerprint = ?8",
         )
         .bind(state.as_str())
-        .bind(settled_ms)
+        .bind(ended)
+        .bind(now)
         .bind(last_error)
-        .bind(id)
+        .bind(gone_reason)
+        .bind(next_attempt_ms)
+        .bind(&claimed.execution_id)
+        .bind(claimed.token.fingerprint())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Running workflow-path executions with an armed callback, and their child workflow ids: the
+    /// reconciler checks that each child is still running.
+    pub async fn armed_children(&self, limit: i64) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.status FROM executions e JOIN callbacks c ON c.execution_id = e.id \
+             WHERE e.kind = 'workflow' AND c.state = 'armed' ORDER BY e.created_ms LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut children = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let status: Vec<u8> = row.try_get("status")?;
+            let child = super::status::temporal_workflow_id(&status)?;
+            if !child.is_empty() {
+                children.push((id, child));
+            }
+        }
+        Ok(children)
     }
 
     /// The token of a running execution's armed callback (for heartbeats); None for a direct execution
@@ -348,9 +458,15 @@ fn callback_from_row(row: &SqliteRow) -> Result<Option<CallbackInfo>> {
     Ok(Some(CallbackInfo {
         state: CallbackState::parse(&state)?,
         fingerprint: row.try_get("fingerprint")?,
+        workflow_id: row.try_get("workflow_id")?,
+        run_id: row.try_get("run_id")?,
+        activity_id: row.try_get("activity_id")?,
+        attempt: row.try_get("attempt")?,
         outcome: row.try_get("outcome")?,
+        payloads: row.try_get("payloads")?,
         attempts: row.try_get("attempts")?,
         last_error: row.try_get("last_error")?,
+        gone_reason: row.try_get("gone_reason")?,
     }))
 }
 
@@ -390,5 +506,5 @@ fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedCallback> {
         Some("cancel") => Outcome::Cancel { details: payloads },
         other => return Err(Error::Store(format!("due callback of {execution_id:?} has outcome {other:?}"))),
     };
-    Ok(ClaimedCallback { execution_id, token: TaskToken::parse(&token)?, outcome })
+    Ok(ClaimedCallback { execution_id, token: TaskToken::parse(&token)?, outcome, attempts: row.try_get("attempts")? })
 }

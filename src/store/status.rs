@@ -128,6 +128,13 @@ pub fn started_at(kind: Kind, bytes: &[u8]) -> Result<Option<prost_types::Timest
     Ok(started)
 }
 
+/// The child workflow id recorded in a WorkflowExecution status blob.
+pub fn temporal_workflow_id(bytes: &[u8]) -> Result<String> {
+    let status =
+        WorkflowExecutionStatus::decode(bytes).map_err(|e| Error::Store(format!("malformed stored status: {e}")))?;
+    Ok(status.temporal_workflow_id)
+}
+
 /// The phase recorded in a status blob.
 pub fn status_phase(kind: Kind, bytes: &[u8]) -> Result<Phase> {
     let mut phase = Phase::Unspecified;

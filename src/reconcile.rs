@@ -1,0 +1,71 @@
+//! The reconciler: makes sure every ended child reaches its parent, whatever crashed.
+//!
+//! One pass (1) fails the parent of every workflow-path execution whose child Temporal workflow closed
+//! without settling (terminated, timed out, failed before its system activity), with a typed error, and
+//! (2) delivers every due callback and every one whose delivery lease ran out (a crash between commit
+//! and RPC, a server outage). Several reconcilers may run at once: claims are leased, settles idempotent.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::delivery::{self, DeliveryCounts};
+use crate::errors::Result;
+use crate::handshake::Core;
+use crate::store::{Outcome, SqliteStore};
+use crate::temporal::Temporal;
+
+const BATCH: i64 = 500;
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub deliveries: DeliveryCounts,
+    /// Parents failed because their child workflow closed without settling them.
+    pub children_failed: usize,
+}
+
+/// One reconciliation pass.
+pub async fn reconcile_once(store: &SqliteStore, temporal: &Temporal) -> Result<ReconcileReport> {
+    let mut report = ReconcileReport::default();
+    for (execution_id, child) in store.armed_children(BATCH).await? {
+        // A child not found may not have been started yet (it starts after its execution is stored).
+        let Some(state) = temporal.describe_workflow(&child, "").await? else { continue };
+        let Some(closed_as) = state.closed_as else { continue };
+        let failure_type = match closed_as {
+            "COMPLETED" => "CHILD_ENDED_WITHOUT_SETTLING".to_owned(),
+            "CANCELED" => "CHILD_CANCELLED".to_owned(),
+            other => format!("CHILD_{other}"),
+        };
+        let outcome = Outcome::Fail {
+            message: format!("child workflow {child:?} of execution {execution_id:?} closed as {closed_as} without settling its parent"),
+            failure_type,
+            non_retryable: true,
+            details: None,
+        };
+        // Idempotent: if the child's own settle won the race, this is AlreadySettled and sends nothing.
+        let settled = delivery::settle(store, Some(temporal), &execution_id, &outcome, None, true).await?;
+        if !matches!(settled, delivery::SettleOutcome::AlreadySettled(_)) {
+            report.children_failed += 1;
+        }
+    }
+    report.deliveries = delivery::deliver_due(store, temporal, BATCH).await?;
+    Ok(report)
+}
+
+/// Run passes every `interval` (the first at once, for what a crash left behind) until the handshake
+/// is dropped or the loop is stopped.
+pub async fn run(core: Weak<Core>, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let Some(core) = core.upgrade() else { return };
+        if let Some(temporal) = core.temporal_connection() {
+            if let Err(err) = reconcile_once(core.store(), temporal).await {
+                tracing::warn!(error = %err, "reconcile pass failed; next pass in {interval:?}");
+            }
+        }
+        drop(core);
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
