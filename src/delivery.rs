@@ -10,11 +10,11 @@ use tokio::task::JoinSet;
 use crate::errors::{Error, Result};
 use crate::failpoint;
 use crate::store::{ClaimedCallback, DeliveryResult, GoneReason, Outcome, Settled, SqliteStore};
-use crate::temporal::{Target, Temporal};
-use crate::token::TaskToken;
+use crate::temporal::{ActivityEnd, Target, Temporal};
 
-/// How long a claimed callback stays with one deliverer before another may take it.
-pub const DELIVERY_LEASE_MS: i64 = 60_000;
+/// How long a claimed callback stays with one deliverer before another may take it: longer than one
+/// RPC with the client's own retries (10 s), short enough that a crash delays delivery only briefly.
+pub const DELIVERY_LEASE_MS: i64 = 20_000;
 /// Backoff between delivery attempts after a transient failure: doubling from the first, capped.
 const FIRST_RETRY_MS: i64 = 500;
 const MAX_RETRY_MS: i64 = 10_000;
@@ -110,7 +110,10 @@ async fn classify(temporal: &Temporal, claimed: &ClaimedCallback, err: Error) ->
     use tonic::Code;
     match err {
         // NotFound: the attempt completed, timed out, was retried, or its workflow closed.
-        Error::ActivityGone { message } => DeliveryResult::Gone(gone_reason(temporal, &claimed.token).await, message),
+        Error::ActivityGone { message } => match gone_reason(temporal, claimed).await {
+            None => DeliveryResult::Delivered,
+            Some(reason) => DeliveryResult::Gone(reason, message),
+        },
         Error::Rpc { code: Code::InvalidArgument, message } if message.to_lowercase().contains("token") => {
             DeliveryResult::Gone(GoneReason::InvalidToken, message)
         }
@@ -133,9 +136,22 @@ async fn classify(temporal: &Temporal, claimed: &ClaimedCallback, err: Error) ->
     }
 }
 
-/// Why the server no longer knows the token's attempt, asked of the parent workflow itself.
-async fn gone_reason(temporal: &Temporal, token: &TaskToken) -> GoneReason {
-    match temporal.describe_workflow(&token.workflow_id, &token.run_id).await {
+/// Why the server no longer knows the token's attempt, asked of the parent workflow itself; None when
+/// its history shows this very outcome arrived (an earlier delivery whose record a crash lost).
+async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<GoneReason> {
+    let token = &claimed.token;
+    let end = temporal.activity_end(&token.workflow_id, &token.run_id, token.scheduled_event_id).await;
+    match (end, &claimed.outcome) {
+        (Ok(Some(ActivityEnd::Completed)), Outcome::Complete { .. })
+        | (Ok(Some(ActivityEnd::Failed)), Outcome::Fail { .. })
+        | (Ok(Some(ActivityEnd::Canceled)), Outcome::Cancel { .. }) => return None,
+        (Ok(Some(ActivityEnd::TimedOut)), _) => return Some(GoneReason::ParentTimedOut),
+        (Ok(Some(ActivityEnd::Completed | ActivityEnd::Failed | ActivityEnd::Canceled)), _) => {
+            return Some(GoneReason::ClosedElsewhere);
+        }
+        _ => {}
+    }
+    Some(match temporal.describe_workflow(&token.workflow_id, &token.run_id).await {
         Ok(None) => GoneReason::ParentWorkflowClosed,
         Ok(Some(state)) if state.closed_as.is_some() => GoneReason::ParentWorkflowClosed,
         Ok(Some(state)) => {
@@ -151,7 +167,7 @@ async fn gone_reason(temporal: &Temporal, token: &TaskToken) -> GoneReason {
             }
         }
         Err(_) => GoneReason::ParentTimedOut,
-    }
+    })
 }
 
 /// Exponential backoff with ±20% jitter, capped, so a fleet of deliverers does not retry in lockstep.

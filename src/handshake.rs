@@ -269,7 +269,8 @@ pub struct PySettlement {
     execution_id: String,
     /// delivered | recorded | no_callback | already_settled | activity_gone | retrying | dead_lettered
     outcome: &'static str,
-    /// For activity_gone: PARENT_TIMED_OUT, PARENT_WORKFLOW_CLOSED, STALE_ATTEMPT or INVALID_TOKEN.
+    /// For activity_gone: PARENT_TIMED_OUT, PARENT_WORKFLOW_CLOSED, STALE_ATTEMPT, INVALID_TOKEN or
+    /// CLOSED_ELSEWHERE.
     reason: Option<&'static str>,
     /// The server's or the store's words; for already_settled, the outcome recorded first.
     detail: Option<String>,
@@ -360,6 +361,25 @@ impl From<HeartbeatFlags> for PyHeartbeatReply {
 #[pyclass(name = "Core", module = "stigmer_handshake._core", frozen)]
 pub struct PyCore(Arc<Core>);
 
+/// Futures handed to Python and not yet finished (see `drain`).
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a future from its creation until it is dropped.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Run `fut` on the one tokio runtime and hand Python an awaitable. The future owns everything it
 /// touches (no `&self`, no `Bound`), so dropping it on asyncio cancellation is safe.
 fn spawn<'py, T, F>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
@@ -367,7 +387,29 @@ where
     F: std::future::Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    pyo3_async_runtimes::tokio::future_into_py(py, fut)
+    let guard = InFlight::new();
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let _guard = guard;
+        fut.await
+    })
+}
+
+/// Wait (without the GIL) until no future handed to Python is still finishing, at most `timeout` s.
+///
+/// Called at interpreter exit: a tokio thread that hands a result back to asyncio may still be releasing
+/// its Python thread state when the main thread starts finalizing, which aborts the process
+/// ("PyGILState_Release: thread state must be current", PyO3/pyo3-async-runtimes#40). Letting those
+/// hand-offs finish first closes that window.
+#[pyfunction]
+pub fn drain(py: Python<'_>, timeout: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 10.0));
+    py.detach(|| {
+        while IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The hand-off to asyncio runs just after the future is dropped: give it a moment.
+        std::thread::sleep(Duration::from_millis(20));
+    });
 }
 
 fn target_from(

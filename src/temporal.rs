@@ -11,9 +11,10 @@ use temporalio_client::grpc::WorkflowService;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
 use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowExecution};
 use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
+use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeWorkflowExecutionRequest, RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest,
+    DescribeWorkflowExecutionRequest, GetWorkflowExecutionHistoryReverseRequest, RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest,
     RespondActivityTaskCanceledByIdRequest, RespondActivityTaskCanceledRequest,
     RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest, RespondActivityTaskFailedByIdRequest,
     RespondActivityTaskFailedRequest,
@@ -54,6 +55,17 @@ pub struct WorkflowState {
     pub closed_as: Option<&'static str>,
     /// (activity id, attempt) of each pending activity.
     pub pending_activities: Vec<(String, i32)>,
+}
+
+/// How an activity ended, as its workflow's history records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivityEnd {
+    Completed,
+    Failed,
+    Canceled,
+    TimedOut,
+    /// No closing event: the activity is still open (or its workflow closed around it).
+    Open,
 }
 
 /// A namespace-bound Temporal client; cheap to clone.
@@ -249,6 +261,51 @@ impl Temporal {
         };
         let pending_activities = reply.pending_activities.into_iter().map(|a| (a.activity_id, a.attempt)).collect();
         Ok(Some(WorkflowState { closed_as, pending_activities }))
+    }
+
+    /// How the activity scheduled by `scheduled_event_id` ended, read from the newest history events back
+    /// to the scheduling one; None if the workflow is unknown.
+    pub async fn activity_end(&self, workflow_id: &str, run_id: &str, scheduled_event_id: i64) -> Result<Option<ActivityEnd>> {
+        let mut client = self.client.clone();
+        let mut next_page_token = Vec::new();
+        loop {
+            let request = GetWorkflowExecutionHistoryReverseRequest {
+                namespace: self.namespace.clone(),
+                execution: Some(WorkflowExecution { workflow_id: workflow_id.to_owned(), run_id: run_id.to_owned() }),
+                maximum_page_size: 500,
+                next_page_token,
+            };
+            let reply = match client.get_workflow_execution_history_reverse(request.into_request()).await {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+                Err(status) => return Err(status.into()),
+            };
+            for event in reply.history.map(|h| h.events).unwrap_or_default() {
+                if event.event_id <= scheduled_event_id {
+                    return Ok(Some(ActivityEnd::Open));
+                }
+                let end = match event.attributes {
+                    Some(Attributes::ActivityTaskCompletedEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                        ActivityEnd::Completed
+                    }
+                    Some(Attributes::ActivityTaskFailedEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                        ActivityEnd::Failed
+                    }
+                    Some(Attributes::ActivityTaskCanceledEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                        ActivityEnd::Canceled
+                    }
+                    Some(Attributes::ActivityTaskTimedOutEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                        ActivityEnd::TimedOut
+                    }
+                    _ => continue,
+                };
+                return Ok(Some(end));
+            }
+            if reply.next_page_token.is_empty() {
+                return Ok(Some(ActivityEnd::Open));
+            }
+            next_page_token = reply.next_page_token;
+        }
     }
 }
 

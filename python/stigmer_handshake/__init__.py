@@ -5,7 +5,9 @@ returns "result pending" so its worker slot is free, and the child settles the p
 when it ends. See README.md for the whole flow.
 """
 
-from stigmer_handshake import pb
+import atexit
+
+from stigmer_handshake import _core, pb
 from stigmer_handshake._core import (
     ActivityGone,
     ConnectError,
@@ -28,6 +30,9 @@ from stigmer_handshake._core import (
 from stigmer_handshake.handshake import Handshake
 from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import Callback, complete_external_activity, fail_external_activity
+
+# Let the Rust core's last hand-offs to asyncio finish before the interpreter finalizes (see _core.drain).
+atexit.register(_core.drain, 1.0)
 
 __all__ = [
     "ActivityGone",

@@ -24,6 +24,7 @@ __all__ = [
     "TokenError",
     "WaitTimeout",
     "__version__",
+    "drain",
     "fingerprint_bytes",
 ]
 
@@ -46,6 +47,7 @@ class TemporalRpcError(DeliveryError):
 class WaitTimeout(HandshakeError): ...
 
 def fingerprint_bytes(data: bytes | bytearray | memoryview) -> str: ...
+def drain(timeout: float) -> None: ...
 
 @final
 class TaskToken:
@@ -128,7 +130,10 @@ class Settlement:
     @property
     def reason(
         self,
-    ) -> Literal["PARENT_TIMED_OUT", "PARENT_WORKFLOW_CLOSED", "STALE_ATTEMPT", "INVALID_TOKEN"] | None: ...
+    ) -> (
+        Literal["PARENT_TIMED_OUT", "PARENT_WORKFLOW_CLOSED", "STALE_ATTEMPT", "INVALID_TOKEN", "CLOSED_ELSEWHERE"]
+        | None
+    ): ...
     @property
     def detail(self) -> str | None: ...
 

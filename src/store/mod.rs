@@ -135,6 +135,8 @@ pub enum GoneReason {
     StaleAttempt,
     /// The server refused the token itself.
     InvalidToken,
+    /// The activity was closed by someone else (a by-id call, another client) with another outcome.
+    ClosedElsewhere,
 }
 
 impl GoneReason {
@@ -144,6 +146,7 @@ impl GoneReason {
             GoneReason::ParentWorkflowClosed => "PARENT_WORKFLOW_CLOSED",
             GoneReason::StaleAttempt => "STALE_ATTEMPT",
             GoneReason::InvalidToken => "INVALID_TOKEN",
+            GoneReason::ClosedElsewhere => "CLOSED_ELSEWHERE",
         }
     }
 }

@@ -18,7 +18,17 @@ from stigmer_handshake import Handshake
 from stigmer_handshake.testing import DevServer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flows import AgentParent, CallerActivities, ChildPipeline, PipelineParent, QuickParent
+from flows import (
+    AgentParent,
+    CallerActivities,
+    ChildPipeline,
+    FanOutParent,
+    InstantParent,
+    PatientParent,
+    PipelineParent,
+    QuickParent,
+    RetryingParent,
+)
 
 RUNNER = Path(__file__).parent / "runner.py"
 
@@ -65,8 +75,24 @@ async def env(temporal_server: DevServer, temporal_client: Client, store_url: st
     async with Worker(
         temporal_client,
         task_queue=task_queue,
-        workflows=[AgentParent, QuickParent, PipelineParent, ChildPipeline],
-        activities=[activities.run_agent, activities.run_pipeline, activities.quick, *hs.activities],
+        workflows=[
+            AgentParent,
+            QuickParent,
+            PipelineParent,
+            ChildPipeline,
+            FanOutParent,
+            PatientParent,
+            RetryingParent,
+            InstantParent,
+        ],
+        activities=[
+            activities.run_agent,
+            activities.run_agent_flaky,
+            activities.run_agent_instant,
+            activities.run_pipeline,
+            activities.quick,
+            *hs.activities,
+        ],
         max_concurrent_activities=1,
     ):
         yield Env(temporal_server, temporal_client, store_url, hs, activities, task_queue)

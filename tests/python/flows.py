@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from stigmer_handshake import pb
@@ -20,6 +22,12 @@ NO_RETRY = RetryPolicy(maximum_attempts=1)
 class AgentRequest:
     execution_id: str
     prompt: str
+    start_to_close_seconds: float = 300
+
+
+def expected_answer(prompt: str) -> AgentAnswer:
+    """What the test runners answer for a prompt, so results can be checked one by one."""
+    return AgentAnswer(answer=prompt.upper(), tokens_used=len(prompt), sources=[prompt])
 
 
 @dataclass
@@ -34,6 +42,7 @@ class PipelineRequest:
     execution_id: str
     numbers: list[int]
     fail_with: str = ""
+    sleep_seconds: float = 0.2
 
 
 @dataclass
@@ -49,6 +58,7 @@ class CallerActivities:
         self.hs = hs
         self.child_task_queue = child_task_queue
         self.tokens_seen: list[bytes] = []
+        self.instant_settlement: object = None
 
     @activity.defn
     async def run_agent(self, request: AgentRequest) -> AgentAnswer:
@@ -69,6 +79,25 @@ class CallerActivities:
         )
 
     @activity.defn
+    async def run_agent_flaky(self, request: AgentRequest) -> AgentAnswer:
+        """Attempt 1 arms its callback, then crashes; attempt 2 defers and re-binds to the same child."""
+        self.tokens_seen.append(activity.info().task_token)
+        spec = pb.AgentExecutionSpec(agent_id="researcher", message=request.prompt)
+        if activity.info().attempt == 1:
+            await self.hs.create(spec, execution_id=request.execution_id, token=activity.info().task_token)
+            raise RuntimeError("the caller crashed after arming its callback")
+        await self.hs.defer(spec, execution_id=request.execution_id)
+
+    @activity.defn
+    async def run_agent_instant(self, request: AgentRequest) -> AgentAnswer:
+        """The child finishes before this activity has returned "pending"."""
+        self.tokens_seen.append(activity.info().task_token)
+        spec = pb.AgentExecutionSpec(agent_id="researcher", message=request.prompt)
+        execution_id = await self.hs.create(spec, execution_id=request.execution_id, token=activity.info().task_token)
+        self.instant_settlement = await self.hs.succeed(execution_id, expected_answer(request.prompt))
+        activity.raise_complete_async()
+
+    @activity.defn
     async def quick(self, value: int) -> int:
         return value * 2
 
@@ -80,9 +109,78 @@ class AgentParent:
         return await workflow.execute_activity_method(
             CallerActivities.run_agent,
             request,
-            start_to_close_timeout=timedelta(minutes=5),
+            start_to_close_timeout=timedelta(seconds=request.start_to_close_seconds),
             retry_policy=NO_RETRY,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+
+@workflow.defn
+class FanOutParent:
+    """Many agent runs from one parent."""
+
+    @workflow.run
+    async def run(self, requests: list[AgentRequest]) -> list[AgentAnswer]:
+        calls = [
+            workflow.execute_activity_method(
+                CallerActivities.run_agent,
+                r,
+                start_to_close_timeout=timedelta(seconds=r.start_to_close_seconds),
+                retry_policy=NO_RETRY,
+            )
+            for r in requests
+        ]
+        return list(await asyncio.gather(*calls))
+
+
+@workflow.defn
+class PatientParent:
+    """Survives its activity's timeout and keeps running until told to finish (late-settle test)."""
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    @workflow.run
+    async def run(self, request: AgentRequest) -> str:
+        try:
+            await workflow.execute_activity_method(
+                CallerActivities.run_agent,
+                request,
+                start_to_close_timeout=timedelta(seconds=request.start_to_close_seconds),
+                retry_policy=NO_RETRY,
+            )
+            outcome = "completed"
+        except ActivityError as err:
+            outcome = f"activity failed: {type(err.cause).__name__}"
+        await workflow.wait_condition(lambda: self.finished)
+        return outcome
+
+    @workflow.signal
+    def finish(self) -> None:
+        self.finished = True
+
+
+@workflow.defn
+class RetryingParent:
+    @workflow.run
+    async def run(self, request: AgentRequest) -> AgentAnswer:
+        return await workflow.execute_activity_method(
+            CallerActivities.run_agent_flaky,
+            request,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=3),
+        )
+
+
+@workflow.defn
+class InstantParent:
+    @workflow.run
+    async def run(self, request: AgentRequest) -> AgentAnswer:
+        return await workflow.execute_activity_method(
+            CallerActivities.run_agent_instant,
+            request,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=NO_RETRY,
         )
 
 
@@ -118,7 +216,7 @@ class ChildPipeline:
                 callback, f"pipeline failed: {request.fail_with}", type=request.fail_with, non_retryable=True
             )
             return
-        await workflow.sleep(timedelta(milliseconds=200))
+        await workflow.sleep(timedelta(seconds=request.sleep_seconds))
         await complete_external_activity(
             callback, PipelineResult(total=sum(request.numbers), count=len(request.numbers))
         )

@@ -1,0 +1,38 @@
+"""An agent runner for the chaos test: it is SIGKILLed and aborted at random, and restarted.
+
+    python tests/python/chaos_runner.py STORE_URL TEMPORAL_URL
+
+It runs the reconciler (at start-up, then every 0.5 s), claims with a short lease so a dead runner's
+work is taken over quickly, and answers each prompt with `expected_answer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+
+from stigmer_handshake import Handshake, pb
+
+from flows import expected_answer
+
+
+async def run(hs: Handshake, execution: pb.AgentExecution) -> None:
+    await asyncio.sleep(random.uniform(0, 0.2))
+    await hs.heartbeat(execution.metadata.id)
+    await hs.succeed(execution.metadata.id, expected_answer(execution.spec.message))
+
+
+async def main(store: str, temporal: str) -> None:
+    hs = await Handshake.connect(store=store, temporal=temporal, reconcile_every=0.5)
+    running: set[asyncio.Task[None]] = set()
+    while True:
+        for execution in await hs.claim("agent", limit=16, lease=2.0):
+            task = asyncio.create_task(run(hs, execution))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        await asyncio.sleep(0.05)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
