@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::delivery::{self, SettleOutcome};
 use crate::errors::{Error, InvalidInput, Result};
+use crate::pump::{self, Pump, Signals};
 use crate::reconcile::{self, ReconcileReport};
 use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, SqliteStore};
 use crate::temporal::{HeartbeatFlags, Target, Temporal};
@@ -27,10 +28,19 @@ pub struct Core {
     pid: u32,
     /// Stops the background reconciler, when one runs.
     reconciler: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    /// Heartbeats the parents of the executions this process has claimed.
+    pump: Pump,
+    pump_started: std::sync::OnceLock<()>,
+    /// The heartbeat interval for parents that declared no heartbeat timeout.
+    default_heartbeat_interval: Duration,
 }
 
 impl Core {
-    pub async fn connect(store_url: &str, temporal: Option<(&str, &str, &str)>) -> Result<Self> {
+    pub async fn connect(
+        store_url: &str,
+        temporal: Option<(&str, &str, &str)>,
+        default_heartbeat_interval: Duration,
+    ) -> Result<Self> {
         let store = store::open(store_url).await?;
         let temporal = match temporal {
             Some((target, namespace, identity)) => Some(Temporal::connect(target, namespace, identity).await?),
@@ -42,6 +52,9 @@ impl Core {
             settled: Notify::new(),
             pid: std::process::id(),
             reconciler: std::sync::Mutex::default(),
+            pump: Pump::default(),
+            pump_started: std::sync::OnceLock::new(),
+            default_heartbeat_interval,
         })
     }
 
@@ -64,6 +77,24 @@ impl Core {
         self.temporal.as_ref()
     }
 
+    pub fn pump(&self) -> &Pump {
+        &self.pump
+    }
+
+    /// Heartbeat the parent of `id` from now on (when it has one and Temporal is connected).
+    async fn pump_execution(self: &Arc<Self>, id: &str) -> Result<()> {
+        if self.temporal.is_none() {
+            return Ok(());
+        }
+        if let Some((token, heartbeat_timeout_ms)) = self.store.pump_target(id).await? {
+            self.pump_started.get_or_init(|| {
+                pyo3_async_runtimes::tokio::get_runtime().spawn(pump::run(Arc::downgrade(self)));
+            });
+            self.pump.track(id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+        }
+        Ok(())
+    }
+
     pub async fn settle(
         &self,
         id: &str,
@@ -75,6 +106,7 @@ impl Core {
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
         let settled =
             delivery::settle(&self.store, self.temporal.as_ref(), id, &outcome, status.as_deref(), wait).await;
+        self.pump.untrack(id);
         self.settled.notify_waiters();
         settled
     }
@@ -309,6 +341,7 @@ pub struct PyReconcileReport {
     dead_lettered: usize,
     retrying: usize,
     children_failed: usize,
+    orphaned: usize,
 }
 
 impl From<ReconcileReport> for PyReconcileReport {
@@ -319,6 +352,7 @@ impl From<ReconcileReport> for PyReconcileReport {
             dead_lettered: r.deliveries.dead,
             retrying: r.deliveries.retrying,
             children_failed: r.children_failed,
+            orphaned: r.orphaned,
         }
     }
 }
@@ -327,8 +361,8 @@ impl From<ReconcileReport> for PyReconcileReport {
 impl PyReconcileReport {
     fn __repr__(&self) -> String {
         format!(
-            "ReconcileReport(delivered={}, gone={}, dead_lettered={}, retrying={}, children_failed={})",
-            self.delivered, self.gone, self.dead_lettered, self.retrying, self.children_failed
+            "ReconcileReport(delivered={}, gone={}, dead_lettered={}, retrying={}, children_failed={}, orphaned={})",
+            self.delivered, self.gone, self.dead_lettered, self.retrying, self.children_failed, self.orphaned
         )
     }
 }
@@ -443,24 +477,32 @@ impl PyCore {
 impl PyCore {
     /// Open the store and, when `temporal` is given, connect to Temporal.
     #[staticmethod]
-    #[pyo3(signature = (store, temporal=None, namespace="default", identity="stigmer-handshake"))]
+    ///
+    /// `heartbeat_interval` (seconds) is how often claimed executions heartbeat a parent that declared
+    /// no heartbeat timeout; with one, the pump heartbeats at a third of it.
+    #[pyo3(signature = (store, temporal=None, namespace="default", identity="stigmer-handshake", heartbeat_interval=30.0))]
     fn connect<'py>(
         py: Python<'py>,
         store: String,
         temporal: Option<String>,
         namespace: &str,
         identity: &str,
+        heartbeat_interval: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (namespace, identity) = (namespace.to_owned(), identity.to_owned());
+        let interval =
+            Duration::from_millis(u64::try_from(seconds_to_ms(heartbeat_interval, "heartbeat_interval")?).unwrap_or(0));
         spawn(py, async move {
             let temporal = temporal.as_deref().map(|t| (t, namespace.as_str(), identity.as_str()));
-            let core = Core::connect(&store, temporal).await?;
+            let core = Core::connect(&store, temporal, interval).await?;
             Ok(PyCore(Arc::new(core)))
         })
     }
 
-    /// Store a new PENDING execution; with `token`, arm its callback. Returns the id.
-    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None))]
+    /// Store a new PENDING execution; with `token`, arm its callback (or re-bind a retried parent to
+    /// its child). Returns (execution id, re-bound). `heartbeat_timeout` is the parent's, in seconds.
+    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None, heartbeat_timeout=None))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature, one argument per field
     fn create<'py>(
         &self,
         py: Python<'py>,
@@ -469,8 +511,10 @@ impl PyCore {
         execution_id: Option<String>,
         token: Option<&Bound<'py, PyAny>>,
         status: Option<&Bound<'py, PyAny>>,
+        heartbeat_timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = Kind::parse(kind)?;
+        let heartbeat_timeout_ms = heartbeat_timeout.map(|t| seconds_to_ms(t, "heartbeat_timeout")).transpose()?;
         let spec = bytes_arg(spec, "spec")?;
         let token = optional_bytes(token, "token")?.map(|t| TaskToken::parse(&t)).transpose()?;
         let status = optional_bytes(status, "status")?;
@@ -478,7 +522,8 @@ impl PyCore {
         non_empty(&id, "execution_id")?;
         let core = self.core()?;
         spawn(py, async move {
-            Ok(match core.store.create(NewExecution { id, kind, spec, status, token }).await? {
+            let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms };
+            Ok(match core.store.create(new).await? {
                 Created::New(id) => (id, false),
                 Created::Rebound(id) => (id, true),
             })
@@ -528,7 +573,59 @@ impl PyCore {
         let core = self.core()?;
         spawn(py, async move {
             let records = core.store.claim(kind, limit, lease_ms).await?;
+            // From now on this process heartbeats their parents: its liveness is theirs.
+            for record in &records {
+                core.pump_execution(&record.id).await?;
+            }
             Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+        })
+    }
+
+    /// Set the progress details the pump's heartbeats carry for a claimed execution (encoded `Payloads`).
+    fn report_progress(&self, execution_id: &str, details: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let details = bytes_arg(details, "details")?;
+        crate::temporal::decode_payloads(Some(&details))?;
+        Ok(self.core()?.pump.set_details(execution_id, details))
+    }
+
+    /// The pump's counters: (executions tracked, heartbeats sent, heartbeats failed).
+    fn pump_stats(&self) -> PyResult<(usize, u64, u64)> {
+        let stats = self.core()?.pump.stats();
+        Ok((stats.tracked, stats.heartbeats_sent, stats.heartbeats_failed))
+    }
+
+    /// What the heartbeats last brought back for a claimed execution: (cancel_requested, paused, reset,
+    /// parent_gone), or None when this process does not pump it.
+    fn signals(&self, execution_id: &str) -> PyResult<Option<(bool, bool, bool, bool)>> {
+        Ok(self.core()?.pump.signals(execution_id).map(signal_tuple))
+    }
+
+    /// Wait until the parent of a claimed execution asks for one of `kinds` ("cancel", "pause", "reset")
+    /// or is gone; returns the signals then, or None if the execution stops being pumped (it settled).
+    fn wait_signal<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: String,
+        kinds: Vec<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        for kind in &kinds {
+            if !matches!(kind.as_str(), "cancel" | "pause" | "reset") {
+                return Err(
+                    Error::InvalidArgument(format!("signal kinds are cancel, pause and reset, not {kind:?}")).into()
+                );
+            }
+        }
+        let core = self.core()?;
+        spawn(py, async move {
+            let wanted = |s: &Signals| {
+                s.gone
+                    || kinds.iter().any(|k| match k.as_str() {
+                        "cancel" => s.flags.cancel_requested,
+                        "pause" => s.flags.paused,
+                        _ => s.flags.reset,
+                    })
+            };
+            Ok(core.pump.wait(&execution_id, wanted).await.map(signal_tuple))
         })
     }
 
@@ -542,7 +639,11 @@ impl PyCore {
         let status = bytes_arg(status, "status")?;
         let core = self.core()?;
         spawn(py, async move {
-            core.store.update_status(&execution_id, &status).await?;
+            let kind = core.store.update_status(&execution_id, &status).await?;
+            // Progress reported through the status rides on the next heartbeats (unless the runner set
+            // details of its own).
+            let summary = store::progress_json(kind, &status)?;
+            core.pump.set_progress_summary(&execution_id, pump::json_details(&summary));
             Ok(())
         })
     }
@@ -673,6 +774,10 @@ impl PyCore {
             Ok(PyHeartbeatReply::from(flags))
         })
     }
+}
+
+fn signal_tuple(s: Signals) -> (bool, bool, bool, bool) {
+    (s.flags.cancel_requested, s.flags.paused, s.flags.reset, s.gone)
 }
 
 fn seconds_to_ms(seconds: f64, what: &str) -> Result<i64> {

@@ -5,6 +5,7 @@ pub mod delivery;
 pub mod errors;
 pub mod failpoint;
 pub mod handshake;
+pub mod pump;
 pub mod reconcile;
 pub mod store;
 pub mod temporal;

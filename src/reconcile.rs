@@ -22,6 +22,8 @@ pub struct ReconcileReport {
     pub deliveries: DeliveryCounts,
     /// Parents failed because their child workflow closed without settling them.
     pub children_failed: usize,
+    /// Running executions marked orphaned: their runner stopped heartbeating and nobody waits any more.
+    pub orphaned: usize,
 }
 
 /// One reconciliation pass.
@@ -48,8 +50,30 @@ pub async fn reconcile_once(store: &SqliteStore, temporal: &Temporal) -> Result<
             report.children_failed += 1;
         }
     }
+    report.orphaned = mark_orphans(store, temporal).await?;
     report.deliveries = delivery::deliver_due(store, temporal, BATCH).await?;
     Ok(report)
+}
+
+/// Mark running executions whose runner's claim ran out (it died) and whose parent no longer waits: its
+/// workflow closed, or the activity is not pending at all (its heartbeat timeout fired with no retry
+/// left). A parent retrying (a newer attempt pending) still wants the child: its retry re-binds.
+/// The parent is only described, never heartbeated: a heartbeat here would keep it alive for a dead runner.
+async fn mark_orphans(store: &SqliteStore, temporal: &Temporal) -> Result<usize> {
+    let mut orphaned = 0;
+    for (execution_id, token) in store.expired_claims(BATCH).await? {
+        let waiting = match temporal.describe_workflow(&token.workflow_id, &token.run_id).await? {
+            None => false,
+            Some(state) => {
+                state.closed_as.is_none() && state.pending_activities.iter().any(|(id, _)| *id == token.activity_id)
+            }
+        };
+        if !waiting {
+            store.mark(&execution_id, |s| s.set_orphaned(true)).await?;
+            orphaned += 1;
+        }
+    }
+    Ok(orphaned)
 }
 
 /// Run passes every `interval` (the first at once, for what a crash left behind) until the handshake

@@ -11,13 +11,13 @@ use temporalio_client::grpc::WorkflowService;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
 use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowExecution};
 use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
-use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
+use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeWorkflowExecutionRequest, GetWorkflowExecutionHistoryReverseRequest, RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest,
-    RespondActivityTaskCanceledByIdRequest, RespondActivityTaskCanceledRequest,
-    RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest, RespondActivityTaskFailedByIdRequest,
-    RespondActivityTaskFailedRequest,
+    DescribeWorkflowExecutionRequest, GetWorkflowExecutionHistoryReverseRequest,
+    RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest,
+    RespondActivityTaskCanceledRequest, RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
+    RespondActivityTaskFailedByIdRequest, RespondActivityTaskFailedRequest,
 };
 use tonic::IntoRequest;
 
@@ -265,7 +265,12 @@ impl Temporal {
 
     /// How the activity scheduled by `scheduled_event_id` ended, read from the newest history events back
     /// to the scheduling one; None if the workflow is unknown.
-    pub async fn activity_end(&self, workflow_id: &str, run_id: &str, scheduled_event_id: i64) -> Result<Option<ActivityEnd>> {
+    pub async fn activity_end(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        scheduled_event_id: i64,
+    ) -> Result<Option<ActivityEnd>> {
         let mut client = self.client.clone();
         let mut next_page_token = Vec::new();
         loop {
@@ -285,16 +290,24 @@ impl Temporal {
                     return Ok(Some(ActivityEnd::Open));
                 }
                 let end = match event.attributes {
-                    Some(Attributes::ActivityTaskCompletedEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                    Some(Attributes::ActivityTaskCompletedEventAttributes(a))
+                        if a.scheduled_event_id == scheduled_event_id =>
+                    {
                         ActivityEnd::Completed
                     }
-                    Some(Attributes::ActivityTaskFailedEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                    Some(Attributes::ActivityTaskFailedEventAttributes(a))
+                        if a.scheduled_event_id == scheduled_event_id =>
+                    {
                         ActivityEnd::Failed
                     }
-                    Some(Attributes::ActivityTaskCanceledEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                    Some(Attributes::ActivityTaskCanceledEventAttributes(a))
+                        if a.scheduled_event_id == scheduled_event_id =>
+                    {
                         ActivityEnd::Canceled
                     }
-                    Some(Attributes::ActivityTaskTimedOutEventAttributes(a)) if a.scheduled_event_id == scheduled_event_id => {
+                    Some(Attributes::ActivityTaskTimedOutEventAttributes(a))
+                        if a.scheduled_event_id == scheduled_event_id =>
+                    {
                         ActivityEnd::TimedOut
                     }
                     _ => continue,

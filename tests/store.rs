@@ -55,6 +55,7 @@ async fn store_with(id: &str, with_token: bool) -> SqliteStore {
             spec: spec(),
             status: None,
             token: with_token.then(|| token("1")),
+            heartbeat_timeout_ms: None,
         })
         .await
         .unwrap();
@@ -176,7 +177,14 @@ async fn status_updates_keep_the_recorded_start_time() {
 async fn claims_never_overlap_and_unknown_ids_are_typed() {
     let store = store::open("sqlite::memory:").await.unwrap();
     for i in 0..5 {
-        let new = NewExecution { id: format!("e{i}"), kind: Kind::Agent, spec: spec(), status: None, token: None };
+        let new = NewExecution {
+            id: format!("e{i}"),
+            kind: Kind::Agent,
+            spec: spec(),
+            status: None,
+            token: None,
+            heartbeat_timeout_ms: None,
+        };
         store.create(new).await.unwrap();
     }
     let a = store.claim(Kind::Agent, 3, 60_000).await.unwrap();
@@ -185,7 +193,14 @@ async fn claims_never_overlap_and_unknown_ids_are_typed() {
     assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)));
     assert!(store.claim(Kind::Workflow, 3, 60_000).await.unwrap().is_empty());
     assert!(matches!(store.get("nope", false).await, Err(Error::ExecutionNotFound(_))));
-    let duplicate = NewExecution { id: "e0".into(), kind: Kind::Agent, spec: spec(), status: None, token: None };
+    let duplicate = NewExecution {
+        id: "e0".into(),
+        kind: Kind::Agent,
+        spec: spec(),
+        status: None,
+        token: None,
+        heartbeat_timeout_ms: None,
+    };
     assert!(matches!(store.create(duplicate).await, Err(Error::InvalidState { .. })));
 }
 
@@ -195,7 +210,14 @@ async fn bad_urls_and_bad_specs_are_typed_errors() {
         assert!(matches!(store::open(url).await, Err(Error::InvalidArgument(_))), "{url}");
     }
     let store = store::open("sqlite::memory:").await.unwrap();
-    let bad = NewExecution { id: "e".into(), kind: Kind::Agent, spec: vec![0xff, 0xff], status: None, token: None };
+    let bad = NewExecution {
+        id: "e".into(),
+        kind: Kind::Agent,
+        spec: vec![0xff, 0xff],
+        status: None,
+        token: None,
+        heartbeat_timeout_ms: None,
+    };
     assert!(matches!(store.create(bad).await, Err(Error::InvalidArgument(_))));
 }
 
@@ -217,6 +239,7 @@ async fn a_retried_parent_rebinds_to_its_child_and_the_old_token_is_dropped() {
         spec: spec(),
         status: None,
         token: Some(token_attempt("1", 2)),
+        heartbeat_timeout_ms: None,
     };
     assert_eq!(store.create(again).await.unwrap(), Created::Rebound("e1".into()));
     assert!(matches!(store.get("e2", false).await, Err(Error::ExecutionNotFound(_))), "no second child");
@@ -224,8 +247,14 @@ async fn a_retried_parent_rebinds_to_its_child_and_the_old_token_is_dropped() {
     assert_eq!(status_token(&record), token_attempt("1", 2).secret_bytes());
     assert_eq!(record.callback.unwrap().attempt, 2);
 
-    let stale =
-        NewExecution { id: "e3".into(), kind: Kind::Agent, spec: spec(), status: None, token: Some(token("1")) };
+    let stale = NewExecution {
+        id: "e3".into(),
+        kind: Kind::Agent,
+        spec: spec(),
+        status: None,
+        token: Some(token("1")),
+        heartbeat_timeout_ms: None,
+    };
     assert!(matches!(store.create(stale).await, Err(Error::InvalidState { .. })), "attempt 1 cannot take it back");
 }
 
@@ -250,6 +279,7 @@ async fn a_gone_outcome_is_redelivered_to_the_next_attempt() {
         spec: spec(),
         status: None,
         token: Some(token_attempt("1", 2)),
+        heartbeat_timeout_ms: None,
     };
     assert_eq!(store.create(next).await.unwrap(), Created::Rebound("e1".into()));
     let due = store.claim_due(10, 60_000).await.unwrap();
@@ -272,6 +302,7 @@ async fn a_stale_delivery_cannot_overwrite_a_rebound_callback() {
         spec: spec(),
         status: None,
         token: Some(token_attempt("1", 2)),
+        heartbeat_timeout_ms: None,
     };
     store.create(next).await.unwrap();
     store.record_delivery(&old, &DeliveryResult::Gone(GoneReason::StaleAttempt, "old".into())).await.unwrap();

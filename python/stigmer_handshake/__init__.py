@@ -27,7 +27,7 @@ from stigmer_handshake._core import (
     WaitTimeout,
     __version__,
 )
-from stigmer_handshake.handshake import Handshake
+from stigmer_handshake.handshake import Handshake, ParentSignals
 from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import Callback, complete_external_activity, fail_external_activity
 
@@ -46,6 +46,7 @@ __all__ = [
     "HeartbeatReply",
     "InvalidInput",
     "InvalidState",
+    "ParentSignals",
     "ReconcileReport",
     "Settlement",
     "StoreError",

@@ -7,6 +7,7 @@ import builtins
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, TypeAlias
 
 import temporalio.api.common.v1
@@ -33,6 +34,19 @@ Resource: TypeAlias = pb.AgentExecution | pb.WorkflowExecution
 DEFAULT_STORE = "sqlite:///stigmer-handshake.db"
 DEFAULT_TEMPORAL = "http://127.0.0.1:7233"
 API_VERSION = "agentic.stigmer.ai/v1"
+
+
+SignalKind: TypeAlias = Literal["cancel", "pause", "reset"]
+
+
+@dataclass(frozen=True)
+class ParentSignals:
+    """What the parent activity's heartbeat replies said."""
+
+    cancel_requested: bool
+    paused: bool
+    reset: bool
+    parent_gone: bool
 
 
 def _kind_of(spec: Spec) -> Kind:
@@ -96,18 +110,23 @@ class Handshake:
         data_converter: DataConverter | None = None,
         identity: str | None = None,
         reconcile_every: float | None = None,
+        heartbeat_interval: float = 30.0,
     ) -> Handshake:
         """Open the store (``sqlite:///path.db`` or ``sqlite::memory:``) and connect to Temporal.
 
         ``temporal=None`` opens the store only: settles are recorded as due and another process
         delivers them (``deliver_due``). ``data_converter`` must match the parent worker's, so the
         parent decodes results into its declared types; the default is temporalio's (JSON).
+        Executions a runner claims are heartbeated by this process (the pump) at a third of the parent's
+        heartbeat timeout, or every ``heartbeat_interval`` seconds when the parent declared none.
         ``reconcile_every`` (seconds) runs the reconciler in this process: at once, for whatever a crash
         left undelivered, then periodically (see ``reconcile``). It also keeps task tokens out of
         temporalio's own debug logs (see ``redaction``).
         """
         redact_task_tokens()
-        core = await _core.Core.connect(store, temporal, namespace, identity or f"stigmer-handshake@{os.getpid()}")
+        core = await _core.Core.connect(
+            store, temporal, namespace, identity or f"stigmer-handshake@{os.getpid()}", heartbeat_interval
+        )
         if reconcile_every is not None:
             core.start_reconciler(reconcile_every)
         return cls(core, data_converter or DataConverter.default)
@@ -123,7 +142,15 @@ class Handshake:
         child); the child's result reaches whichever attempt is current when it ends.
         """
         token = _current_activity_token()
-        await self.create(spec, execution_id=execution_id, status=status, token=token)
+        timeout = activity.info().heartbeat_timeout
+        await self._core.create(
+            _kind_of(spec),
+            spec.SerializeToString(),
+            execution_id,
+            token,
+            _serialize(status),
+            None if timeout is None else timeout.total_seconds(),
+        )
         activity.raise_complete_async()
 
     async def defer_to_workflow(
@@ -196,6 +223,33 @@ class Handshake:
     async def update_status(self, execution_id: str, status: Status) -> None:
         """Report progress. Ending goes through ``succeed``/``fail``/``cancel``, which also tell the parent."""
         await self._core.update_status(execution_id, status.SerializeToString())
+
+    async def report_progress(self, execution_id: str, *details: Any) -> bool:
+        """Set the details the pump's heartbeats carry for a claimed execution (visible in the parent's
+        pending activity, e.g. ``temporal workflow describe``). Without it, the heartbeats carry a summary
+        of the latest status (phase, todos done/total, last message). False if this process does not
+        pump the execution (not claimed here, no parent, or already settled)."""
+        return self._core.report_progress(execution_id, await self._encode(details))
+
+    def pump_stats(self) -> dict[str, int]:
+        """The heartbeat pump's counters in this process: executions tracked, heartbeats sent and failed."""
+        tracked, sent, failed = self._core.pump_stats()
+        return {"tracked": tracked, "heartbeats_sent": sent, "heartbeats_failed": failed}
+
+    def parent_signals(self, execution_id: str) -> ParentSignals | None:
+        """What the heartbeats last brought back from the parent of a claimed execution (None if not pumped)."""
+        signals = self._core.signals(execution_id)
+        return None if signals is None else ParentSignals(*signals)
+
+    async def wait_for_signal(self, execution_id: str, *kinds: SignalKind) -> ParentSignals | None:
+        """Wait until the parent of a claimed execution asks for one of ``kinds`` ("cancel", "pause",
+        "reset"; all three when none is given) or is gone. None if the execution stops being pumped."""
+        signals = await self._core.wait_signal(execution_id, list(kinds or ("cancel", "pause", "reset")))
+        return None if signals is None else ParentSignals(*signals)
+
+    async def cancellation(self, execution_id: str) -> ParentSignals | None:
+        """Wait until the parent asks the child to cancel (or is gone). Acknowledge with ``cancel``."""
+        return await self.wait_for_signal(execution_id, "cancel")
 
     async def heartbeat(self, execution_id: str, *details: Any) -> _core.HeartbeatReply:
         """Heartbeat the parent activity with progress ``details``; the reply carries cancel/pause/reset."""

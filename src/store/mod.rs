@@ -10,7 +10,7 @@ mod sqlite;
 mod status;
 
 pub use sqlite::SqliteStore;
-pub use status::{edit_status, status_phase, Phase};
+pub use status::{edit_status, progress_json, status_phase, Phase, StatusFields};
 
 use crate::errors::{Error, Result};
 use crate::token::TaskToken;
@@ -122,6 +122,8 @@ pub struct NewExecution {
     /// it is ignored: the token comes only from `token`.
     pub status: Option<Vec<u8>>,
     pub token: Option<TaskToken>,
+    /// The parent activity's heartbeat timeout, if it has one: the pump heartbeats well within it.
+    pub heartbeat_timeout_ms: Option<i64>,
 }
 
 /// Why a parent activity attempt can no longer be settled.

@@ -94,12 +94,14 @@ impl SqliteStore {
                 };
                 sqlx::query(
                     "UPDATE callbacks SET token = ?, fingerprint = ?, attempt = ?, state = ?, gone_reason = NULL, \
-                     settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0 WHERE execution_id = ?",
+                     settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0, heartbeat_timeout_ms = ? \
+                     WHERE execution_id = ?",
                 )
                 .bind(token.secret_bytes())
                 .bind(token.fingerprint())
                 .bind(token.attempt)
                 .bind(state.as_str())
+                .bind(new.heartbeat_timeout_ms)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
@@ -132,7 +134,7 @@ impl SqliteStore {
         if let Some(token) = &new.token {
             sqlx::query(
                 "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
-                 state, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'armed', ?)",
+                 state, created_ms, heartbeat_timeout_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'armed', ?, ?)",
             )
             .bind(&new.id)
             .bind(token.secret_bytes())
@@ -142,6 +144,7 @@ impl SqliteStore {
             .bind(&token.activity_id)
             .bind(token.attempt)
             .bind(now)
+            .bind(new.heartbeat_timeout_ms)
             .execute(&mut *tx)
             .await?;
         }
@@ -217,6 +220,24 @@ impl SqliteStore {
         Ok(claimed)
     }
 
+    /// Extend a runner's leases on running executions, all in one statement.
+    pub async fn renew_claims(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::to_string(ids).map_err(|e| Error::Store(e.to_string()))?;
+        sqlx::query(
+            "UPDATE executions SET claim_until_ms = ? + claim_lease_ms WHERE phase = ? \
+             AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(now_ms())
+        .bind(Phase::InProgress.to_proto())
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Extend a runner's lease on a running execution (by the lease it claimed with).
     pub async fn renew_claim(&self, id: &str) -> Result<()> {
         sqlx::query("UPDATE executions SET claim_until_ms = ? + claim_lease_ms WHERE id = ? AND phase = ?")
@@ -230,7 +251,7 @@ impl SqliteStore {
 
     /// Replace a running execution's status (progress). A terminal phase is refused: it is reached only
     /// through `settle`, which also records the callback.
-    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<()> {
+    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<Kind> {
         let mut tx = self.pool.begin().await?;
         let (kind, phase, current) = touch(&mut tx, id).await?;
         if phase.is_terminal() {
@@ -266,7 +287,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(kind)
     }
 
     /// End an execution: terminal status and due callback in one transaction.
@@ -420,6 +441,55 @@ impl SqliteStore {
             }
         }
         Ok(children)
+    }
+
+    /// What the heartbeat pump needs of a running execution: its armed token, its kind, and the parent's
+    /// heartbeat timeout. None for a direct execution or once the callback is due.
+    pub async fn pump_target(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
+        let row =
+            sqlx::query("SELECT token, heartbeat_timeout_ms FROM callbacks WHERE execution_id = ? AND state = 'armed'")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let token: Option<Vec<u8>> = row.try_get("token")?;
+        let Some(token) = token else { return Ok(None) };
+        Ok(Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?)))
+    }
+
+    /// Change flags in a running execution's status (cancel requested, orphaned); ended ones are final.
+    pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn super::StatusFields)) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let (kind, phase, current) = touch(&mut tx, id).await?;
+        if phase.is_terminal() {
+            return Ok(());
+        }
+        let blob = edit_status(kind, &current, edit)?;
+        sqlx::query("UPDATE executions SET status = ? WHERE id = ?").bind(blob).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Running executions whose runner's claim ran out (it stopped heartbeating) and whose callback is
+    /// still armed, with their tokens: the reconciler checks whether their parent still waits.
+    pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, TaskToken)>> {
+        let rows = sqlx::query(
+            "SELECT e.id, c.token FROM executions e JOIN callbacks c ON c.execution_id = e.id \
+             WHERE e.phase = ? AND e.claim_until_ms > 0 AND e.claim_until_ms < ? AND c.state = 'armed' LIMIT ?",
+        )
+        .bind(Phase::InProgress.to_proto())
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut expired = Vec::with_capacity(rows.len());
+        for row in rows {
+            let token: Option<Vec<u8>> = row.try_get("token")?;
+            if let Some(token) = token {
+                expired.push((row.try_get("id")?, TaskToken::parse(&token)?));
+            }
+        }
+        Ok(expired)
     }
 
     /// The token of a running execution's armed callback (for heartbeats); None for a direct execution

@@ -68,6 +68,8 @@ pub trait StatusFields {
     fn mark_started(&mut self, at: prost_types::Timestamp);
     fn mark_completed(&mut self, at: prost_types::Timestamp);
     fn set_error(&mut self, error: Option<ExecutionError>);
+    fn set_cancel_requested(&mut self, requested: bool);
+    fn set_orphaned(&mut self, orphaned: bool);
 }
 
 macro_rules! status_fields {
@@ -93,6 +95,12 @@ macro_rules! status_fields {
             }
             fn set_error(&mut self, error: Option<ExecutionError>) {
                 self.$error_field = error;
+            }
+            fn set_cancel_requested(&mut self, requested: bool) {
+                self.cancel_requested = requested;
+            }
+            fn set_orphaned(&mut self, orphaned: bool) {
+                self.orphaned = orphaned;
             }
         }
     };
@@ -126,6 +134,35 @@ pub fn started_at(kind: Kind, bytes: &[u8]) -> Result<Option<prost_types::Timest
     let mut started = None;
     edit_status(kind, bytes, |s| started = s.started_at())?;
     Ok(started)
+}
+
+/// A short JSON summary of a status for heartbeat details, so `temporal workflow describe` on the parent
+/// shows how the child is doing: phase, todos (agent) or tasks (workflow) done of total, last message.
+pub fn progress_json(kind: Kind, bytes: &[u8]) -> Result<serde_json::Value> {
+    let malformed = |e: prost::DecodeError| Error::InvalidArgument(format!("malformed status bytes: {e}"));
+    Ok(match kind {
+        Kind::Agent => {
+            let status = AgentExecutionStatus::decode(bytes).map_err(malformed)?;
+            let done = status.todos.values().filter(|t| t.status == 3).count();
+            let last: String =
+                status.messages.last().map(|m| m.content.chars().take(200).collect()).unwrap_or_default();
+            serde_json::json!({
+                "phase": Phase::from_proto(status.phase).name(),
+                "todos_done": done,
+                "todos_total": status.todos.len(),
+                "last_message": last,
+            })
+        }
+        Kind::Workflow => {
+            let status = WorkflowExecutionStatus::decode(bytes).map_err(malformed)?;
+            let done = status.tasks.iter().filter(|t| t.status == 3).count();
+            serde_json::json!({
+                "phase": Phase::from_proto(status.phase).name(),
+                "tasks_done": done,
+                "tasks_total": status.tasks.len(),
+            })
+        }
+    })
 }
 
 /// The child workflow id recorded in a WorkflowExecution status blob.

@@ -23,6 +23,7 @@ class AgentRequest:
     execution_id: str
     prompt: str
     start_to_close_seconds: float = 300
+    heartbeat_timeout_seconds: float = 0  # 0: the parent declares no heartbeat timeout
 
 
 def expected_answer(prompt: str) -> AgentAnswer:
@@ -110,6 +111,7 @@ class AgentParent:
             CallerActivities.run_agent,
             request,
             start_to_close_timeout=timedelta(seconds=request.start_to_close_seconds),
+            heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_seconds) or None,
             retry_policy=NO_RETRY,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
@@ -126,6 +128,7 @@ class FanOutParent:
                 CallerActivities.run_agent,
                 r,
                 start_to_close_timeout=timedelta(seconds=r.start_to_close_seconds),
+                heartbeat_timeout=timedelta(seconds=r.heartbeat_timeout_seconds) or None,
                 retry_policy=NO_RETRY,
             )
             for r in requests

@@ -30,6 +30,11 @@ async def main(store: str, temporal: str, mode: str, execution_id: str, arg: str
             non_retryable=spec["non_retryable"],
             details=spec["details"],
         )
+    elif mode == "hold":  # claim it, so this process heartbeats its parent, and wait to be killed
+        [claimed] = await hs.claim("agent", lease=1.0)
+        print(json.dumps({"pid": os.getpid(), "claimed": claimed.metadata.id}), flush=True)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
     elif mode == "cancel":
         beats = 0
         while True:

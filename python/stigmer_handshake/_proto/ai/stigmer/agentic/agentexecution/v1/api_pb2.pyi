@@ -94,7 +94,7 @@ class ExecutionConfig(_message.Message):
     def __init__(self, model_name: _Optional[str] = ...) -> None: ...
 
 class AgentExecutionStatus(_message.Message):
-    __slots__ = ("audit", "messages", "phase", "tool_calls", "sub_agent_executions", "error", "started_at", "completed_at", "todos", "callback_token")
+    __slots__ = ("audit", "messages", "phase", "tool_calls", "sub_agent_executions", "error", "started_at", "completed_at", "todos", "callback_token", "cancel_requested", "orphaned")
     class TodosEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class AgentExecutionStatus(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
     TODOS_FIELD_NUMBER: _ClassVar[int]
     CALLBACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    ORPHANED_FIELD_NUMBER: _ClassVar[int]
     audit: _types_pb2.AuditInfo
     messages: _containers.RepeatedCompositeFieldContainer[AgentMessage]
     phase: _types_pb2.ExecutionPhase
@@ -122,7 +124,9 @@ class AgentExecutionStatus(_message.Message):
     completed_at: _timestamp_pb2.Timestamp
     todos: _containers.MessageMap[str, TodoItem]
     callback_token: bytes
-    def __init__(self, audit: _Optional[_Union[_types_pb2.AuditInfo, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[AgentMessage, _Mapping]]] = ..., phase: _Optional[_Union[_types_pb2.ExecutionPhase, str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., sub_agent_executions: _Optional[_Iterable[_Union[SubAgentExecution, _Mapping]]] = ..., error: _Optional[_Union[_types_pb2.ExecutionError, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., todos: _Optional[_Mapping[str, TodoItem]] = ..., callback_token: _Optional[bytes] = ...) -> None: ...
+    cancel_requested: bool
+    orphaned: bool
+    def __init__(self, audit: _Optional[_Union[_types_pb2.AuditInfo, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[AgentMessage, _Mapping]]] = ..., phase: _Optional[_Union[_types_pb2.ExecutionPhase, str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., sub_agent_executions: _Optional[_Iterable[_Union[SubAgentExecution, _Mapping]]] = ..., error: _Optional[_Union[_types_pb2.ExecutionError, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., todos: _Optional[_Mapping[str, TodoItem]] = ..., callback_token: _Optional[bytes] = ..., cancel_requested: _Optional[bool] = ..., orphaned: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("type", "content", "timestamp", "tool_calls", "metadata")

@@ -90,7 +90,7 @@ class WorkflowExecutionSpec(_message.Message):
     def __init__(self, workflow_instance_id: _Optional[str] = ..., trigger_message: _Optional[str] = ..., trigger_metadata: _Optional[_Mapping[str, str]] = ..., runtime_env: _Optional[_Mapping[str, _types_pb2.ExecutionValue]] = ..., workflow_id: _Optional[str] = ...) -> None: ...
 
 class WorkflowExecutionStatus(_message.Message):
-    __slots__ = ("audit", "phase", "tasks", "output", "error", "started_at", "completed_at", "temporal_workflow_id", "callback_token")
+    __slots__ = ("audit", "phase", "tasks", "output", "error", "started_at", "completed_at", "temporal_workflow_id", "callback_token", "cancel_requested", "orphaned")
     AUDIT_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class WorkflowExecutionStatus(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     CALLBACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    ORPHANED_FIELD_NUMBER: _ClassVar[int]
     audit: _types_pb2.AuditInfo
     phase: _types_pb2.ExecutionPhase
     tasks: _containers.RepeatedCompositeFieldContainer[WorkflowTask]
@@ -109,7 +111,9 @@ class WorkflowExecutionStatus(_message.Message):
     completed_at: _timestamp_pb2.Timestamp
     temporal_workflow_id: str
     callback_token: bytes
-    def __init__(self, audit: _Optional[_Union[_types_pb2.AuditInfo, _Mapping]] = ..., phase: _Optional[_Union[_types_pb2.ExecutionPhase, str]] = ..., tasks: _Optional[_Iterable[_Union[WorkflowTask, _Mapping]]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_types_pb2.ExecutionError, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., temporal_workflow_id: _Optional[str] = ..., callback_token: _Optional[bytes] = ...) -> None: ...
+    cancel_requested: bool
+    orphaned: bool
+    def __init__(self, audit: _Optional[_Union[_types_pb2.AuditInfo, _Mapping]] = ..., phase: _Optional[_Union[_types_pb2.ExecutionPhase, str]] = ..., tasks: _Optional[_Iterable[_Union[WorkflowTask, _Mapping]]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_types_pb2.ExecutionError, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., temporal_workflow_id: _Optional[str] = ..., callback_token: _Optional[bytes] = ..., cancel_requested: _Optional[bool] = ..., orphaned: _Optional[bool] = ...) -> None: ...
 
 class WorkflowTask(_message.Message):
     __slots__ = ("task_id", "task_name", "task_type", "input", "output", "status", "started_at", "completed_at", "error", "metadata")

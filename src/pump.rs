@@ -1,0 +1,229 @@
+//! The heartbeat pump: while a runner holds an execution, heartbeat its parent activity through the
+//! token, carrying the child's latest progress, and bring cancel/pause/reset back to the runner.
+//!
+//! Temporal does not heartbeat async-completing activities for you (temporalio/sdk-go#703). The pump
+//! runs in the runner's process on purpose: if the runner dies, the heartbeats stop, the parent's
+//! heartbeat timeout fires and its retry policy takes over (re-binding to the same child).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use prost::Message;
+use temporalio_common::protos::temporal::api::common::v1::{Payload, Payloads};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::errors::Error;
+use crate::handshake::Core;
+use crate::temporal::{HeartbeatFlags, Target};
+use crate::token::TaskToken;
+
+/// How often the pump looks for executions due a heartbeat.
+const TICK: Duration = Duration::from_millis(50);
+/// Heartbeats in flight at once, whatever the number of executions.
+const CONCURRENCY: usize = 64;
+/// Heartbeat at a third of the parent's heartbeat timeout: two may fail and the parent still lives.
+const TIMEOUT_FRACTION: u32 = 3;
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// After a failed heartbeat (server unreachable), try again this soon.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the runner's claims on pumped executions are renewed (one statement for all of them).
+const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// What the runner learns from the parent through the heartbeats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    pub flags: HeartbeatFlags,
+    /// The parent attempt no longer exists (timed out, closed, retried without us).
+    pub gone: bool,
+}
+
+struct Entry {
+    token: TaskToken,
+    interval: Duration,
+    next_at: Instant,
+    details: Option<Vec<u8>>,
+    /// The runner set details of its own: status summaries no longer replace them.
+    custom_details: bool,
+    signals: Signals,
+    in_flight: bool,
+}
+
+/// The executions this process heartbeats.
+#[derive(Default)]
+pub struct Pump {
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Wakes runners waiting on a signal.
+    changed: Notify,
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Counters of the pump since the process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PumpStats {
+    pub tracked: usize,
+    pub heartbeats_sent: u64,
+    pub heartbeats_failed: u64,
+}
+
+impl Pump {
+    /// Start heartbeating `id` (idempotent: a re-claim keeps the latest details and signals).
+    pub fn track(&self, id: &str, token: TaskToken, heartbeat_timeout_ms: Option<i64>, default_interval: Duration) {
+        let interval = heartbeat_timeout_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map_or(default_interval, |ms| Duration::from_millis(ms) / TIMEOUT_FRACTION)
+            .max(MIN_INTERVAL);
+        let mut entries = self.lock();
+        let entry = entries.entry(id.to_owned()).or_insert_with(|| Entry {
+            token: token.clone(),
+            interval,
+            next_at: Instant::now(),
+            details: None,
+            custom_details: false,
+            signals: Signals::default(),
+            in_flight: false,
+        });
+        entry.token = token;
+        entry.interval = interval;
+    }
+
+    pub fn untrack(&self, id: &str) {
+        self.lock().remove(id);
+        self.changed.notify_waiters();
+    }
+
+    /// The details the next heartbeats carry (encoded `Payloads`). Returns false if `id` is not pumped.
+    pub fn set_details(&self, id: &str, details: Vec<u8>) -> bool {
+        self.lock()
+            .get_mut(id)
+            .map(|e| {
+                e.details = Some(details);
+                e.custom_details = true;
+            })
+            .is_some()
+    }
+
+    /// Details summarised from the latest status, used until the runner sets its own.
+    pub fn set_progress_summary(&self, id: &str, details: Vec<u8>) {
+        if let Some(entry) = self.lock().get_mut(id).filter(|e| !e.custom_details) {
+            entry.details = Some(details);
+        }
+    }
+
+    pub fn signals(&self, id: &str) -> Option<Signals> {
+        self.lock().get(id).map(|e| e.signals)
+    }
+
+    pub fn stats(&self) -> PumpStats {
+        PumpStats {
+            tracked: self.lock().len(),
+            heartbeats_sent: self.sent.load(Ordering::Relaxed),
+            heartbeats_failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Wait until `accept` holds for the signals of `id`, or it stops being pumped (None).
+    pub async fn wait(&self, id: &str, accept: impl Fn(&Signals) -> bool) -> Option<Signals> {
+        loop {
+            let mut notified = std::pin::pin!(self.changed.notified());
+            notified.as_mut().enable();
+            match self.signals(id) {
+                None => return None,
+                Some(s) if accept(&s) => return Some(s),
+                Some(_) => notified.await,
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts/removes).
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// JSON details as temporalio's default converter writes them, so any SDK or the CLI can read them.
+pub fn json_details(value: &serde_json::Value) -> Vec<u8> {
+    let payload = Payload {
+        metadata: HashMap::from([("encoding".to_owned(), b"json/plain".to_vec())]),
+        data: value.to_string().into_bytes(),
+        ..Default::default()
+    };
+    Payloads { payloads: vec![payload] }.encode_to_vec()
+}
+
+/// The pump's loop: runs while the handshake lives.
+pub async fn run(core: Weak<Core>) {
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut renewed_at = Instant::now();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(core) = core.upgrade() else { return };
+        let now = Instant::now();
+        if now - renewed_at >= RENEW_EVERY {
+            // Pumping is the runner's sign of life: it keeps the runner's claims on what it pumps.
+            renewed_at = now;
+            let ids: Vec<String> = core.pump().lock().keys().cloned().collect();
+            if let Err(err) = core.store().renew_claims(&ids).await {
+                tracing::warn!(error = %err, "could not renew the runner's claims");
+            }
+        }
+        let due: Vec<(String, TaskToken, Option<Vec<u8>>)> = {
+            let mut entries = core.pump().lock();
+            entries
+                .iter_mut()
+                .filter(|(_, e)| !e.in_flight && !e.signals.gone && e.next_at <= now)
+                .map(|(id, e)| {
+                    e.in_flight = true;
+                    (id.clone(), e.token.clone(), e.details.clone())
+                })
+                .collect()
+        };
+        for (id, token, details) in due {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let core = core.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                beat(&core, &id, &token, details.as_deref()).await;
+            });
+        }
+    }
+}
+
+async fn beat(core: &Core, id: &str, token: &TaskToken, details: Option<&[u8]>) {
+    let Some(temporal) = core.temporal_connection() else { return };
+    let reply = temporal.heartbeat(&Target::Token(token.clone()), details).await;
+    let counter = if reply.is_ok() { &core.pump().sent } else { &core.pump().failed };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let (changed, newly_cancelled) = {
+        let mut entries = core.pump().lock();
+        let Some(entry) = entries.get_mut(id) else { return };
+        entry.in_flight = false;
+        let before = entry.signals;
+        match &reply {
+            Ok(flags) => {
+                entry.signals.flags = *flags;
+                entry.next_at = Instant::now() + entry.interval;
+            }
+            // Kept (not heartbeated any more) so the runner learns it; untracked when it settles.
+            Err(Error::ActivityGone { .. }) => entry.signals.gone = true,
+            Err(err) => {
+                tracing::warn!(execution = id, token = %token.fingerprint(), error = %err, "heartbeat failed; retrying");
+                entry.next_at = Instant::now() + RETRY_INTERVAL.min(entry.interval);
+            }
+        }
+        let after = entry.signals;
+        (after != before, after.flags.cancel_requested && !before.flags.cancel_requested)
+    };
+    if newly_cancelled {
+        // The status records the request (before the runner hears of it), for readers in any process.
+        if let Err(err) = core.store().mark(id, |s| s.set_cancel_requested(true)).await {
+            tracing::warn!(execution = id, error = %err, "could not record the cancel request");
+        }
+    }
+    if changed {
+        core.pump().changed.notify_waiters();
+    }
+}
