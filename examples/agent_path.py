@@ -3,8 +3,8 @@
     python examples/agent_path.py
 
 1. The caller activity `research` stores an AgentExecution with its task token and goes pending.
-2. A runner (here a task in this script; normally its own process, see agent_runner.py) claims it,
-   reports progress through heartbeats, and succeeds with the agent's answer.
+2. A runner (here a task in this script; normally its own process, see agent_runner.py) claims it (from
+   then on its process heartbeats the parent), reports progress, and succeeds with the agent's answer.
 3. The parent activity resumes with a typed `Report`; the execution is COMPLETED and holds no token.
 """
 
@@ -57,8 +57,9 @@ async def runner(store: str, temporal: str) -> None:
     execution = claimed[0]
     for step in range(3):
         await asyncio.sleep(0.3)  # the agent thinks
-        reply = await hs.heartbeat(execution.metadata.id, {"step": step + 1, "of": 3})
-        if reply.cancel_requested:
+        await hs.report_progress(execution.metadata.id, {"step": step + 1, "of": 3})
+        signals = hs.parent_signals(execution.metadata.id)
+        if signals is not None and signals.cancel_requested:
             await hs.cancel(execution.metadata.id)
             return
     settlement = await hs.succeed(execution.metadata.id, Report(f"all about {execution.spec.message}", 0.92))

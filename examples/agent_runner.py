@@ -26,9 +26,10 @@ async def run_agent(hs: Handshake, execution: pb.AgentExecution) -> None:
                 id=f"step-{step}", content=f"think ({step + 1}/{steps})", status=pb.TodoStatus.TODO_STATUS_COMPLETED
             )
         )
+        # The status update rides on the pump's next heartbeat as progress ("todos_done": step + 1, ...).
         await hs.update_status(execution_id, status)
-        reply = await hs.heartbeat(execution_id, {"done": step + 1, "total": steps})
-        if reply.cancel_requested:
+        signals = hs.parent_signals(execution_id)
+        if signals is not None and signals.cancel_requested:
             await hs.cancel(execution_id, "cancelled by the parent")
             return
     status.messages.add(type=pb.MessageType.MESSAGE_TYPE_AI, content=f"Answer to: {execution.spec.message}")
