@@ -86,7 +86,7 @@ impl Core {
         if self.temporal.is_none() {
             return Ok(());
         }
-        if let Some((token, heartbeat_timeout_ms)) = self.store.pump_target(id).await? {
+        if let Some((token, heartbeat_timeout_ms)) = self.store.armed_callback(id).await? {
             self.pump_started.get_or_init(|| {
                 pyo3_async_runtimes::tokio::get_runtime().spawn(pump::run(Arc::downgrade(self)));
             });
@@ -114,7 +114,7 @@ impl Core {
     pub async fn heartbeat(&self, id: &str, details: Option<Vec<u8>>) -> Result<HeartbeatFlags> {
         // A heartbeat is the runner's sign of life: it keeps the runner's claim on the execution.
         self.store.renew_claim(id).await?;
-        let Some(token) = self.store.armed_token(id).await? else {
+        let Some((token, _)) = self.store.armed_callback(id).await? else {
             // A direct execution, or one already settled: there is no parent to heartbeat.
             return Ok(HeartbeatFlags::default());
         };

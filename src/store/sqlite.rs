@@ -443,20 +443,6 @@ impl SqliteStore {
         Ok(children)
     }
 
-    /// What the heartbeat pump needs of a running execution: its armed token, its kind, and the parent's
-    /// heartbeat timeout. None for a direct execution or once the callback is due.
-    pub async fn pump_target(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
-        let row =
-            sqlx::query("SELECT token, heartbeat_timeout_ms FROM callbacks WHERE execution_id = ? AND state = 'armed'")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(row) = row else { return Ok(None) };
-        let token: Option<Vec<u8>> = row.try_get("token")?;
-        let Some(token) = token else { return Ok(None) };
-        Ok(Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?)))
-    }
-
     /// Change flags in a running execution's status (cancel requested, orphaned); ended ones are final.
     pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn super::StatusFields)) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -492,19 +478,20 @@ impl SqliteStore {
         Ok(expired)
     }
 
-    /// The token of a running execution's armed callback (for heartbeats); None for a direct execution
-    /// or once the callback is due.
-    pub async fn armed_token(&self, id: &str) -> Result<Option<TaskToken>> {
+    /// A running execution's armed callback, for heartbeats: its token and the parent's heartbeat timeout.
+    /// None for a direct execution or once the callback is due; `ExecutionNotFound` for an unknown id.
+    pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
         let row = sqlx::query(
-            "SELECT c.token FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' \
-             WHERE e.id = ?",
+            "SELECT c.token, c.heartbeat_timeout_ms FROM executions e \
+             LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' WHERE e.id = ?",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
         let token: Option<Vec<u8>> = row.try_get("token")?;
-        token.map(|t| TaskToken::parse(&t)).transpose()
+        let Some(token) = token else { return Ok(None) };
+        Ok(Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?)))
     }
 }
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ActivityError, CancelledError, TimeoutError, TimeoutType
 
@@ -28,18 +29,23 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4()}"
 
 
-async def runner_handshake(env: Env) -> Handshake:
-    """A second handshake on the same store: the runner's, which pumps what it claims."""
-    return await Handshake.connect(store=env.store, temporal=env.server.url)
+async def start_and_claim(
+    env: Env, request: AgentRequest
+) -> tuple[WorkflowHandle[Any, Any], Handshake, pb.AgentExecution]:
+    """Start a parent, wait until it is pending, and claim its child with a second handshake on the same
+    store (the runner's), which from then on heartbeats the parent."""
+    handle = await env.client.start_workflow(AgentParent.run, request, id=new_id("parent"), task_queue=env.task_queue)
+    await env.wait_for_execution(request.execution_id)
+    runner = await Handshake.connect(store=env.store, temporal=env.server.url)
+    [claimed] = await runner.claim("agent")
+    assert isinstance(claimed, pb.AgentExecution)
+    return handle, runner, claimed
 
 
 @pytest.mark.timeout(90)
 async def test_pumped_parent_outlives_its_heartbeat_timeout_and_shows_progress(env: Env) -> None:
     request = AgentRequest(new_id("agent"), "long", heartbeat_timeout_seconds=5)
-    handle = await env.client.start_workflow(AgentParent.run, request, id=new_id("parent"), task_queue=env.task_queue)
-    await env.wait_for_execution(request.execution_id)
-    runner = await runner_handshake(env)
-    [claimed] = await runner.claim("agent")
+    handle, runner, claimed = await start_and_claim(env, request)
     assert await runner.report_progress(claimed.metadata.id, {"step": 3, "of": 7})
 
     started = time.monotonic()
@@ -57,10 +63,7 @@ async def test_pumped_parent_outlives_its_heartbeat_timeout_and_shows_progress(e
 
 async def test_status_progress_rides_on_heartbeats(env: Env) -> None:
     request = AgentRequest(new_id("agent"), "progress", heartbeat_timeout_seconds=1.5)
-    handle = await env.client.start_workflow(AgentParent.run, request, id=new_id("parent"), task_queue=env.task_queue)
-    await env.wait_for_execution(request.execution_id)
-    runner = await runner_handshake(env)
-    [claimed] = await runner.claim("agent")
+    handle, runner, claimed = await start_and_claim(env, request)
     status = pb.AgentExecutionStatus(phase=pb.ExecutionPhase.EXECUTION_PHASE_IN_PROGRESS)
     status.todos["a"].CopyFrom(pb.TodoItem(id="a", status=pb.TodoStatus.TODO_STATUS_COMPLETED))
     status.todos["b"].CopyFrom(pb.TodoItem(id="b", status=pb.TodoStatus.TODO_STATUS_PENDING))
@@ -76,10 +79,7 @@ async def test_status_progress_rides_on_heartbeats(env: Env) -> None:
 
 async def test_cancelling_the_parent_stops_the_child_within_two_intervals(env: Env) -> None:
     request = AgentRequest(new_id("agent"), "cancel me", heartbeat_timeout_seconds=3)  # interval 1 s
-    handle = await env.client.start_workflow(AgentParent.run, request, id=new_id("parent"), task_queue=env.task_queue)
-    await env.wait_for_execution(request.execution_id)
-    runner = await runner_handshake(env)
-    [claimed] = await runner.claim("agent")
+    handle, runner, claimed = await start_and_claim(env, request)
     waiting = asyncio.create_task(runner.cancellation(claimed.metadata.id))
     await asyncio.sleep(1.5)
     assert not waiting.done()
@@ -103,10 +103,7 @@ async def test_cancelling_the_parent_stops_the_child_within_two_intervals(env: E
 @pytest.mark.parametrize("kind", ["pause", "reset"])
 async def test_pause_and_reset_reach_the_runner(env: Env, kind: str) -> None:
     request = AgentRequest(new_id("agent"), kind, heartbeat_timeout_seconds=1.5)
-    handle = await env.client.start_workflow(AgentParent.run, request, id=new_id("parent"), task_queue=env.task_queue)
-    await env.wait_for_execution(request.execution_id)
-    runner = await runner_handshake(env)
-    [claimed] = await runner.claim("agent")
+    handle, runner, claimed = await start_and_claim(env, request)
     waiting = asyncio.create_task(runner.wait_for_signal(claimed.metadata.id, kind))  # type: ignore[arg-type]
     done = subprocess.run(
         [temporal_binary(), "activity", kind, "--workflow-id", handle.id, "--activity-id", "1",
