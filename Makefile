@@ -25,11 +25,16 @@ protos: $(STAMP)
 demo: dev
 	$(PY) examples/demo.py
 
+# Benchmarks measure the optimised build (`make dev` or `make test` put the debug one back).
+bench: $(STAMP)
+	$(VENV)/bin/maturin develop --release --quiet
+	$(PY) benchmarks/bench.py --json bench-results.json
+
 lint: dev
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
-	$(VENV)/bin/ruff check python tests examples scripts
-	$(VENV)/bin/ruff format --check python tests examples scripts
+	$(VENV)/bin/ruff check python tests examples scripts benchmarks
+	$(VENV)/bin/ruff format --check python tests examples scripts benchmarks
 	$(VENV)/bin/mypy python/stigmer_handshake
 	$(PY) -m mypy.stubtest stigmer_handshake._core
 	$(PY) scripts/gen_protos.py --check

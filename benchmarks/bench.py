@@ -1,0 +1,293 @@
+"""Benchmarks, each figure beside its baseline measured in the same run.
+
+    make bench            (or: python benchmarks/bench.py --json bench-results.json)
+
+Starts its own Temporal dev server and SQLite store. Absolute times drift on a small machine; the ratios
+are the point. Prints a table and writes the same figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.common import RetryPolicy
+from temporalio.worker import Worker
+
+with workflow.unsafe.imports_passed_through():
+    from stigmer_handshake import Handshake, pb
+    from stigmer_handshake.testing import DevServer, sqlite_url
+
+NO_RETRY = RetryPolicy(maximum_attempts=1)
+
+
+@dataclass
+class Call:
+    key: str
+    mode: str  # "block", "handshake" or "raw"
+    child_seconds: float = 0.0
+    heartbeat_timeout: float = 0.0
+
+
+class Callers:
+    def __init__(self, hs: Handshake) -> None:
+        self.hs = hs
+        self.raw_tokens: dict[str, bytes] = {}
+
+    @activity.defn
+    async def call(self, call: Call) -> str:
+        if call.mode == "block":  # the baseline: the activity holds its slot while the child runs
+            await asyncio.sleep(call.child_seconds)
+            return call.key
+        if call.mode == "raw":  # the raw SDK path: keep the token in memory, complete it by hand
+            self.raw_tokens[call.key] = activity.info().task_token
+            activity.raise_complete_async()
+        await self.hs.defer(pb.AgentExecutionSpec(agent_id="bench", message=call.key), execution_id=call.key)
+        raise AssertionError("unreachable")
+
+
+@workflow.defn
+class FanOut:
+    @workflow.run
+    async def run(self, calls: list[Call]) -> list[str]:
+        return list(
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity_method(
+                        Callers.call,
+                        c,
+                        start_to_close_timeout=timedelta(hours=1),
+                        heartbeat_timeout=timedelta(seconds=c.heartbeat_timeout) or None,
+                        retry_policy=NO_RETRY,
+                    )
+                    for c in calls
+                )
+            )
+        )
+
+
+class Bench:
+    def __init__(self, client: Client, server: DevServer, store: str, hs: Handshake) -> None:
+        self.client, self.server, self.store, self.hs = client, server, store, hs
+        self.callers = Callers(hs)
+
+    def worker(self, task_queue: str, slots: int) -> Worker:
+        return Worker(
+            self.client, task_queue=task_queue, workflows=[FanOut], activities=[self.callers.call],
+            max_concurrent_activities=slots, max_concurrent_workflow_tasks=20,
+        )  # fmt: skip
+
+    async def fan_out(self, calls: list[Call], task_queue: str, per_parent: int = 100) -> list[Any]:
+        return [
+            await self.client.start_workflow(
+                FanOut.run, calls[i : i + per_parent], id=f"bench-{uuid.uuid4()}", task_queue=task_queue
+            )
+            for i in range(0, len(calls), per_parent)
+        ]
+
+    async def wait_all_pending(self, calls: list[Call], raw: bool) -> None:
+        """Wait until every call's activity has gone pending (token kept, or execution stored)."""
+        keys = {c.key for c in calls}
+        while True:
+            if raw:
+                done = keys <= self.callers.raw_tokens.keys()
+            else:
+                stored = await self.hs.list(kind="agent", limit=1_000_000)
+                done = len(keys & {r.id for r in stored}) == len(keys)
+            if done:
+                return
+            await asyncio.sleep(0.2)
+
+    async def b1_slots(self, n: int, child_seconds: float, slots: int) -> dict[str, float]:
+        """N children of child_seconds each behind `slots` activity slots: handshake vs blocking."""
+        results = {}
+        for mode in ("block", "handshake"):
+            task_queue = f"b1-{mode}-{uuid.uuid4()}"
+            runner = asyncio.create_task(self.run_children(n, child_seconds)) if mode == "handshake" else None
+            async with self.worker(task_queue, slots):
+                started = time.monotonic()
+                calls = [Call(f"b1-{mode}-{i}-{uuid.uuid4().hex[:6]}", mode, child_seconds) for i in range(n)]
+                handles = await self.fan_out(calls, task_queue)
+                await asyncio.gather(*(h.result() for h in handles))
+                results[mode] = time.monotonic() - started
+            if runner is not None:
+                await runner
+        return {"n": n, "slots": slots, "child_seconds": child_seconds, "blocking_s": results["block"],
+                "handshake_s": results["handshake"], "ratio": results["block"] / results["handshake"]}  # fmt: skip
+
+    async def run_children(self, n: int, child_seconds: float) -> None:
+        """A runner: claims children as they appear, each runs child_seconds, then settles."""
+        runner = await Handshake.connect(store=self.store, temporal=self.server.url)
+        tasks: list[asyncio.Task[Any]] = []
+
+        async def child(execution_id: str) -> None:
+            await asyncio.sleep(child_seconds)
+            await runner.succeed(execution_id, execution_id)
+
+        while len(tasks) < n:
+            claimed = await runner.claim("agent", limit=500)
+            tasks += [asyncio.create_task(child(c.metadata.id)) for c in claimed]
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
+
+    async def settle_all(self, keys: list[str], raw: bool, concurrency: int) -> tuple[float, float]:
+        """Settle every pending activity; returns (wall seconds, process CPU seconds)."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def settle(key: str) -> None:
+            async with gate:
+                if raw:
+                    raw_handle = self.client.get_async_activity_handle(task_token=self.callers.raw_tokens[key])
+                    await raw_handle.complete(key)
+                else:
+                    outcome = (await self.hs.succeed(key, key)).outcome
+                    assert outcome == "delivered", outcome
+
+        cpu, wall = time.process_time(), time.monotonic()
+        await asyncio.gather(*(settle(k) for k in keys))
+        return time.monotonic() - wall, time.process_time() - cpu
+
+    async def b2_b4_throughput(self, n: int, concurrency: int) -> dict[str, float]:
+        figures: dict[str, float] = {"n": n, "concurrency": concurrency}
+        for path in ("raw", "sqlite"):
+            task_queue = f"b2-{path}-{uuid.uuid4()}"
+            mode = "raw" if path == "raw" else "handshake"
+            calls = [Call(f"b2-{path}-{i}-{uuid.uuid4().hex[:6]}", mode) for i in range(n)]
+            async with self.worker(task_queue, 200):
+                handles = await self.fan_out(calls, task_queue)
+                await self.wait_all_pending(calls, raw=path == "raw")
+                wall, cpu = await self.settle_all([c.key for c in calls], path == "raw", concurrency)
+                await asyncio.gather(*(h.result() for h in handles))
+            figures[f"{path}_per_s"] = n / wall
+            figures[f"{path}_cpu_ms_per_settle"] = 1000 * cpu / n
+        figures["ratio_sqlite_to_raw"] = figures["sqlite_per_s"] / figures["raw_per_s"]
+        figures["cpu_ratio_sqlite_to_raw"] = figures["sqlite_cpu_ms_per_settle"] / figures["raw_cpu_ms_per_settle"]
+        return figures
+
+    async def b3_latency(self, n: int) -> dict[str, float]:
+        """From the settle call to the parent workflow's result, one parent per activity."""
+        figures: dict[str, float] = {"n": n}
+        for path in ("raw", "sqlite"):
+            task_queue = f"b3-{path}-{uuid.uuid4()}"
+            calls = [
+                Call(f"b3-{path}-{i}-{uuid.uuid4().hex[:6]}", "raw" if path == "raw" else "handshake") for i in range(n)
+            ]
+            latencies: list[float] = []
+            async with self.worker(task_queue, 50):
+                handles = await self.fan_out(calls, task_queue, per_parent=1)
+                await self.wait_all_pending(calls, raw=path == "raw")
+                for call, handle in zip(calls, handles, strict=True):
+                    started = time.perf_counter()
+                    if path == "raw":
+                        await self.client.get_async_activity_handle(
+                            task_token=self.callers.raw_tokens[call.key]
+                        ).complete(call.key)
+                    else:
+                        await self.hs.succeed(call.key, call.key)
+                    await handle.result()
+                    latencies.append(time.perf_counter() - started)
+            latencies.sort()
+            figures[f"{path}_p50_ms"] = 1000 * statistics.median(latencies)
+            figures[f"{path}_p99_ms"] = 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        figures["added_p50_ms"] = figures["sqlite_p50_ms"] - figures["raw_p50_ms"]
+        figures["added_p99_ms"] = figures["sqlite_p99_ms"] - figures["raw_p99_ms"]
+        return figures
+
+    async def b5_scale(self, n: int, hold: float, heartbeat_timeout: float) -> dict[str, float]:
+        """N pending executions held (and pumped) by one runner process: memory and CPU of that process."""
+        task_queue = f"b5-{uuid.uuid4()}"
+        calls = [
+            Call(f"b5-{i}-{uuid.uuid4().hex[:6]}", "handshake", heartbeat_timeout=heartbeat_timeout) for i in range(n)
+        ]
+        async with self.worker(task_queue, 200):
+            handles = await self.fan_out(calls, task_queue, per_parent=500)
+            await self.wait_all_pending(calls, raw=False)
+            holder = subprocess.run(
+                [sys.executable, str(Path(__file__).with_name("hold.py")), self.store, self.server.url,
+                 str(n), str(hold)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            figures = json.loads(holder.stdout.strip().splitlines()[-1])
+            for call in calls:
+                await self.hs.succeed(call.key, call.key, wait_for_delivery=False)
+            await asyncio.gather(*(h.result() for h in handles))
+        figures.update({"n": n, "hold_s": hold, "heartbeat_timeout_s": heartbeat_timeout})
+        return figures
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    b1, b2, b3, b5 = results["B1"], results["B2"], results["B3"], results["B5"]
+    rows = [
+        ("B1 slots", f"{b1['n']:.0f} children x {b1['child_seconds']:.0f} s, {b1['slots']:.0f} slots",
+         f"handshake {b1['handshake_s']:.1f} s", f"blocking {b1['blocking_s']:.1f} s",
+         f"{b1['ratio']:.1f}x faster", ">= 25x"),
+        ("B2 throughput", f"{b2['n']:.0f} settles, {b2['concurrency']:.0f} at once",
+         f"SQLite {b2['sqlite_per_s']:.0f}/s", f"raw SDK {b2['raw_per_s']:.0f}/s",
+         f"{b2['ratio_sqlite_to_raw']:.2f} of raw", ">= 0.85"),
+        ("B3 latency p50", f"{b3['n']:.0f} parents, settle -> parent result",
+         f"{b3['sqlite_p50_ms']:.1f} ms", f"raw {b3['raw_p50_ms']:.1f} ms",
+         f"+{b3['added_p50_ms']:.1f} ms", "<= +5 ms"),
+        ("B3 latency p99", "", f"{b3['sqlite_p99_ms']:.1f} ms", f"raw {b3['raw_p99_ms']:.1f} ms",
+         f"+{b3['added_p99_ms']:.1f} ms", "<= +20 ms"),
+        ("B4 client CPU", "per settled callback",
+         f"{b2['sqlite_cpu_ms_per_settle']:.2f} ms", f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms",
+         f"{b2['cpu_ratio_sqlite_to_raw']:.2f} of raw", "<= 0.5"),
+        ("B5 scale", f"{b5['n']:.0f} pending, one runner process",
+         f"{b5['rss_kb_per_execution']:.1f} KB each", f"pump CPU {100 * b5['pump_cpu_fraction']:.1f}% of a core",
+         f"{b5['heartbeats_per_s']:.0f} heartbeats/s", "<= 10 KB"),
+    ]  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
+    header = ("figure", "setting", "stigmer-handshake", "baseline", "result", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)])
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with DevServer() as server:
+            client = await Client.connect(server.address)
+            store = sqlite_url(tmp)
+            hs = await Handshake.connect(store=store, temporal=server.url)
+            bench = Bench(client, server, store, hs)
+            results: dict[str, dict[str, float]] = {}
+            print("B1 slots ...", file=sys.stderr, flush=True)
+            results["B1"] = await bench.b1_slots(args.b1_n, 1.0, 10)
+            print("B2/B4 throughput and CPU ...", file=sys.stderr, flush=True)
+            results["B2"] = await bench.b2_b4_throughput(args.b2_n, 64)
+            print("B3 latency ...", file=sys.stderr, flush=True)
+            results["B3"] = await bench.b3_latency(args.b3_n)
+            print("B5 scale ...", file=sys.stderr, flush=True)
+            results["B5"] = await bench.b5_scale(args.b5_n, args.b5_hold, 60.0)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"\nstigmer-handshake benchmarks ({machine}; PostgreSQL (B2 c) not measured: no such backend yet)\n")
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+        print(f"\nfigures written to {args.json}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--b1-n", type=int, default=500)
+    parser.add_argument("--b2-n", type=int, default=2000)
+    parser.add_argument("--b3-n", type=int, default=200)
+    parser.add_argument("--b5-n", type=int, default=10_000)
+    parser.add_argument("--b5-hold", type=float, default=30.0)
+    parser.add_argument("--json", default="bench-results.json")
+    asyncio.run(main(parser.parse_args()))
