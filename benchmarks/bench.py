@@ -231,26 +231,42 @@ class Bench:
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    b1, b2, b3, b5 = results["B1"], results["B2"], results["B3"], results["B5"]
-    rows = [
-        ("B1 slots", f"{b1['n']:.0f} children x {b1['child_seconds']:.0f} s, {b1['slots']:.0f} slots",
-         f"handshake {b1['handshake_s']:.1f} s", f"blocking {b1['blocking_s']:.1f} s",
-         f"{b1['ratio']:.1f}x faster", ">= 25x"),
-        ("B2 throughput", f"{b2['n']:.0f} settles, {b2['concurrency']:.0f} at once",
-         f"SQLite {b2['sqlite_per_s']:.0f}/s", f"raw SDK {b2['raw_per_s']:.0f}/s",
-         f"{b2['ratio_sqlite_to_raw']:.2f} of raw", ">= 0.85"),
-        ("B3 latency p50", f"{b3['n']:.0f} parents, settle -> parent result",
-         f"{b3['sqlite_p50_ms']:.1f} ms", f"raw {b3['raw_p50_ms']:.1f} ms",
-         f"+{b3['added_p50_ms']:.1f} ms", "<= +5 ms"),
-        ("B3 latency p99", "", f"{b3['sqlite_p99_ms']:.1f} ms", f"raw {b3['raw_p99_ms']:.1f} ms",
-         f"+{b3['added_p99_ms']:.1f} ms", "<= +20 ms"),
-        ("B4 client CPU", "per settled callback",
-         f"{b2['sqlite_cpu_ms_per_settle']:.2f} ms", f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms",
-         f"{b2['cpu_ratio_sqlite_to_raw']:.2f} of raw", "<= 0.5"),
-        ("B5 scale", f"{b5['n']:.0f} pending, one runner process",
-         f"{b5['rss_kb_per_execution']:.1f} KB each", f"pump CPU {100 * b5['pump_cpu_fraction']:.1f}% of a core",
-         f"{b5['heartbeats_per_s']:.0f} heartbeats/s", "<= 10 KB"),
-    ]  # fmt: skip
+    b1, b2, b3, b5 = (results.get(k, {}) for k in ("B1", "B2", "B3", "B5"))
+    rows: list[tuple[str, ...]] = []
+    if b1:
+        rows.append(
+            ("B1 slots", f"{b1['n']:.0f} children x {b1['child_seconds']:.0f} s, {b1['slots']:.0f} slots",
+             f"handshake {b1['handshake_s']:.1f} s", f"blocking {b1['blocking_s']:.1f} s",
+             f"{b1['ratio']:.1f}x faster", ">= 25x")
+        )  # fmt: skip
+    if b2:
+        rows.append(
+            ("B2 throughput", f"{b2['n']:.0f} settles, {b2['concurrency']:.0f} at once",
+             f"SQLite {b2['sqlite_per_s']:.0f}/s", f"raw SDK {b2['raw_per_s']:.0f}/s",
+             f"{b2['ratio_sqlite_to_raw']:.2f} of raw", ">= 0.85")
+        )  # fmt: skip
+    if b3:
+        rows.append(
+            ("B3 latency p50", f"{b3['n']:.0f} parents, settle -> parent result",
+             f"{b3['sqlite_p50_ms']:.1f} ms", f"raw {b3['raw_p50_ms']:.1f} ms",
+             f"+{b3['added_p50_ms']:.1f} ms", "<= +5 ms")
+        )  # fmt: skip
+        rows.append(
+            ("B3 latency p99", "", f"{b3['sqlite_p99_ms']:.1f} ms", f"raw {b3['raw_p99_ms']:.1f} ms",
+             f"+{b3['added_p99_ms']:.1f} ms", "<= +20 ms")
+        )  # fmt: skip
+    if b2:
+        rows.append(
+            ("B4 client CPU", "per settled callback",
+             f"{b2['sqlite_cpu_ms_per_settle']:.2f} ms", f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms",
+             f"{b2['cpu_ratio_sqlite_to_raw']:.2f} of raw", "<= 0.5")
+        )  # fmt: skip
+    if b5:
+        rows.append(
+            ("B5 scale", f"{b5['n']:.0f} pending, one runner process",
+             f"{b5['rss_kb_per_execution']:.1f} KB each", f"pump CPU {100 * b5['pump_cpu_fraction']:.1f}% of a core",
+             f"{b5['heartbeats_per_s']:.0f} heartbeats/s", "<= 10 KB")
+        )  # fmt: skip
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
     header = ("figure", "setting", "stigmer-handshake", "baseline", "result", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
@@ -266,14 +282,16 @@ async def main(args: argparse.Namespace) -> None:
             hs = await Handshake.connect(store=store, temporal=server.url)
             bench = Bench(client, server, store, hs)
             results: dict[str, dict[str, float]] = {}
-            print("B1 slots ...", file=sys.stderr, flush=True)
-            results["B1"] = await bench.b1_slots(args.b1_n, 1.0, 10)
-            print("B2/B4 throughput and CPU ...", file=sys.stderr, flush=True)
-            results["B2"] = await bench.b2_b4_throughput(args.b2_n, 64)
-            print("B3 latency ...", file=sys.stderr, flush=True)
-            results["B3"] = await bench.b3_latency(args.b3_n)
-            print("B5 scale ...", file=sys.stderr, flush=True)
-            results["B5"] = await bench.b5_scale(args.b5_n, args.b5_hold, 60.0)
+            runs = {
+                "B1": lambda: bench.b1_slots(args.b1_n, 1.0, 10),
+                "B2": lambda: bench.b2_b4_throughput(args.b2_n, 64),
+                "B3": lambda: bench.b3_latency(args.b3_n),
+                "B5": lambda: bench.b5_scale(args.b5_n, args.b5_hold, 60.0),
+            }
+            for name, run in runs.items():
+                if not args.only or name in args.only:
+                    print(f"{name} ...", file=sys.stderr, flush=True)
+                    results[name] = await run()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"\nstigmer-handshake benchmarks ({machine}; PostgreSQL (B2 c) not measured: no such backend yet)\n")
     print(table(results))
@@ -290,4 +308,5 @@ if __name__ == "__main__":
     parser.add_argument("--b5-n", type=int, default=10_000)
     parser.add_argument("--b5-hold", type=float, default=30.0)
     parser.add_argument("--json", default="bench-results.json")
+    parser.add_argument("--only", nargs="*", choices=["B1", "B2", "B3", "B5"], help="run these figures only")
     asyncio.run(main(parser.parse_args()))

@@ -41,7 +41,9 @@ impl SqliteStore {
         let pool_options = if in_memory {
             SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
         } else {
-            SqlitePoolOptions::new().max_connections(4)
+            // One connection: writers in this process queue in the pool instead of in SQLite's busy handler,
+            // which sleeps in growing steps; other processes still share the file through it.
+            SqlitePoolOptions::new().max_connections(1)
         };
         let pool = pool_options.connect_with(options).await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
