@@ -252,7 +252,10 @@ class Handshake:
         return await self.wait_for_signal(execution_id, "cancel")
 
     async def heartbeat(self, execution_id: str, *details: Any) -> _core.HeartbeatReply:
-        """Heartbeat the parent activity with progress ``details``; the reply carries cancel/pause/reset."""
+        """Heartbeat the parent activity now, with progress ``details``; the reply carries cancel/pause/reset.
+
+        Executions this process claimed are heartbeated by the pump anyway; this is for an immediate
+        heartbeat and answer (and renews this runner's claim)."""
         return await self._core.heartbeat(execution_id, await self._encode(details) if details else None)
 
     async def succeed(
