@@ -42,6 +42,18 @@ fn token_attempt(activity_id: &str, attempt: i32) -> TaskToken {
     TaskToken::parse(&bytes).unwrap()
 }
 
+/// What attempt 2 of the parent activity "1" asks to create.
+fn retried(id: &str) -> NewExecution {
+    NewExecution {
+        id: id.into(),
+        kind: Kind::Agent,
+        spec: spec(),
+        status: None,
+        token: Some(token_attempt("1", 2)),
+        heartbeat_timeout_ms: None,
+    }
+}
+
 fn spec() -> Vec<u8> {
     AgentExecutionSpec { agent_id: "a".into(), message: "hi".into(), ..Default::default() }.encode_to_vec()
 }
@@ -233,14 +245,7 @@ fn callback_token_field_numbers_are_the_contract() {
 #[tokio::test]
 async fn a_retried_parent_rebinds_to_its_child_and_the_old_token_is_dropped() {
     let store = store_with("e1", true).await;
-    let again = NewExecution {
-        id: "e2".into(),
-        kind: Kind::Agent,
-        spec: spec(),
-        status: None,
-        token: Some(token_attempt("1", 2)),
-        heartbeat_timeout_ms: None,
-    };
+    let again = retried("e2");
     assert_eq!(store.create(again).await.unwrap(), Created::Rebound("e1".into()));
     assert!(matches!(store.get("e2", false).await, Err(Error::ExecutionNotFound(_))), "no second child");
     let record = store.get("e1", true).await.unwrap();
@@ -273,14 +278,7 @@ async fn a_gone_outcome_is_redelivered_to_the_next_attempt() {
     assert_eq!(callback.payloads.as_deref(), Some(&[1u8, 2][..]), "the result is kept");
     assert!(status_token(&record).is_empty());
 
-    let next = NewExecution {
-        id: "x".into(),
-        kind: Kind::Agent,
-        spec: spec(),
-        status: None,
-        token: Some(token_attempt("1", 2)),
-        heartbeat_timeout_ms: None,
-    };
+    let next = retried("x");
     assert_eq!(store.create(next).await.unwrap(), Created::Rebound("e1".into()));
     let due = store.claim_due(10, 60_000).await.unwrap();
     assert_eq!(due.len(), 1);
@@ -296,14 +294,7 @@ async fn a_stale_delivery_cannot_overwrite_a_rebound_callback() {
     else {
         panic!("claimed");
     };
-    let next = NewExecution {
-        id: "x".into(),
-        kind: Kind::Agent,
-        spec: spec(),
-        status: None,
-        token: Some(token_attempt("1", 2)),
-        heartbeat_timeout_ms: None,
-    };
+    let next = retried("x");
     store.create(next).await.unwrap();
     store.record_delivery(&old, &DeliveryResult::Gone(GoneReason::StaleAttempt, "old".into())).await.unwrap();
     let callback = store.get("e1", false).await.unwrap().callback.unwrap();

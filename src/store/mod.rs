@@ -10,7 +10,7 @@ mod sqlite;
 mod status;
 
 pub use sqlite::SqliteStore;
-pub use status::{edit_status, progress_json, status_phase, Phase, StatusFields};
+pub use status::{edit_status, progress_json, Phase, StatusFields};
 
 use crate::errors::{Error, Result};
 use crate::token::TaskToken;

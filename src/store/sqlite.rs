@@ -318,7 +318,11 @@ impl SqliteStore {
             let recorded = callback.as_ref().and_then(|c| c.outcome.clone());
             return Ok(Settled::Already { outcome: recorded, callback });
         }
-        let started = started_at(kind, &status)?;
+        // A final status from the runner replaces the stored one; the recorded start time stays.
+        let started = match final_status {
+            Some(_) => started_at(kind, &status)?,
+            None => None,
+        };
         let blob = edit_status(kind, final_status.unwrap_or(&status), |s| {
             s.set_phase(outcome.phase());
             s.mark_started(started.unwrap_or_else(|| timestamp(now)));

@@ -131,9 +131,11 @@ pub fn edit_status(kind: Kind, bytes: &[u8], edit: impl FnOnce(&mut dyn StatusFi
 
 /// When the execution started, as recorded in a status blob.
 pub fn started_at(kind: Kind, bytes: &[u8]) -> Result<Option<prost_types::Timestamp>> {
-    let mut started = None;
-    edit_status(kind, bytes, |s| started = s.started_at())?;
-    Ok(started)
+    let malformed = |e: prost::DecodeError| Error::Store(format!("malformed stored status: {e}"));
+    Ok(match kind {
+        Kind::Agent => AgentExecutionStatus::decode(bytes).map_err(malformed)?.started_at,
+        Kind::Workflow => WorkflowExecutionStatus::decode(bytes).map_err(malformed)?.started_at,
+    })
 }
 
 /// A short JSON summary of a status for heartbeat details, so `temporal workflow describe` on the parent
@@ -170,13 +172,6 @@ pub fn temporal_workflow_id(bytes: &[u8]) -> Result<String> {
     let status =
         WorkflowExecutionStatus::decode(bytes).map_err(|e| Error::Store(format!("malformed stored status: {e}")))?;
     Ok(status.temporal_workflow_id)
-}
-
-/// The phase recorded in a status blob.
-pub fn status_phase(kind: Kind, bytes: &[u8]) -> Result<Phase> {
-    let mut phase = Phase::Unspecified;
-    edit_status(kind, bytes, |s| phase = s.phase())?;
-    Ok(phase)
 }
 
 /// Check that spec bytes decode as the spec of `kind` (bad input is refused before it is stored).
