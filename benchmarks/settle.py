@@ -1,0 +1,56 @@
+"""B2/B4's settling process: settle every pending activity listed in a file, and report wall and CPU time.
+
+    python benchmarks/settle.py raw|sqlite STORE TEMPORAL_URL INPUT CONCURRENCY   -> one JSON line
+
+Each path settles from a process of its own, so the CPU figure is the settling side's alone (not the
+worker's workflow tasks). INPUT has one line per activity: its key, and for `raw` the task token in hex.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+
+from temporalio.client import Client
+
+from stigmer_handshake import Handshake
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def main(path: str, store: str, temporal: str, lines: list[str], concurrency: int) -> dict[str, float]:
+    gate = asyncio.Semaphore(concurrency)
+    if path == "raw":
+        client = await Client.connect(temporal.removeprefix("http://"))
+        tokens = {key: bytes.fromhex(token) for key, token in (line.split() for line in lines)}
+
+        async def settle(key: str) -> None:
+            async with gate:
+                await client.get_async_activity_handle(task_token=tokens[key]).complete(key)
+
+        keys = list(tokens)
+    else:
+        hs = await Handshake.connect(store=store, temporal=temporal)
+
+        async def settle(key: str) -> None:
+            async with gate:
+                outcome = (await hs.succeed(key, key)).outcome
+                assert outcome == "delivered", outcome
+
+        keys = [line.split()[0] for line in lines]
+    cpu, wall = cpu_s(), time.monotonic()
+    await asyncio.gather(*(settle(k) for k in keys))
+    return {"n": len(keys), "wall_s": time.monotonic() - wall, "cpu_s": cpu_s() - cpu}
+
+
+if __name__ == "__main__":
+    path, store, temporal, source, concurrency = sys.argv[1:6]
+    with open(source) as f:
+        entries = [line for line in f.read().splitlines() if line]
+    print(json.dumps(asyncio.run(main(path, store, temporal, entries, int(concurrency)))))
