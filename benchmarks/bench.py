@@ -146,17 +146,15 @@ class Bench:
         await asyncio.gather(*tasks)
 
     async def settle_all(self, calls: list[Call], path: str, concurrency: int) -> tuple[float, float]:
-        """Settle every pending activity from a separate process; returns its (wall, CPU) seconds."""
-        with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
-            for call in calls:
-                token = self.callers.raw_tokens[call.key].hex() if path == "raw" else ""
-                listing.write(f"{call.key} {token}\n")
-            listing.flush()
-            done = subprocess.run(
-                [sys.executable, str(Path(__file__).with_name("settle.py")), path, self.store, self.server.url,
-                 listing.name, str(concurrency)],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
+        """Settle every pending activity from a separate process; returns its (wall, CPU) seconds.
+
+        The raw path's tokens go to that process through a pipe, never through a file or a log."""
+        listing = "".join(f"{c.key} {self.callers.raw_tokens[c.key].hex() if path == 'raw' else ''}\n" for c in calls)
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("settle.py")), path, self.store, self.server.url,
+             str(concurrency)],
+            input=listing, capture_output=True, text=True, check=True,
+        )  # fmt: skip
         figures = json.loads(done.stdout.strip().splitlines()[-1])
         return figures["wall_s"], figures["cpu_s"]
 

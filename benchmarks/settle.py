@@ -1,9 +1,10 @@
 """B2/B4's settling process: settle every pending activity listed in a file, and report wall and CPU time.
 
-    python benchmarks/settle.py raw|sqlite STORE TEMPORAL_URL INPUT CONCURRENCY   -> one JSON line
+    python benchmarks/settle.py raw|sqlite STORE TEMPORAL_URL CONCURRENCY < LISTING   -> one JSON line
 
 Each path settles from a process of its own, so the CPU figure is the settling side's alone (not the
-worker's workflow tasks). INPUT has one line per activity: its key, and for `raw` the task token in hex.
+worker's workflow tasks). The listing on standard input has one line per activity: its key, and for
+`raw` its task token in hex (a pipe, so the tokens are never written to disk).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ async def main(path: str, store: str, temporal: str, lines: list[str], concurren
 
 
 if __name__ == "__main__":
-    path, store, temporal, source, concurrency = sys.argv[1:6]
-    with open(source) as f:
-        entries = [line for line in f.read().splitlines() if line]
+    path, store, temporal, concurrency = sys.argv[1:5]
+    entries = [line for line in sys.stdin.read().splitlines() if line]
     print(json.dumps(asyncio.run(main(path, store, temporal, entries, int(concurrency)))))
