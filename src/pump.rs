@@ -6,7 +6,7 @@
 //! heartbeat timeout fires and its retry policy takes over (re-binding to the same child).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -158,17 +158,23 @@ pub fn json_details(value: &serde_json::Value) -> Vec<u8> {
 pub async fn run(core: Weak<Core>) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let mut renewed_at = Instant::now();
+    let renewing = Arc::new(AtomicBool::new(false));
     loop {
         tokio::time::sleep(TICK).await;
         let Some(core) = core.upgrade() else { return };
         let now = Instant::now();
-        if now - renewed_at >= RENEW_EVERY {
-            // Pumping is the runner's sign of life: it keeps the runner's claims on what it pumps.
+        if now - renewed_at >= RENEW_EVERY && !renewing.swap(true, Ordering::AcqRel) {
+            // Pumping is the runner's sign of life: it keeps the runner's claims on what it pumps. In a task
+            // of its own: a store busy with a burst of settles must not hold back the heartbeats.
             renewed_at = now;
             let ids: Vec<String> = core.pump().lock().keys().cloned().collect();
-            if let Err(err) = core.store().renew_claims(&ids).await {
-                tracing::warn!(error = %err, "could not renew the runner's claims");
-            }
+            let (core, renewing) = (core.clone(), renewing.clone());
+            tokio::spawn(async move {
+                if let Err(err) = core.store().renew_claims(&ids).await {
+                    tracing::warn!(error = %err, "could not renew the runner's claims");
+                }
+                renewing.store(false, Ordering::Release);
+            });
         }
         let due: Vec<(String, TaskToken, Option<Vec<u8>>)> = {
             let mut entries = core.pump().lock();

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from temporalio.worker import Worker
 
-from stigmer_handshake import Handshake
+from stigmer_handshake import Handshake, pb
 
 from conftest import Env
 from flows import AgentRequest, CallerActivities, FanOutParent, expected_answer
@@ -38,18 +38,26 @@ async def test_one_process_pumps_two_thousand_pending_parents(env: Env) -> None:
         env.client, task_queue=task_queue, workflows=[FanOutParent], activities=[callers.run_agent],
         max_concurrent_activities=50,
     ):  # fmt: skip
+        runner = await Handshake.connect(store=env.store, temporal=env.server.url)
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+
+        async def claim_all() -> list[pb.AgentExecution | pb.WorkflowExecution]:
+            # The runner claims while the callers defer, as a real one would: a parent's heartbeat timeout
+            # runs from its start, and only claimed executions are pumped.
+            claimed: list[pb.AgentExecution | pb.WorkflowExecution] = []
+            while len(claimed) < total:
+                batch = await runner.claim("agent", limit=500)
+                claimed += batch
+                if not batch:
+                    await asyncio.sleep(0.2)
+            return claimed
+
+        claiming = asyncio.create_task(claim_all())
         handles = [
             await env.client.start_workflow(FanOutParent.run, reqs, id=f"scale-{uuid.uuid4()}", task_queue=task_queue)
             for reqs in requests
         ]
-        while len(await env.hs.list(kind="agent", limit=total + 1)) < total:
-            await asyncio.sleep(0.5)
-
-        runner = await Handshake.connect(store=env.store, temporal=env.server.url)
-        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-        claimed = []
-        while len(claimed) < total:
-            claimed += await runner.claim("agent", limit=500)
+        claimed = await claiming
         started = time.monotonic()
         await asyncio.sleep(HOLD)
         held = time.monotonic() - started
