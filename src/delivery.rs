@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::errors::{Error, Result};
 use crate::failpoint;
-use crate::store::{ClaimedCallback, DeliveryResult, GoneReason, Outcome, Settled, SqliteStore};
+use crate::store::{ClaimedCallback, DeliveryResult, GoneReason, Outcome, Settled, Store};
 use crate::temporal::{ActivityEnd, Target, Temporal};
 
 /// How long a claimed callback stays with one deliverer before another may take it: longer than one
@@ -54,7 +54,7 @@ impl From<DeliveryResult> for SettleOutcome {
 /// End an execution with `outcome` and, with a Temporal connection, deliver its callback: at once when
 /// `wait` (the caller gets the delivery's outcome), or in a background task.
 pub async fn settle(
-    store: &SqliteStore,
+    store: &Store,
     temporal: Option<&Temporal>,
     id: &str,
     outcome: &Outcome,
@@ -87,7 +87,7 @@ pub async fn settle(
 }
 
 /// Send one claimed callback and record what happened.
-pub async fn deliver(store: &SqliteStore, temporal: &Temporal, claimed: ClaimedCallback) -> Result<DeliveryResult> {
+pub async fn deliver(store: &Store, temporal: &Temporal, claimed: ClaimedCallback) -> Result<DeliveryResult> {
     let sent = temporal.respond(&Target::Token(claimed.token.clone()), &claimed.outcome).await;
     let result = match sent {
         Ok(()) => DeliveryResult::Delivered,
@@ -189,7 +189,7 @@ pub struct DeliveryCounts {
 }
 
 /// Deliver every due callback (and every one whose lease expired), `DELIVERY_CONCURRENCY` at a time.
-pub async fn deliver_due(store: &SqliteStore, temporal: &Temporal, limit: i64) -> Result<DeliveryCounts> {
+pub async fn deliver_due(store: &Store, temporal: &Temporal, limit: i64) -> Result<DeliveryCounts> {
     let mut counts = DeliveryCounts::default();
     let mut tasks = JoinSet::new();
     for claimed in store.claim_due(limit, DELIVERY_LEASE_MS).await? {

@@ -18,6 +18,15 @@ pub enum Error {
     InvalidState { id: String, phase: &'static str, why: String },
     #[error("store error: {0}")]
     Store(String),
+    /// The store's server could not be reached, or the connection was lost mid-operation (nothing of
+    /// that operation was committed, unless it says otherwise; settling again is safe).
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("store refused the credentials: {0}")]
+    StoreAuth(String),
+    /// The database was migrated by another version of stigmer-handshake, or changed by hand.
+    #[error("store schema mismatch: {0}")]
+    SchemaMismatch(String),
     #[error("could not connect to Temporal at {target}: {message}")]
     Connect { target: String, message: String },
     /// The server no longer knows the activity attempt: it completed, timed out, was retried or its
@@ -34,7 +43,23 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Store(e.to_string())
+        let text = e.to_string();
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Error::StoreUnavailable(text),
+            sqlx::Error::Configuration(_) => Error::InvalidArgument(format!("bad store URL: {text}")),
+            // PostgreSQL's SQLSTATE classes: 28 refused credentials, 08 connection failures, 57P0x the
+            // server shutting down or starting (a restart). SQLite's codes are plain numbers.
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some(code) if code.starts_with("28") => Error::StoreAuth(text),
+                Some(code) if code.starts_with("08") || code.starts_with("57P0") => Error::StoreUnavailable(text),
+                _ => Error::Store(text),
+            },
+            _ => Error::Store(text),
+        }
     }
 }
 
@@ -89,6 +114,24 @@ pyo3::create_exception!(
 pyo3::create_exception!(stigmer_handshake._core, ExecutionNotFound, StoreError, "No execution has the given id.");
 pyo3::create_exception!(
     stigmer_handshake._core,
+    StoreUnavailable,
+    StoreError,
+    "The store's server could not be reached or the connection was lost; the operation can be retried."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    StoreAuthError,
+    StoreError,
+    "The store's server refused the credentials (or the role does not exist)."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    SchemaMismatch,
+    StoreError,
+    "The store's schema was migrated by a newer version (or changed by hand)."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
     InvalidState,
     StoreError,
     "The execution's phase does not allow the operation."
@@ -128,6 +171,9 @@ impl From<Error> for PyErr {
             Error::ExecutionNotFound(_) => ExecutionNotFound::new_err(text),
             Error::InvalidState { .. } => InvalidState::new_err(text),
             Error::Store(_) => StoreError::new_err(text),
+            Error::StoreUnavailable(_) => StoreUnavailable::new_err(text),
+            Error::StoreAuth(_) => StoreAuthError::new_err(text),
+            Error::SchemaMismatch(_) => SchemaMismatch::new_err(text),
             Error::Connect { .. } => ConnectError::new_err(text),
             Error::ActivityGone { .. } => ActivityGone::new_err(text),
             Error::Rpc { code, message } => Python::attach(|py| {

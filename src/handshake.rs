@@ -6,25 +6,24 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
-use tokio::sync::Notify;
 
 use crate::delivery::{self, SettleOutcome};
 use crate::errors::{Error, InvalidInput, Result};
 use crate::pump::{self, Pump, Signals};
 use crate::reconcile::{self, ReconcileReport};
-use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, SqliteStore};
+use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Store};
 use crate::temporal::{HeartbeatFlags, Target, Temporal};
 use crate::token::TaskToken;
 
-/// How often `wait` looks at the store for a settle made by another process.
+/// How often `wait` looks at a SQLite store for a settle made by another process.
 const WAIT_POLL: Duration = Duration::from_millis(20);
+/// On PostgreSQL every settle notifies `wait`; this slow read is only a safety net.
+const WAIT_RECHECK: Duration = Duration::from_secs(5);
 
 /// The shared state behind every clone of a handshake.
 pub struct Core {
-    store: SqliteStore,
+    store: Store,
     temporal: Option<Temporal>,
-    /// Wakes in-process `wait`ers as soon as a settle commits (other processes are seen by polling).
-    settled: Notify,
     pid: u32,
     /// Stops the background reconciler, when one runs.
     reconciler: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
@@ -49,7 +48,6 @@ impl Core {
         Ok(Self {
             store,
             temporal,
-            settled: Notify::new(),
             pid: std::process::id(),
             reconciler: std::sync::Mutex::default(),
             pump: Pump::default(),
@@ -69,7 +67,7 @@ impl Core {
         }
     }
 
-    pub fn store(&self) -> &SqliteStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -107,7 +105,6 @@ impl Core {
         let settled =
             delivery::settle(&self.store, self.temporal.as_ref(), id, &outcome, status.as_deref(), wait).await;
         self.pump.untrack(id);
-        self.settled.notify_waiters();
         settled
     }
 
@@ -126,13 +123,13 @@ impl Core {
         loop {
             // Register for the wake-up before reading, so a settle between the read and the sleep is not
             // missed (a `Notified` only counts once enabled).
-            let mut notified = std::pin::pin!(self.settled.notified());
+            let mut notified = std::pin::pin!(self.store.settled().notified());
             notified.as_mut().enable();
             let record = self.store.get(id, false).await?;
             if record.phase.is_terminal() {
                 return Ok(record);
             }
-            let mut pause = WAIT_POLL;
+            let mut pause = if self.store.notifies_across_processes() { WAIT_RECHECK } else { WAIT_POLL };
             if let Some(limit) = timeout {
                 let left = limit.saturating_sub(started.elapsed());
                 if left.is_zero() {

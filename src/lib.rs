@@ -36,6 +36,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenError", py.get_type::<errors::TokenError>())?;
     m.add("InvalidInput", py.get_type::<errors::InvalidInput>())?;
     m.add("StoreError", py.get_type::<errors::StoreError>())?;
+    m.add("StoreUnavailable", py.get_type::<errors::StoreUnavailable>())?;
+    m.add("StoreAuthError", py.get_type::<errors::StoreAuthError>())?;
+    m.add("SchemaMismatch", py.get_type::<errors::SchemaMismatch>())?;
     m.add("ExecutionNotFound", py.get_type::<errors::ExecutionNotFound>())?;
     m.add("InvalidState", py.get_type::<errors::InvalidState>())?;
     m.add("DeliveryError", py.get_type::<errors::DeliveryError>())?;

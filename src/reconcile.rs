@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::delivery::{self, DeliveryCounts};
 use crate::errors::Result;
 use crate::handshake::Core;
-use crate::store::{Outcome, SqliteStore};
+use crate::store::{Outcome, Store};
 use crate::temporal::Temporal;
 
 const BATCH: i64 = 500;
@@ -27,7 +27,7 @@ pub struct ReconcileReport {
 }
 
 /// One reconciliation pass.
-pub async fn reconcile_once(store: &SqliteStore, temporal: &Temporal) -> Result<ReconcileReport> {
+pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<ReconcileReport> {
     let mut report = ReconcileReport::default();
     for (execution_id, child) in store.armed_children(BATCH).await? {
         // A child not found may not have been started yet (it starts after its execution is stored).
@@ -59,7 +59,7 @@ pub async fn reconcile_once(store: &SqliteStore, temporal: &Temporal) -> Result<
 /// workflow closed, or the activity is not pending at all (its heartbeat timeout fired with no retry
 /// left). A parent retrying (a newer attempt pending) still wants the child: its retry re-binds.
 /// The parent is only described, never heartbeated: a heartbeat here would keep it alive for a dead runner.
-async fn mark_orphans(store: &SqliteStore, temporal: &Temporal) -> Result<usize> {
+async fn mark_orphans(store: &Store, temporal: &Temporal) -> Result<usize> {
     let mut orphaned = 0;
     for (execution_id, token) in store.expired_claims(BATCH).await? {
         let waiting = match temporal.describe_workflow(&token.workflow_id, &token.run_id).await? {

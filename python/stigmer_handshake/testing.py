@@ -3,6 +3,9 @@
 async with DevServer() as server:
     client = await Client.connect(server.address)
     hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=server.url)
+
+    with PostgresSchema() as schema:  # a schema of its own in a real PostgreSQL, dropped on exit
+        hs = await Handshake.connect(store=schema.url, temporal=server.url)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -53,6 +57,49 @@ def temporal_binary() -> str:
 
 def sqlite_url(folder: str | os.PathLike[str], name: str = "handshake.db") -> str:
     return f"sqlite://{Path(folder).resolve() / name}"
+
+
+#: The PostgreSQL the tests use unless STIGMER_HANDSHAKE_TEST_POSTGRES names another (the project's machines
+#: run one here, with trust auth).
+DEFAULT_TEST_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
+
+
+def postgres_base_url() -> str:
+    return os.environ.get("STIGMER_HANDSHAKE_TEST_POSTGRES", DEFAULT_TEST_POSTGRES)
+
+
+def postgres_unavailable(base_url: str | None = None) -> str | None:
+    """Why PostgreSQL cannot be used for tests (psycopg missing, no server), or None when it can."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'stigmer-handshake[testing]')"
+    base_url = base_url or postgres_base_url()
+    try:
+        psycopg.connect(base_url, connect_timeout=3).close()
+    except psycopg.Error as err:
+        return f"no PostgreSQL at {base_url}: {str(err).strip()}"
+    return None
+
+
+class PostgresSchema:
+    """A schema of its own in a real PostgreSQL: `url` is a store URL that puts the store's tables there
+    (the store creates the schema); leaving the block drops it with everything in it."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url or postgres_base_url()
+        self.name = f"test_{uuid.uuid4().hex}"
+        separator = "&" if "?" in self.base_url else "?"
+        self.url = f"{self.base_url}{separator}schema={self.name}"
+
+    def __enter__(self) -> PostgresSchema:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import psycopg
+
+        with psycopg.connect(self.base_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
 
 
 class _ExitedEarly(DevServerError):

@@ -3,13 +3,22 @@
 //! The store is the source of truth for the handshake: the token is stored before the caller activity
 //! returns "pending", the terminal status and the due callback are written in one transaction, and
 //! delivery is claimed under a lease, so a process that dies between commit and RPC leaves a row that any
-//! other process (or the reconciler) delivers later. SQLite is the embedded default; the SQL lives in
-//! `sqlite.rs` so that another backend only re-implements that file.
+//! other process (or the reconciler) delivers later. SQLite is the embedded default, PostgreSQL the
+//! shared one; both run the same SQL (`sql.rs`), and their files only open, migrate and differ where the
+//! dialects do.
 
+mod postgres;
+mod sql;
 mod sqlite;
 mod status;
 
-pub use sqlite::SqliteStore;
+use std::sync::Arc;
+
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use sqlx::{Database, Pool, Postgres, Sqlite};
+use tokio::sync::Notify;
+
+pub use sql::SqlStore;
 pub use status::{edit_status, progress_json, Phase, StatusFields};
 
 use crate::errors::{Error, Result};
@@ -224,20 +233,162 @@ pub enum Created {
     Rebound(String),
 }
 
-/// Open a store from its URL: `sqlite:///abs/path.db`, `sqlite:relative.db` or `sqlite::memory:`.
-pub async fn open(url: &str) -> Result<SqliteStore> {
-    if url.starts_with("sqlite:") {
-        return SqliteStore::open(url).await;
+/// The store, on whichever database its URL names. Cheap to clone (a pool inside).
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    /// Woken when an execution ends: by this process's settles, and on PostgreSQL by any process's.
+    settled: Arc<Notify>,
+}
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlStore<Sqlite>),
+    Postgres(SqlStore<Postgres>),
+}
+
+/// Run the same call on whichever backend this store has.
+macro_rules! on_db {
+    ($store:expr, $db:ident => $call:expr) => {
+        match &$store.db {
+            Db::Sqlite($db) => $call,
+            Db::Postgres($db) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Open a store from its URL: `sqlite:///abs/path.db`, `sqlite:relative.db`, `sqlite::memory:`, or
+    /// `postgres://user@host:5432/db` (see `postgres.rs` for its parameters). Migrations run at once.
+    pub async fn open(url: &str) -> Result<Self> {
+        let settled = Arc::new(Notify::new());
+        let db = if url.starts_with("sqlite:") {
+            Db::Sqlite(sqlite::open(url).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let store = postgres::open(url).await?;
+            postgres::listen_settled(store.pool().clone(), Arc::downgrade(&settled));
+            Db::Postgres(store)
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported store URL scheme {:?}: expected sqlite:///path.db, sqlite::memory: or postgres://...",
+                url.split(':').next().unwrap_or_default()
+            )));
+        };
+        Ok(Self { db, settled })
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(Error::InvalidArgument(
-            "the PostgreSQL store is not available in this version; use sqlite:///path.db".into(),
-        ));
+
+    /// Which database this is: "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
     }
-    Err(Error::InvalidArgument(format!(
-        "unsupported store URL scheme in {:?}: expected sqlite:///path.db or sqlite::memory:",
-        url.split(':').next().unwrap_or_default()
-    )))
+
+    /// Notified when an execution ends. On SQLite only this process's settles notify it; waiting for
+    /// another process's settle there means reading again.
+    pub fn settled(&self) -> &Notify {
+        &self.settled
+    }
+
+    /// Whether `settled` hears of other processes' settles (so waiters need not poll).
+    pub fn notifies_across_processes(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
+    }
+
+    pub async fn create(&self, new: NewExecution) -> Result<Created> {
+        on_db!(self, db => db.create(new).await)
+    }
+
+    pub async fn get(&self, id: &str, include_token: bool) -> Result<ExecutionRecord> {
+        on_db!(self, db => db.get(id, include_token).await)
+    }
+
+    pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
+        on_db!(self, db => db.list(kind, phase, limit).await)
+    }
+
+    pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
+        on_db!(self, db => db.claim(kind, limit, lease_ms).await)
+    }
+
+    pub async fn renew_claims(&self, ids: &[String]) -> Result<()> {
+        on_db!(self, db => db.renew_claims(ids).await)
+    }
+
+    pub async fn renew_claim(&self, id: &str) -> Result<()> {
+        on_db!(self, db => db.renew_claim(id).await)
+    }
+
+    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<Kind> {
+        on_db!(self, db => db.update_status(id, status).await)
+    }
+
+    pub async fn settle(
+        &self,
+        id: &str,
+        outcome: &Outcome,
+        final_status: Option<&[u8]>,
+        lease_ms: i64,
+    ) -> Result<Settled> {
+        let settled = on_db!(self, db => db.settle(id, outcome, final_status, lease_ms).await)?;
+        if matches!(settled, Settled::Now { .. }) {
+            self.settled.notify_waiters();
+        }
+        Ok(settled)
+    }
+
+    pub async fn claim_due(&self, limit: i64, lease_ms: i64) -> Result<Vec<ClaimedCallback>> {
+        on_db!(self, db => db.claim_due(limit, lease_ms).await)
+    }
+
+    pub async fn record_delivery(&self, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()> {
+        on_db!(self, db => db.record_delivery(claimed, result).await)
+    }
+
+    pub async fn armed_children(&self, limit: i64) -> Result<Vec<(String, String)>> {
+        on_db!(self, db => db.armed_children(limit).await)
+    }
+
+    pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn StatusFields)) -> Result<()> {
+        on_db!(self, db => db.mark(id, edit).await)
+    }
+
+    pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, TaskToken)>> {
+        on_db!(self, db => db.expired_claims(limit).await)
+    }
+
+    pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
+        on_db!(self, db => db.armed_callback(id).await)
+    }
+}
+
+/// Open a store from its URL (see [`Store::open`]).
+pub async fn open(url: &str) -> Result<Store> {
+    Store::open(url).await
+}
+
+/// Apply the migrations this version knows. A database that has one this version does not know was
+/// migrated by a newer version: refuse it (its schema may mean things this code would break).
+async fn migrate<DB>(migrator: &Migrator, pool: &Pool<DB>) -> Result<()>
+where
+    DB: Database,
+    DB::Connection: Migrate,
+{
+    match migrator.run(pool).await {
+        Ok(()) => Ok(()),
+        Err(MigrateError::VersionMissing(version)) => Err(Error::SchemaMismatch(format!(
+            "the store's schema has migration {version}, which this version of stigmer-handshake does not know \
+             (newest known: {}): it was migrated by a newer version; upgrade this one",
+            migrator.iter().map(|m| m.version).max().unwrap_or_default()
+        ))),
+        Err(MigrateError::VersionMismatch(version)) => Err(Error::SchemaMismatch(format!(
+            "the store's migration {version} differs from this version's: the schema was changed by hand or by \
+             another build"
+        ))),
+        Err(MigrateError::Execute(err)) => Err(err.into()),
+        Err(other) => Err(Error::SchemaMismatch(format!("schema migration failed: {other}"))),
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

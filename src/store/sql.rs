@@ -1,10 +1,10 @@
-//! The embedded SQLite store (WAL, full sync: a commit survives a crash of any process).
+//! The store's SQL, written once for SQLite and PostgreSQL.
+//!
+//! Placeholders are `$N` (both drivers read them); the two places where the dialects differ (skipping rows
+//! another claimer holds, and expanding a list of ids) come from [`Backend`]. Each backend's own file opens
+//! the pool and runs its migrations.
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 
 use super::status::{check_spec, edit_status, started_at, timestamp};
 use super::{
@@ -20,36 +20,58 @@ const RECORD_COLUMNS: &str = "e.id, e.kind, e.phase, e.spec, e.status, c.state, 
 const OUTCOME_COLUMNS: &str =
     "execution_id, token, outcome, payloads, failure_message, failure_type, non_retryable, attempts";
 
-/// Executions and callbacks in one SQLite database file (or in memory).
-#[derive(Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+/// What differs between the SQL dialects.
+pub trait Backend: Database {
+    /// Ends the sub-selects that pick rows to claim. PostgreSQL: concurrent claimers skip each other's
+    /// rows instead of claiming them twice. SQLite: nothing (a writer holds the whole database).
+    const SKIP_LOCKED: &'static str;
+    /// Run in the settle transaction with the execution id as `$1`: tells other processes' `wait` at
+    /// commit (PostgreSQL's NOTIFY). SQLite has none; its waiters poll.
+    const NOTIFY_SETTLED: Option<&'static str>;
+    /// A sub-select of the ids in a JSON array of strings bound as `param`.
+    fn ids_in_json(param: &str) -> String;
 }
 
-impl SqliteStore {
-    pub async fn open(url: &str) -> Result<Self> {
-        let in_memory = url == "sqlite::memory:" || url.contains("mode=memory");
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::InvalidArgument(format!("bad SQLite store URL: {e}")))?
-            .create_if_missing(true)
-            .foreign_keys(true)
-            // Several processes (worker, runners) share one file: wait for the write lock rather than fail.
-            .busy_timeout(Duration::from_secs(30))
-            .journal_mode(if in_memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
-            .synchronous(SqliteSynchronous::Full);
-        // An in-memory database lives in one connection: keep exactly one, forever.
-        let pool_options = if in_memory {
-            SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
-        } else {
-            // One connection: writers in this process queue in the pool instead of in SQLite's busy handler,
-            // which sleeps in growing steps; other processes still share the file through it.
-            SqlitePoolOptions::new().max_connections(1)
-        };
-        let pool = pool_options.connect_with(options).await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+/// Executions and callbacks in one SQL database.
+pub struct SqlStore<DB: Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        Self { pool: self.pool.clone() }
+    }
+}
+
+impl<DB: Database> SqlStore<DB> {
+    pub fn new(pool: Pool<DB>) -> Self {
+        Self { pool }
     }
 
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    // Nullable columns: sqlx implements Encode for Option per driver, not for every database.
+    for<'q> Option<i32>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+{
     /// Store a new execution, or re-bind a retried parent activity to the child it already has.
     ///
     /// A token for the same workflow run and activity id as a stored callback, with a newer attempt, is
@@ -57,30 +79,42 @@ impl SqliteStore {
     /// the child), and if the child already ended, its recorded outcome becomes due for the new attempt.
     pub async fn create(&self, new: NewExecution) -> Result<Created> {
         check_spec(new.kind, &new.spec)?;
-        let now = now_ms();
         let status = edit_status(new.kind, new.status.as_deref().unwrap_or_default(), |s| {
             s.set_phase(Phase::Pending);
         })?;
+        if let Some(created) = self.try_create(&new, &status).await? {
+            return Ok(created);
+        }
+        // Two attempts of one parent activity raced to store their first child (PostgreSQL; SQLite's write
+        // lock orders them): the loser finds the winner's row now and re-binds to it.
+        self.try_create(&new, &status).await?.ok_or_else(|| {
+            Error::Store(format!("execution {:?}: its parent activity's callback changed twice meanwhile", new.id))
+        })
+    }
+
+    /// None when another attempt of the same parent activity stored its child first.
+    async fn try_create(&self, new: &NewExecution, status: &[u8]) -> Result<Option<Created>> {
+        let now = now_ms();
         let mut tx = self.pool.begin().await?;
         if let Some(token) = &new.token {
-            // A write first, so the lookup and the swap happen under SQLite's write lock.
+            // A write first, so the lookup and the swap happen under the row's (SQLite: the database's) lock.
             let existing = sqlx::query(
-                "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE workflow_id = ? AND run_id = ? \
-                 AND activity_id = ? RETURNING execution_id, attempt, state",
+                "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE workflow_id = $1 AND run_id = $2 \
+                 AND activity_id = $3 RETURNING execution_id, attempt, state",
             )
-            .bind(&token.workflow_id)
-            .bind(&token.run_id)
-            .bind(&token.activity_id)
+            .bind(token.workflow_id.as_str())
+            .bind(token.run_id.as_str())
+            .bind(token.activity_id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = existing {
                 let id: String = row.try_get("execution_id")?;
                 let attempt: i64 = row.try_get("attempt")?;
-                let state = CallbackState::parse(row.try_get("state")?)?;
+                let state = CallbackState::parse(&row.try_get::<String, _>("state")?)?;
                 if i64::from(token.attempt) <= attempt {
                     // The same attempt deferring twice is idempotent; an older one is refused.
                     if i64::from(token.attempt) == attempt {
-                        return Ok(Created::Rebound(id));
+                        return Ok(Some(Created::Rebound(id)));
                     }
                     return Err(Error::InvalidState {
                         id,
@@ -95,38 +129,38 @@ impl SqliteStore {
                     other => other,
                 };
                 sqlx::query(
-                    "UPDATE callbacks SET token = ?, fingerprint = ?, attempt = ?, state = ?, gone_reason = NULL, \
-                     settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0, heartbeat_timeout_ms = ? \
-                     WHERE execution_id = ?",
+                    "UPDATE callbacks SET token = $1, fingerprint = $2, attempt = $3, state = $4, gone_reason = NULL, \
+                     settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0, heartbeat_timeout_ms = $5 \
+                     WHERE execution_id = $6",
                 )
                 .bind(token.secret_bytes())
                 .bind(token.fingerprint())
-                .bind(token.attempt)
+                .bind(i64::from(token.attempt))
                 .bind(state.as_str())
                 .bind(new.heartbeat_timeout_ms)
-                .bind(&id)
+                .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                return Ok(Created::Rebound(id));
+                return Ok(Some(Created::Rebound(id)));
             }
         }
         let inserted = sqlx::query(
-            "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
         )
-        .bind(&new.id)
+        .bind(new.id.as_str())
         .bind(new.kind.as_str())
         .bind(Phase::Pending.to_proto())
-        .bind(&new.spec)
-        .bind(&status)
-        .bind(now)
+        .bind(new.spec.as_slice())
+        .bind(status)
         .bind(now)
         .execute(&mut *tx)
         .await;
         if let Err(sqlx::Error::Database(db)) = &inserted {
             if db.is_unique_violation() {
                 return Err(Error::InvalidState {
-                    id: new.id,
+                    id: new.id.clone(),
                     phase: "already stored",
                     why: "execution ids are unique".into(),
                 });
@@ -134,29 +168,35 @@ impl SqliteStore {
         }
         inserted?;
         if let Some(token) = &new.token {
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
-                 state, created_ms, heartbeat_timeout_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'armed', ?, ?)",
+                 state, created_ms, heartbeat_timeout_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'armed', $8, $9)",
             )
-            .bind(&new.id)
+            .bind(new.id.as_str())
             .bind(token.secret_bytes())
             .bind(token.fingerprint())
-            .bind(&token.workflow_id)
-            .bind(&token.run_id)
-            .bind(&token.activity_id)
-            .bind(token.attempt)
+            .bind(token.workflow_id.as_str())
+            .bind(token.run_id.as_str())
+            .bind(token.activity_id.as_str())
+            .bind(i64::from(token.attempt))
             .bind(now)
             .bind(new.heartbeat_timeout_ms)
             .execute(&mut *tx)
-            .await?;
+            .await;
+            if let Err(sqlx::Error::Database(db)) = &inserted {
+                if db.is_unique_violation() {
+                    return Ok(None);
+                }
+            }
+            inserted?;
         }
         tx.commit().await?;
-        Ok(Created::New(new.id))
+        Ok(Some(Created::New(new.id.clone())))
     }
 
     pub async fn get(&self, id: &str, include_token: bool) -> Result<ExecutionRecord> {
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id WHERE e.id = ?"
+            "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id WHERE e.id = $1"
         );
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
@@ -166,7 +206,7 @@ impl SqliteStore {
     pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
-             WHERE (?1 IS NULL OR e.kind = ?1) AND (?2 IS NULL OR e.phase = ?2) ORDER BY e.created_ms, e.id LIMIT ?3"
+             WHERE ($1 IS NULL OR e.kind = $1) AND ($2 IS NULL OR e.phase = $2) ORDER BY e.created_ms, e.id LIMIT $3"
         );
         let rows = sqlx::query(&sql)
             .bind(kind.map(Kind::as_str))
@@ -178,24 +218,26 @@ impl SqliteStore {
     }
 
     /// Hand up to `limit` executions of `kind` to a runner for `lease_ms`: PENDING ones, and IN_PROGRESS
-    /// ones whose runner's lease ran out (it died). Concurrent claimers never get the same execution
-    /// (the first statement takes SQLite's write lock). The runner keeps its lease by heartbeating.
+    /// ones whose runner's lease ran out (it died). Concurrent claimers never get the same execution. The
+    /// runner keeps its lease by heartbeating.
     pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE executions SET updated_ms = ?1, claim_until_ms = ?1 + ?2, claim_lease_ms = ?2 WHERE id IN \
-             (SELECT id FROM executions WHERE kind = ?3 AND (phase = ?4 OR (phase = ?5 AND claim_until_ms < ?1)) \
-             ORDER BY created_ms, id LIMIT ?6) RETURNING id, phase, status",
-        )
-        .bind(now)
-        .bind(lease_ms)
-        .bind(kind.as_str())
-        .bind(Phase::Pending.to_proto())
-        .bind(Phase::InProgress.to_proto())
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+        let sql = format!(
+            "UPDATE executions SET updated_ms = $1, claim_until_ms = $1 + $2, claim_lease_ms = $2 WHERE id IN \
+             (SELECT id FROM executions WHERE kind = $3 AND (phase = $4 OR (phase = $5 AND claim_until_ms < $1)) \
+             ORDER BY created_ms, id LIMIT $6{}) RETURNING id, phase, status",
+            DB::SKIP_LOCKED
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now)
+            .bind(lease_ms)
+            .bind(kind.as_str())
+            .bind(Phase::Pending.to_proto())
+            .bind(Phase::InProgress.to_proto())
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("id")?;
@@ -205,10 +247,10 @@ impl SqliteStore {
                     s.set_phase(Phase::InProgress);
                     s.mark_started(timestamp(now));
                 })?;
-                sqlx::query("UPDATE executions SET phase = ?, status = ? WHERE id = ?")
+                sqlx::query("UPDATE executions SET phase = $1, status = $2 WHERE id = $3")
                     .bind(Phase::InProgress.to_proto())
                     .bind(status)
-                    .bind(&id)
+                    .bind(id.as_str())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -228,21 +270,17 @@ impl SqliteStore {
             return Ok(());
         }
         let ids = serde_json::to_string(ids).map_err(|e| Error::Store(e.to_string()))?;
-        sqlx::query(
-            "UPDATE executions SET claim_until_ms = ? + claim_lease_ms WHERE phase = ? \
-             AND id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(now_ms())
-        .bind(Phase::InProgress.to_proto())
-        .bind(ids)
-        .execute(&self.pool)
-        .await?;
+        let sql = format!(
+            "UPDATE executions SET claim_until_ms = $1 + claim_lease_ms WHERE phase = $2 AND id IN ({})",
+            DB::ids_in_json("$3")
+        );
+        sqlx::query(&sql).bind(now_ms()).bind(Phase::InProgress.to_proto()).bind(ids).execute(&self.pool).await?;
         Ok(())
     }
 
     /// Extend a runner's lease on a running execution (by the lease it claimed with).
     pub async fn renew_claim(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE executions SET claim_until_ms = ? + claim_lease_ms WHERE id = ? AND phase = ?")
+        sqlx::query("UPDATE executions SET claim_until_ms = $1 + claim_lease_ms WHERE id = $2 AND phase = $3")
             .bind(now_ms())
             .bind(id)
             .bind(Phase::InProgress.to_proto())
@@ -282,7 +320,7 @@ impl SqliteStore {
                 new_phase.name()
             )));
         }
-        sqlx::query("UPDATE executions SET phase = ?, status = ? WHERE id = ?")
+        sqlx::query("UPDATE executions SET phase = $1, status = $2 WHERE id = $3")
             .bind(new_phase.to_proto())
             .bind(blob)
             .bind(id)
@@ -309,7 +347,7 @@ impl SqliteStore {
         if phase.is_terminal() {
             let row = sqlx::query(
                 "SELECT state, fingerprint, workflow_id, run_id, activity_id, attempt, outcome, payloads, attempts, \
-                 last_error, gone_reason FROM callbacks WHERE execution_id = ?",
+                 last_error, gone_reason FROM callbacks WHERE execution_id = $1",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -335,7 +373,7 @@ impl SqliteStore {
                 }));
             }
         })?;
-        sqlx::query("UPDATE executions SET phase = ?, status = ?, updated_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE executions SET phase = $1, status = $2, updated_ms = $3 WHERE id = $4")
             .bind(outcome.phase().to_proto())
             .bind(blob)
             .bind(now)
@@ -343,16 +381,16 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         let (payloads, message, failure_type, non_retryable) = match outcome {
-            Outcome::Complete { result } => (result.clone(), None, None, false),
+            Outcome::Complete { result } => (result.as_deref(), None, None, false),
             Outcome::Fail { message, failure_type, non_retryable, details } => {
-                (details.clone(), Some(message.clone()), Some(failure_type.clone()), *non_retryable)
+                (details.as_deref(), Some(message.as_str()), Some(failure_type.as_str()), *non_retryable)
             }
-            Outcome::Cancel { details } => (details.clone(), None, None, false),
+            Outcome::Cancel { details } => (details.as_deref(), None, None, false),
         };
         let state = if lease_ms > 0 { CallbackState::Delivering } else { CallbackState::Due };
-        let token: Option<Vec<u8>> = sqlx::query_scalar(
-            "UPDATE callbacks SET state = ?, outcome = ?, payloads = ?, failure_message = ?, failure_type = ?, \
-             non_retryable = ?, lease_until_ms = ?, due_ms = ? WHERE execution_id = ? AND state = 'armed' \
+        let row = sqlx::query(
+            "UPDATE callbacks SET state = $1, outcome = $2, payloads = $3, failure_message = $4, failure_type = $5, \
+             non_retryable = $6, lease_until_ms = $7, due_ms = $8 WHERE execution_id = $9 AND state = 'armed' \
              RETURNING token",
         )
         .bind(state.as_str())
@@ -366,6 +404,10 @@ impl SqliteStore {
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
+        let token: Option<Vec<u8>> = row.map(|row| row.try_get("token")).transpose()?.flatten();
+        if let Some(notify) = DB::NOTIFY_SETTLED {
+            sqlx::query(notify).bind(id).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         let has_callback = token.is_some();
         let claimed = match (token, lease_ms > 0) {
@@ -380,13 +422,15 @@ impl SqliteStore {
         Ok(Settled::Now { claimed, has_callback })
     }
 
-    /// Claim due callbacks (whose backoff has passed) and ones whose delivery lease ran out.
+    /// Claim due callbacks (whose backoff has passed) and ones whose delivery lease ran out. Several
+    /// reconcilers share the work: each row goes to one of them.
     pub async fn claim_due(&self, limit: i64, lease_ms: i64) -> Result<Vec<ClaimedCallback>> {
         let now = now_ms();
         let sql = format!(
-            "UPDATE callbacks SET state = 'delivering', lease_until_ms = ?1 WHERE execution_id IN \
-             (SELECT execution_id FROM callbacks WHERE (state = 'due' AND next_attempt_ms <= ?2) \
-             OR (state = 'delivering' AND lease_until_ms < ?2) ORDER BY due_ms LIMIT ?3) RETURNING {OUTCOME_COLUMNS}"
+            "UPDATE callbacks SET state = 'delivering', lease_until_ms = $1 WHERE execution_id IN \
+             (SELECT execution_id FROM callbacks WHERE (state = 'due' AND next_attempt_ms <= $2) \
+             OR (state = 'delivering' AND lease_until_ms < $2) ORDER BY due_ms LIMIT $3{}) RETURNING {OUTCOME_COLUMNS}",
+            DB::SKIP_LOCKED
         );
         let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(claimed_from_row).collect()
@@ -409,10 +453,10 @@ impl SqliteStore {
         };
         let ended = state != CallbackState::Due;
         sqlx::query(
-            "UPDATE callbacks SET state = ?1, settled_ms = CASE WHEN ?2 THEN ?3 END, \
-             token = CASE WHEN ?2 THEN NULL ELSE token END, attempts = attempts + 1, last_error = ?4, \
-             gone_reason = ?5, next_attempt_ms = ?6, lease_until_ms = 0 \
-             WHERE execution_id = ?7 AND state = 'delivering' AND fingerprint = ?8",
+            "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
+             token = CASE WHEN $2 THEN NULL ELSE token END, attempts = attempts + 1, last_error = $4, \
+             gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
+             WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
         )
         .bind(state.as_str())
         .bind(ended)
@@ -420,7 +464,7 @@ impl SqliteStore {
         .bind(last_error)
         .bind(gone_reason)
         .bind(next_attempt_ms)
-        .bind(&claimed.execution_id)
+        .bind(claimed.execution_id.as_str())
         .bind(claimed.token.fingerprint())
         .execute(&self.pool)
         .await?;
@@ -432,7 +476,7 @@ impl SqliteStore {
     pub async fn armed_children(&self, limit: i64) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query(
             "SELECT e.id, e.status FROM executions e JOIN callbacks c ON c.execution_id = e.id \
-             WHERE e.kind = 'workflow' AND c.state = 'armed' ORDER BY e.created_ms LIMIT ?",
+             WHERE e.kind = 'workflow' AND c.state = 'armed' ORDER BY e.created_ms LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -457,7 +501,7 @@ impl SqliteStore {
             return Ok(());
         }
         let blob = edit_status(kind, &current, edit)?;
-        sqlx::query("UPDATE executions SET status = ? WHERE id = ?").bind(blob).bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE executions SET status = $1 WHERE id = $2").bind(blob).bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -467,7 +511,7 @@ impl SqliteStore {
     pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, TaskToken)>> {
         let rows = sqlx::query(
             "SELECT e.id, c.token FROM executions e JOIN callbacks c ON c.execution_id = e.id \
-             WHERE e.phase = ? AND e.claim_until_ms > 0 AND e.claim_until_ms < ? AND c.state = 'armed' LIMIT ?",
+             WHERE e.phase = $1 AND e.claim_until_ms > 0 AND e.claim_until_ms < $2 AND c.state = 'armed' LIMIT $3",
         )
         .bind(Phase::InProgress.to_proto())
         .bind(now_ms())
@@ -489,7 +533,7 @@ impl SqliteStore {
     pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
         let row = sqlx::query(
             "SELECT c.token, c.heartbeat_timeout_ms FROM executions e \
-             LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' WHERE e.id = ?",
+             LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' WHERE e.id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -501,21 +545,39 @@ impl SqliteStore {
     }
 }
 
-/// Take the write lock on an execution (an UPDATE first, so concurrent writers queue on SQLite's lock
-/// instead of failing to upgrade a read lock) and return its kind, phase and status.
-async fn touch(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> Result<(Kind, Phase, Vec<u8>)> {
-    let row = sqlx::query("UPDATE executions SET updated_ms = ? WHERE id = ? RETURNING kind, phase, status")
+/// Take the write lock on an execution (an UPDATE first: SQLite's writers queue on its lock instead of
+/// failing to upgrade a read lock; PostgreSQL locks the row) and return its kind, phase and status.
+async fn touch<DB>(tx: &mut Transaction<'_, DB>, id: &str) -> Result<(Kind, Phase, Vec<u8>)>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+{
+    let row = sqlx::query("UPDATE executions SET updated_ms = $1 WHERE id = $2 RETURNING kind, phase, status")
         .bind(now_ms())
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?;
     let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
-    let kind = Kind::parse(row.try_get("kind")?)?;
+    let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
     let phase = Phase::from_proto(row.try_get("phase")?);
     Ok((kind, phase, row.try_get("status")?))
 }
 
-fn callback_from_row(row: &SqliteRow) -> Result<Option<CallbackInfo>> {
+fn callback_from_row<R: Row>(row: &R) -> Result<Option<CallbackInfo>>
+where
+    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> Vec<u8>: Decode<'q, R::Database> + Type<R::Database>,
+    for<'a> &'a str: ColumnIndex<R>,
+{
     let state: Option<String> = row.try_get("state")?;
     let Some(state) = state else { return Ok(None) };
     Ok(Some(CallbackInfo {
@@ -533,8 +595,16 @@ fn callback_from_row(row: &SqliteRow) -> Result<Option<CallbackInfo>> {
     }))
 }
 
-fn record_from_row(row: &SqliteRow, include_token: bool) -> Result<ExecutionRecord> {
-    let kind = Kind::parse(row.try_get("kind")?)?;
+fn record_from_row<R: Row>(row: &R, include_token: bool) -> Result<ExecutionRecord>
+where
+    for<'q> i32: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> Vec<u8>: Decode<'q, R::Database> + Type<R::Database>,
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
     let mut status: Vec<u8> = row.try_get("status")?;
     if include_token {
         let token: Option<Vec<u8>> = row.try_get("token")?;
@@ -552,7 +622,14 @@ fn record_from_row(row: &SqliteRow, include_token: bool) -> Result<ExecutionReco
     })
 }
 
-fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedCallback> {
+fn claimed_from_row<R: Row>(row: &R) -> Result<ClaimedCallback>
+where
+    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> Vec<u8>: Decode<'q, R::Database> + Type<R::Database>,
+    for<'a> &'a str: ColumnIndex<R>,
+{
     let execution_id: String = row.try_get("execution_id")?;
     let token: Option<Vec<u8>> = row.try_get("token")?;
     let token = token.ok_or_else(|| Error::Store(format!("due callback of {execution_id:?} has no token")))?;

@@ -1,9 +1,10 @@
 """An agent runner for the chaos test: it is SIGKILLed and aborted at random, and restarted.
 
-    python tests/python/chaos_runner.py STORE_URL TEMPORAL_URL
+    python tests/python/chaos_runner.py STORE_URL TEMPORAL_URL [both|runner|reconciler]
 
-It runs the reconciler (at start-up, then every 0.5 s), claims with a short lease so a dead runner's
-work is taken over quickly, and answers each prompt with `expected_answer`.
+A runner claims with a short lease so a dead runner's work is taken over quickly, and answers each prompt
+with `expected_answer`; a reconciler runs the reconciler at start-up, then every 0.5 s. "both" (the
+default) is one process doing both.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ async def run(hs: Handshake, execution: pb.AgentExecution) -> None:
     await hs.succeed(execution.metadata.id, expected_answer(execution.spec.message))
 
 
-async def main(store: str, temporal: str) -> None:
-    hs = await Handshake.connect(store=store, temporal=temporal, reconcile_every=0.5)
+async def main(store: str, temporal: str, role: str) -> None:
+    if role not in ("both", "runner", "reconciler"):
+        raise SystemExit(f"unknown role {role!r}")
+    hs = await Handshake.connect(store=store, temporal=temporal, reconcile_every=None if role == "runner" else 0.5)
+    if role == "reconciler":
+        await asyncio.Event().wait()
     running: set[asyncio.Task[None]] = set()
     while True:
         for execution in await hs.claim("agent", limit=16, lease=2.0):
@@ -35,4 +40,4 @@ async def main(store: str, temporal: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "both"))

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from stigmer_handshake import Handshake
-from stigmer_handshake.testing import DevServer
+from stigmer_handshake.testing import DevServer, sqlite_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flows import (
@@ -35,7 +36,7 @@ RUNNER = Path(__file__).parent / "runner.py"
 
 @dataclass
 class Env:
-    """One test's world: a real dev server, a fresh SQLite store, a worker with ONE activity slot."""
+    """One test's world: a real dev server, a fresh store, a worker with ONE activity slot."""
 
     server: DevServer
     client: Client
@@ -65,6 +66,30 @@ class Env:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"execution {execution_id} was never stored")
+
+
+# The behaviour suites run on both stores: such a module sets STORE_BACKENDS = BOTH_STORES. Everything
+# else runs on SQLite, the default (or overrides the store_backend fixture).
+BOTH_STORES = ["sqlite", "postgres"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = getattr(metafunc.module, "STORE_BACKENDS", None)
+    if backends and "store_backend" in metafunc.fixturenames:
+        metafunc.parametrize("store_backend", backends)
+
+
+@pytest.fixture
+def store_backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def store_url(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if store_backend == "postgres":
+        url: str = request.getfixturevalue("postgres_store_url")
+        return url
+    return sqlite_url(tmp_path)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

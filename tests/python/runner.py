@@ -2,8 +2,10 @@
 
     python tests/python/runner.py STORE_URL TEMPORAL_URL MODE EXECUTION_ID [JSON]
 
-MODE is succeed (JSON result), fail (JSON {message, type, non_retryable, details}) or cancel (heartbeat
-until the parent asks to cancel, then report it). Prints one JSON line: {"pid", "outcome", ...}.
+MODE is succeed (JSON result), fail (JSON {message, type, non_retryable, details}), cancel (heartbeat
+until the parent asks to cancel, then report it), hold (claim and wait to be killed) or timed (JSON
+{"ids", "pause"}: succeed each id in turn, a pause apart, and report when each settle had returned).
+Prints one JSON line: {"pid", "outcome", ...}.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from stigmer_handshake import Handshake
 
@@ -30,6 +33,14 @@ async def main(store: str, temporal: str, mode: str, execution_id: str, arg: str
             non_retryable=spec["non_retryable"],
             details=spec["details"],
         )
+    elif mode == "timed":
+        spec = json.loads(arg)
+        settled_at = {}
+        for each in spec["ids"]:
+            await asyncio.sleep(spec["pause"])
+            settlement = await hs.succeed(each, {"done": each})
+            settled_at[each] = time.time()
+        report["settled_at"] = settled_at
     elif mode == "hold":  # claim it, so this process heartbeats its parent, and wait to be killed
         [claimed] = await hs.claim("agent", lease=1.0)
         print(json.dumps({"pid": os.getpid(), "claimed": claimed.metadata.id}), flush=True)

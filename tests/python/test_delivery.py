@@ -14,7 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from stigmer_handshake import ActivityGone, TaskToken, pb
 
-from conftest import Env
+from conftest import BOTH_STORES, Env
 from flows import (
     AgentParent,
     AgentRequest,
@@ -25,6 +25,8 @@ from flows import (
     RetryingParent,
     expected_answer,
 )
+
+STORE_BACKENDS = BOTH_STORES  # every test here that uses a store runs on each
 
 
 def new_id(prefix: str) -> str:

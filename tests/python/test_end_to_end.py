@@ -12,8 +12,10 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 from stigmer_handshake import pb
 
-from conftest import Env
+from conftest import BOTH_STORES, Env
 from flows import AgentAnswer, AgentParent, AgentRequest, PipelineParent, PipelineRequest, PipelineResult, QuickParent
+
+STORE_BACKENDS = BOTH_STORES  # every test here that uses a store runs on each
 
 
 def new_id(prefix: str) -> str:

@@ -24,8 +24,10 @@ from stigmer_handshake import (
 )
 from stigmer_handshake.testing import free_port, sqlite_url
 
-from conftest import Env
+from conftest import BOTH_STORES, Env
 from flows import AgentParent, AgentRequest
+
+STORE_BACKENDS = BOTH_STORES  # every test here that uses a store runs on each
 
 
 async def real_token(env: Env) -> bytes:

@@ -1,0 +1,129 @@
+//! The shared PostgreSQL store: several machines' workers, runners and reconcilers on one database.
+//!
+//! `postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=ca.pem&schema=handshake` — the usual
+//! libpq parameters (TLS among them), plus `schema`: the store's tables live in that schema (created if
+//! missing), so several deployments can share a database. Migrations run at connect, each in its own
+//! transaction; a database migrated by a newer version is refused, not downgraded.
+
+use std::str::FromStr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tokio::sync::Notify;
+
+use super::sql::{Backend, SqlStore};
+use crate::errors::{Error, Result};
+
+/// The channel settles notify: `wait` in any process wakes at the commit, not at its next poll.
+const SETTLED_CHANNEL: &str = "stigmer_handshake_settled";
+/// Connections per process: the settle path holds one per transaction, the listener one.
+const MAX_CONNECTIONS: u32 = 16;
+
+impl Backend for Postgres {
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const NOTIFY_SETTLED: Option<&'static str> = Some("SELECT pg_notify('stigmer_handshake_settled', $1)");
+
+    fn ids_in_json(param: &str) -> String {
+        format!("SELECT jsonb_array_elements_text({param}::jsonb)")
+    }
+}
+
+/// Connect, create the schema if asked, and migrate.
+pub async fn open(url: &str) -> Result<SqlStore<Postgres>> {
+    let (url, schema) = split_schema(url)?;
+    let mut options = PgConnectOptions::from_str(&url)
+        .map_err(|e| Error::InvalidArgument(format!("bad PostgreSQL store URL: {e}")))?;
+    if let Some(schema) = &schema {
+        options = options.options([("search_path", schema.as_str())]);
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    if let Some(schema) = &schema {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).execute(&pool).await?;
+    }
+    super::migrate(&sqlx::migrate!("migrations/postgres"), &pool).await?;
+    Ok(SqlStore::new(pool))
+}
+
+/// Take our own `schema` parameter out of the URL (sqlx would ignore it with a warning).
+fn split_schema(url: &str) -> Result<(String, Option<String>)> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| Error::InvalidArgument(format!("bad PostgreSQL store URL: {e}")))?;
+    let mut schema = None;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(key, value)| {
+            if key == "schema" {
+                schema = Some(value.into_owned());
+                None
+            } else {
+                Some((key.into_owned(), value.into_owned()))
+            }
+        })
+        .collect();
+    if let Some(name) = &schema {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(Error::InvalidArgument(format!(
+                "bad PostgreSQL store URL: schema {name:?} must be 1-63 lowercase letters, digits or _, not starting with a digit"
+            )));
+        }
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((parsed.into(), schema))
+}
+
+/// Wake `settled` whenever any process commits a settle, until the store is dropped. A lost connection
+/// is re-established by the listener; waiters are woken then too, since a notification may have been
+/// missed meanwhile (they re-read the store, so a spurious wake costs one read).
+pub fn listen_settled(pool: PgPool, settled: Weak<Notify>) {
+    tokio::spawn(async move {
+        let mut listener = None;
+        loop {
+            if settled.strong_count() == 0 {
+                return;
+            }
+            let Some(active) = listener.as_mut() else {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut new) => match new.listen(SETTLED_CHANNEL).await {
+                        Ok(()) => listener = Some(new),
+                        Err(err) => tracing::warn!(error = %err, "could not listen for settles; retrying"),
+                    },
+                    Err(err) => tracing::warn!(error = %err, "could not connect the settle listener; retrying"),
+                }
+                wake(&settled);
+                if listener.is_none() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            };
+            // Bounded, so a dropped store is noticed even when nothing is settled.
+            match tokio::time::timeout(Duration::from_secs(5), active.try_recv()).await {
+                Ok(Ok(_)) => wake(&settled),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "settle listener lost its connection; reconnecting");
+                    listener = None;
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
+
+fn wake(settled: &Weak<Notify>) {
+    if let Some(settled) = settled.upgrade() {
+        settled.notify_waiters();
+    }
+}
