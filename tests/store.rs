@@ -416,6 +416,17 @@ async fn postgres_errors_are_typed() {
     let stranger = store::open("postgres://no_such_role_here@127.0.0.1:5432/test").await;
     assert!(matches!(stranger, Err(Error::StoreAuth(_))), "{:?}", stranger.err());
 
+    // TLS (rustls), when the server offers it: required works; verifying against an unknown issuer fails typed.
+    let ssl: String = sqlx::query_scalar("SHOW ssl").fetch_one(&admin).await.unwrap();
+    if ssl == "on" {
+        let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let tls = store::open(&format!("{base}?sslmode=require&schema={schema}")).await;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&admin).await.unwrap();
+        assert!(tls.is_ok(), "{:?}", tls.err());
+        let unverified = store::open(&format!("{base}?sslmode=verify-full")).await;
+        assert!(matches!(unverified, Err(Error::StoreUnavailable(_))), "{:?}", unverified.err());
+    }
+
     // A schema migrated by a newer version: refused, not touched.
     let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
     let url = format!("{base}?schema={schema}");
