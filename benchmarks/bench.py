@@ -2,14 +2,16 @@
 
     make bench            (or: python benchmarks/bench.py --json bench-results.json)
 
-Starts its own Temporal dev server and SQLite store. Absolute times drift on a small machine; the ratios
-are the point. Prints a table and writes the same figures as JSON.
+Starts its own Temporal dev server and SQLite store, and uses a schema of its own in PostgreSQL for B2's
+third path (STIGMER_HANDSHAKE_TEST_POSTGRES, or the local server; said so when there is none). Absolute
+times drift on a small machine; the ratios are the point. Prints a table and writes the same figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -31,7 +33,7 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     from stigmer_handshake import Handshake, pb
-    from stigmer_handshake.testing import DevServer, sqlite_url
+    from stigmer_handshake.testing import DevServer, PostgresSchema, postgres_unavailable, sqlite_url
 
 NO_RETRY = RetryPolicy(maximum_attempts=1)
 
@@ -158,21 +160,27 @@ class Bench:
         figures = json.loads(done.stdout.strip().splitlines()[-1])
         return figures["wall_s"], figures["cpu_s"]
 
-    async def b2_b4_throughput(self, n: int, concurrency: int) -> dict[str, float]:
+    async def settle_throughput(self, path: str, n: int, concurrency: int) -> tuple[float, float]:
+        """N pending activities settled from one process: (settles per second, CPU ms per settle)."""
+        task_queue = f"b2-{path}-{uuid.uuid4()}"
+        mode = "raw" if path == "raw" else "handshake"
+        calls = [Call(f"b2-{path}-{i}-{uuid.uuid4().hex[:6]}", mode) for i in range(n)]
+        async with self.worker(task_queue, 200):
+            handles = await self.fan_out(calls, task_queue)
+            await self.wait_all_pending(calls, raw=path == "raw")
+            wall, cpu = await self.settle_all(calls, path, concurrency)
+            await asyncio.gather(*(h.result() for h in handles))
+        return n / wall, 1000 * cpu / n
+
+    async def b2_b4_throughput(self, n: int, concurrency: int, postgres: Bench | None) -> dict[str, float]:
         figures: dict[str, float] = {"n": n, "concurrency": concurrency}
-        for path in ("raw", "sqlite"):
-            task_queue = f"b2-{path}-{uuid.uuid4()}"
-            mode = "raw" if path == "raw" else "handshake"
-            calls = [Call(f"b2-{path}-{i}-{uuid.uuid4().hex[:6]}", mode) for i in range(n)]
-            async with self.worker(task_queue, 200):
-                handles = await self.fan_out(calls, task_queue)
-                await self.wait_all_pending(calls, raw=path == "raw")
-                wall, cpu = await self.settle_all(calls, path, concurrency)
-                await asyncio.gather(*(h.result() for h in handles))
-            figures[f"{path}_per_s"] = n / wall
-            figures[f"{path}_cpu_ms_per_settle"] = 1000 * cpu / n
-        figures["ratio_sqlite_to_raw"] = figures["sqlite_per_s"] / figures["raw_per_s"]
-        figures["cpu_ratio_sqlite_to_raw"] = figures["sqlite_cpu_ms_per_settle"] / figures["raw_cpu_ms_per_settle"]
+        paths = [("raw", self), ("sqlite", self)] + ([("postgres", postgres)] if postgres else [])
+        for path, bench in paths:
+            per_s, cpu_ms = await bench.settle_throughput(path, n, concurrency)
+            figures[f"{path}_per_s"], figures[f"{path}_cpu_ms_per_settle"] = per_s, cpu_ms
+            if path != "raw":
+                figures[f"ratio_{path}_to_raw"] = per_s / figures["raw_per_s"]
+                figures[f"cpu_ratio_{path}_to_raw"] = cpu_ms / figures["raw_cpu_ms_per_settle"]
         return figures
 
     async def b3_latency(self, n: int) -> dict[str, float]:
@@ -241,6 +249,11 @@ def table(results: dict[str, dict[str, float]]) -> str:
              f"SQLite {b2['sqlite_per_s']:.0f}/s", f"raw SDK {b2['raw_per_s']:.0f}/s",
              f"{b2['ratio_sqlite_to_raw']:.2f} of raw", ">= 0.85")
         )  # fmt: skip
+        if "postgres_per_s" in b2:
+            rows.append(
+                ("", "", f"PostgreSQL {b2['postgres_per_s']:.0f}/s", f"raw SDK {b2['raw_per_s']:.0f}/s",
+                 f"{b2['ratio_postgres_to_raw']:.2f} of raw", ">= 0.75")
+            )  # fmt: skip
     if b3:
         rows.append(
             ("B3 latency p50", f"{b3['n']:.0f} parents, settle -> parent result",
@@ -257,6 +270,12 @@ def table(results: dict[str, dict[str, float]]) -> str:
              f"{b2['sqlite_cpu_ms_per_settle']:.2f} ms", f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms",
              f"{b2['cpu_ratio_sqlite_to_raw']:.2f} of raw", "<= 0.5")
         )  # fmt: skip
+        if "postgres_per_s" in b2:
+            rows.append(
+                ("", "", f"PostgreSQL {b2['postgres_cpu_ms_per_settle']:.2f} ms",
+                 f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms", f"{b2['cpu_ratio_postgres_to_raw']:.2f} of raw",
+                 "<= 0.5")
+            )  # fmt: skip
     if b5:
         rows.append(
             ("B5 scale", f"{b5['n']:.0f} pending, one runner process",
@@ -271,16 +290,21 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    postgres_missing = postgres_unavailable() if args.postgres else "not asked for (--no-postgres)"
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         async with DevServer() as server:
             client = await Client.connect(server.address)
             store = sqlite_url(tmp)
-            hs = await Handshake.connect(store=store, temporal=server.url)
-            bench = Bench(client, server, store, hs)
+            bench = Bench(client, server, store, await Handshake.connect(store=store, temporal=server.url))
+            postgres = None
+            if postgres_missing is None:
+                schema = stack.enter_context(PostgresSchema())
+                hs = await Handshake.connect(store=schema.url, temporal=server.url)
+                postgres = Bench(client, server, schema.url, hs)
             results: dict[str, dict[str, float]] = {}
             runs = {
                 "B1": lambda: bench.b1_slots(args.b1_n, 1.0, 10),
-                "B2": lambda: bench.b2_b4_throughput(args.b2_n, 64),
+                "B2": lambda: bench.b2_b4_throughput(args.b2_n, 64, postgres),
                 "B3": lambda: bench.b3_latency(args.b3_n),
                 "B5": lambda: bench.b5_scale(args.b5_n, args.b5_hold, 60.0),
             }
@@ -289,7 +313,10 @@ async def main(args: argparse.Namespace) -> None:
                     print(f"{name} ...", file=sys.stderr, flush=True)
                     results[name] = await run()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"\nstigmer-handshake benchmarks ({machine}; PostgreSQL (B2 c) not measured: no such backend yet)\n")
+    print(f"\nstigmer-handshake benchmarks ({machine})")
+    if postgres_missing:
+        print(f"PostgreSQL (B2 c) not measured: {postgres_missing}")
+    print()
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
@@ -304,5 +331,6 @@ if __name__ == "__main__":
     parser.add_argument("--b5-n", type=int, default=10_000)
     parser.add_argument("--b5-hold", type=float, default=30.0)
     parser.add_argument("--json", default="bench-results.json")
+    parser.add_argument("--no-postgres", dest="postgres", action="store_false", help="skip B2's PostgreSQL path")
     parser.add_argument("--only", nargs="*", choices=["B1", "B2", "B3", "B5"], help="run these figures only")
     asyncio.run(main(parser.parse_args()))

@@ -112,7 +112,11 @@ class Handshake:
         reconcile_every: float | None = None,
         heartbeat_interval: float = 30.0,
     ) -> Handshake:
-        """Open the store (``sqlite:///path.db`` or ``sqlite::memory:``) and connect to Temporal.
+        """Open the store and connect to Temporal.
+
+        ``store`` is ``sqlite:///path.db`` (one machine), ``sqlite::memory:``, or
+        ``postgres://user@host:5432/db?sslmode=...&schema=...`` (several machines sharing executions and
+        callbacks); the schema is migrated at connect.
 
         ``temporal=None`` opens the store only: settles are recorded as due and another process
         delivers them (``deliver_due``). ``data_converter`` must match the parent worker's, so the
