@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev protos demo test test-rust test-python lint bench clean
+.PHONY: install dev protos demo test test-rust test-python lint bench fuzz clean
 
 # The virtualenv with pinned tools; redone when requirements-dev.txt changes.
 $(STAMP): requirements-dev.txt
@@ -23,18 +23,34 @@ protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 demo: dev
-	$(PY) examples/demo.py
+	$(VENV)/bin/stigmer-handshake demo
 
 # Benchmarks measure the optimised build (`make dev` or `make test` put the debug one back).
 bench: $(STAMP)
 	$(VENV)/bin/maturin develop --release --quiet
-	$(PY) benchmarks/bench.py --json bench-results.json
+	$(VENV)/bin/stigmer-handshake bench --out bench-results.json
+
+# Fuzz each target for FUZZ_SECONDS (default 5 minutes) on the corpus kept in fuzz/corpus; prints the
+# executions and crashes of each. cargo-fuzz drives libFuzzer, whose flags need RUSTC_BOOTSTRAP on stable.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := token_decode proto_decode
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O
+	@for t in $(FUZZ_TARGETS); do \
+	  cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    -print_final_stats=1 > ../target/fuzz-$$t.log 2>&1; status=$$?; cd ..; \
+	  runs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' target/fuzz-$$t.log | grep -o '[0-9]*$$'); \
+	  crashes=$$(ls fuzz/artifacts/$$t 2>/dev/null | wc -l); \
+	  echo "$$t: $${runs:-0} executions in $(FUZZ_SECONDS) s, $$crashes crashes (log: target/fuzz-$$t.log)"; \
+	  test $$status -eq 0 && test $$crashes -eq 0 || exit 1; \
+	done
 
 lint: dev
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
-	$(VENV)/bin/ruff check python tests examples scripts benchmarks
-	$(VENV)/bin/ruff format --check python tests examples scripts benchmarks
+	$(VENV)/bin/ruff check python tests examples scripts
+	$(VENV)/bin/ruff format --check python tests examples scripts
 	$(VENV)/bin/mypy python/stigmer_handshake
 	$(PY) -m mypy.stubtest stigmer_handshake._core
 	$(PY) scripts/gen_protos.py --check

@@ -3,8 +3,9 @@
     python examples/agent_path.py
 
 1. The caller activity `research` stores an AgentExecution with its task token and goes pending.
-2. A runner (here a task in this script; normally its own process, see agent_runner.py) claims it (from
-   then on its process heartbeats the parent), reports progress, and succeeds with the agent's answer.
+2. A runner (here a task in this script; normally its own process, see stigmer_handshake/agent_runner.py)
+   claims it (from then on its process heartbeats the parent), reports progress, and succeeds with the
+   agent's answer.
 3. The parent activity resumes with a typed `Report`; the execution is COMPLETED and holds no token.
 """
 

@@ -6,11 +6,12 @@
 //! not idempotent (a second one is NotFound), so the store is: a settled execution is never sent again.
 
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::errors::{Error, Result};
-use crate::failpoint;
 use crate::store::{ClaimedCallback, DeliveryResult, GoneReason, Outcome, Settled, Store};
 use crate::temporal::{ActivityEnd, Target, Temporal};
+use crate::{failpoint, metrics};
 
 /// How long a claimed callback stays with one deliverer before another may take it: longer than one
 /// RPC with the client's own retries (10 s), short enough that a crash delays delivery only briefly.
@@ -38,6 +39,25 @@ pub enum SettleOutcome {
     Retrying(String),
     /// A permanent error: the callback is dead-lettered with the reason.
     DeadLettered(String),
+    /// The result was over the payload limit: it is kept in the store, and the parent was told so with
+    /// a RESULT_TOO_LARGE failure. Carries what the parent was told.
+    ResultTooLarge(String),
+}
+
+impl SettleOutcome {
+    /// The name Python and the metrics see.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SettleOutcome::Delivered => "delivered",
+            SettleOutcome::Recorded => "recorded",
+            SettleOutcome::NoCallback => "no_callback",
+            SettleOutcome::AlreadySettled(_) => "already_settled",
+            SettleOutcome::ActivityGone(..) => "activity_gone",
+            SettleOutcome::Retrying(_) => "retrying",
+            SettleOutcome::DeadLettered(_) => "dead_lettered",
+            SettleOutcome::ResultTooLarge(_) => "result_too_large",
+        }
+    }
 }
 
 impl From<DeliveryResult> for SettleOutcome {
@@ -65,12 +85,23 @@ pub async fn settle(
     let settled = store.settle(id, outcome, status, lease).await?;
     // The chaos tests crash here: committed, not yet sent. The lease runs out and the reconciler sends it.
     failpoint::hit("after_settle_commit");
-    Ok(match settled {
+    let kind = match &settled {
+        Settled::Already { kind, .. } | Settled::Now { kind, .. } => *kind,
+    };
+    let result = match settled {
         Settled::Already { outcome, .. } => SettleOutcome::AlreadySettled(outcome),
-        Settled::Now { claimed: None, has_callback: false } => SettleOutcome::NoCallback,
-        Settled::Now { claimed: None, has_callback: true } => SettleOutcome::Recorded,
+        Settled::Now { claimed: None, has_callback: false, .. } => SettleOutcome::NoCallback,
+        Settled::Now { claimed: None, has_callback: true, .. } => SettleOutcome::Recorded,
         Settled::Now { claimed: Some(claimed), .. } => match temporal {
-            Some(temporal) if wait => deliver(store, temporal, claimed).await?.into(),
+            Some(temporal) if wait => {
+                let too_large = sent_instead(&claimed, temporal.max_payload_bytes());
+                match deliver(store, temporal, claimed).await? {
+                    DeliveryResult::Delivered if too_large.is_some() => {
+                        SettleOutcome::ResultTooLarge(too_large.map(|o| o.message()).unwrap_or_default())
+                    }
+                    other => other.into(),
+                }
+            }
             Some(temporal) => {
                 let (store, temporal) = (store.clone(), temporal.clone());
                 tokio::spawn(async move {
@@ -83,23 +114,36 @@ pub async fn settle(
             }
             None => SettleOutcome::Recorded,
         },
-    })
+    };
+    metrics::settled(kind.as_str(), result.name());
+    Ok(result)
 }
 
 /// Send one claimed callback and record what happened.
 pub async fn deliver(store: &Store, temporal: &Temporal, claimed: ClaimedCallback) -> Result<DeliveryResult> {
-    let sent = temporal.respond(&Target::Token(claimed.token.clone()), &claimed.outcome).await;
-    let result = match sent {
-        Ok(()) => DeliveryResult::Delivered,
-        Err(err) => classify(temporal, &claimed, err).await,
-    };
-    tracing::debug!(
+    let instead = sent_instead(&claimed, temporal.max_payload_bytes());
+    let span = tracing::info_span!(
+        "deliver",
         execution = %claimed.execution_id,
         token = %claimed.token.fingerprint(),
         outcome = claimed.outcome.name(),
-        result = ?result,
-        "callback sent"
+        attempt = claimed.attempts + 1,
+        result = tracing::field::Empty,
     );
+    let outcome = instead.as_ref().unwrap_or(&claimed.outcome);
+    let sent = temporal.respond(&Target::Token(claimed.token.clone()), outcome).instrument(span.clone()).await;
+    let result = match sent {
+        Ok(()) => DeliveryResult::Delivered,
+        Err(err) => {
+            metrics::error(err.type_name());
+            classify(temporal, &claimed, err).await
+        }
+    };
+    span.record("result", result.name());
+    if result == DeliveryResult::Delivered {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::delivered_after((crate::store::now_ms() - claimed.due_ms) as f64 / 1000.0);
+    }
     failpoint::hit("before_record_delivery");
     store.record_delivery(&claimed, &result).await?;
     Ok(result)
@@ -129,6 +173,8 @@ async fn classify(temporal: &Temporal, claimed: &ClaimedCallback, err: Error) ->
             ..
         }
         | Error::Connect { .. }
+        // Another process may serve the token's namespace: leave it due rather than dead-letter it.
+        | Error::Namespace(_)
         | Error::Store(_) => {
             DeliveryResult::Retry { error: err.to_string(), retry_in_ms: backoff_ms(claimed.attempts) }
         }
@@ -140,6 +186,7 @@ async fn classify(temporal: &Temporal, claimed: &ClaimedCallback, err: Error) ->
 /// its history shows this very outcome arrived (an earlier delivery whose record a crash lost).
 async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<GoneReason> {
     let token = &claimed.token;
+    let Ok(temporal) = temporal.for_token(token) else { return Some(GoneReason::InvalidToken) };
     let end = temporal.activity_end(&token.workflow_id, &token.run_id, token.scheduled_event_id).await;
     match (end, &claimed.outcome) {
         (Ok(Some(ActivityEnd::Completed)), Outcome::Complete { .. })
@@ -167,6 +214,26 @@ async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<G
             }
         }
         Err(_) => GoneReason::ParentTimedOut,
+    })
+}
+
+/// What the parent is told instead of an outcome whose payloads are over `limit` bytes (Temporal would
+/// refuse them): a non-retryable RESULT_TOO_LARGE failure naming the execution. The full outcome stays in
+/// the store (`result()` reads it). None when the outcome fits.
+fn sent_instead(claimed: &ClaimedCallback, limit: usize) -> Option<Outcome> {
+    let size = match &claimed.outcome {
+        Outcome::Complete { result } => result.as_ref().map_or(0, Vec::len),
+        Outcome::Fail { details, .. } | Outcome::Cancel { details } => details.as_ref().map_or(0, Vec::len),
+    };
+    (size > limit).then(|| Outcome::Fail {
+        message: format!(
+            "the {} of execution {:?} is {size} bytes, over the {limit}-byte limit; it is kept in the store",
+            if matches!(claimed.outcome, Outcome::Complete { .. }) { "result" } else { "details" },
+            claimed.execution_id
+        ),
+        failure_type: "RESULT_TOO_LARGE".into(),
+        non_retryable: true,
+        details: None,
     })
 }
 

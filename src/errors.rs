@@ -27,6 +27,15 @@ pub enum Error {
     /// The database was migrated by another version of stigmer-handshake, or changed by hand.
     #[error("store schema mismatch: {0}")]
     SchemaMismatch(String),
+    /// A stored token cannot be opened (no such key, or the wrong one); the callback stays due.
+    #[error("token key: {0}")]
+    TokenKey(String),
+    /// A settle capability was refused (forged, expired, another execution, an outcome not granted).
+    #[error("capability refused: {0}")]
+    Capability(String),
+    /// The token belongs to a namespace this handshake does not serve; nothing was sent.
+    #[error("{0}")]
+    Namespace(String),
     #[error("could not connect to Temporal at {target}: {message}")]
     Connect { target: String, message: String },
     /// The server no longer knows the activity attempt: it completed, timed out, was retried or its
@@ -39,6 +48,30 @@ pub enum Error {
     WaitTimeout(f64),
     #[error("this handshake object was created in process {created} and cannot be used after fork (in {current}); connect again in the child")]
     Forked { created: u32, current: u32 },
+}
+
+impl Error {
+    /// The Python exception class this error is raised as (also the `type` label of the error metric).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Error::Token(_) => "TokenError",
+            Error::InvalidArgument(_) => "InvalidInput",
+            Error::ExecutionNotFound(_) => "ExecutionNotFound",
+            Error::InvalidState { .. } => "InvalidState",
+            Error::Store(_) => "StoreError",
+            Error::StoreUnavailable(_) => "StoreUnavailable",
+            Error::StoreAuth(_) => "StoreAuthError",
+            Error::SchemaMismatch(_) => "SchemaMismatch",
+            Error::TokenKey(_) => "TokenKeyError",
+            Error::Capability(_) => "CapabilityError",
+            Error::Namespace(_) => "NamespaceMismatch",
+            Error::Connect { .. } => "ConnectError",
+            Error::ActivityGone { .. } => "ActivityGone",
+            Error::Rpc { .. } => "TemporalRpcError",
+            Error::WaitTimeout(_) => "WaitTimeout",
+            Error::Forked { .. } => "HandshakeError",
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {
@@ -136,7 +169,25 @@ pyo3::create_exception!(
     StoreError,
     "The execution's phase does not allow the operation."
 );
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    TokenKeyError,
+    StoreError,
+    "A stored task token cannot be opened with this process's token keys (missing or wrong key)."
+);
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    CapabilityError,
+    HandshakeError,
+    "A settle capability was refused: forged, expired, for another execution, or an outcome not granted."
+);
 pyo3::create_exception!(stigmer_handshake._core, DeliveryError, HandshakeError, "Talking to Temporal failed.");
+pyo3::create_exception!(
+    stigmer_handshake._core,
+    NamespaceMismatch,
+    DeliveryError,
+    "The task token belongs to a namespace this handshake does not serve; nothing was sent."
+);
 pyo3::create_exception!(
     stigmer_handshake._core,
     ConnectError,
@@ -164,6 +215,8 @@ pyo3::create_exception!(
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
+        // Every core error reaches Python through here: count it once, by the class it is raised as.
+        crate::metrics::error(err.type_name());
         let text = err.to_string();
         match err {
             Error::Token(_) => TokenError::new_err(text),
@@ -174,6 +227,9 @@ impl From<Error> for PyErr {
             Error::StoreUnavailable(_) => StoreUnavailable::new_err(text),
             Error::StoreAuth(_) => StoreAuthError::new_err(text),
             Error::SchemaMismatch(_) => SchemaMismatch::new_err(text),
+            Error::TokenKey(_) => TokenKeyError::new_err(text),
+            Error::Capability(_) => CapabilityError::new_err(text),
+            Error::Namespace(_) => NamespaceMismatch::new_err(text),
             Error::Connect { .. } => ConnectError::new_err(text),
             Error::ActivityGone { .. } => ActivityGone::new_err(text),
             Error::Rpc { code, message } => Python::attach(|py| {

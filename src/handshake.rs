@@ -6,15 +6,19 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use tracing::Instrument;
 
 use crate::delivery::{self, SettleOutcome};
 use crate::errors::{Error, InvalidInput, Result};
 use crate::pump::{self, Pump, Signals};
 use crate::reconcile::{self, ReconcileReport};
+use crate::secrets::{self, Keyring};
 use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Store};
 use crate::temporal::{HeartbeatFlags, Target, Temporal};
 use crate::token::TaskToken;
 
+/// Temporal's default limit on a payload (the server refuses larger blobs).
+const DEFAULT_MAX_RESULT_BYTES: i64 = 2 * 1024 * 1024;
 /// How often `wait` looks at a SQLite store for a settle made by another process.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 /// On PostgreSQL every settle notifies `wait`; this slow read is only a safety net.
@@ -32,19 +36,46 @@ pub struct Core {
     pump_started: std::sync::OnceLock<()>,
     /// The heartbeat interval for parents that declared no heartbeat timeout.
     default_heartbeat_interval: Duration,
+    /// Signs and checks settle capabilities; None: capabilities are not in use.
+    capability_key: Option<Vec<u8>>,
+}
+
+/// How a handshake is set up, besides where its store and Temporal are.
+pub struct Options {
+    /// The Temporal namespaces served; the first is the default (for calls by id). Never empty.
+    pub namespaces: Vec<String>,
+    pub identity: String,
+    pub default_heartbeat_interval: Duration,
+    /// Keys that seal tokens at rest, first one current; empty: stored as they are.
+    pub token_keys: Vec<(String, Vec<u8>)>,
+    pub capability_key: Option<Vec<u8>>,
+    /// Results (and details) over this size are never sent; the parent gets RESULT_TOO_LARGE.
+    pub max_result_bytes: usize,
 }
 
 impl Core {
-    pub async fn connect(
-        store_url: &str,
-        temporal: Option<(&str, &str, &str)>,
-        default_heartbeat_interval: Duration,
-    ) -> Result<Self> {
-        let store = store::open(store_url).await?;
+    pub async fn connect(store_url: &str, temporal: Option<&str>, options: Options) -> Result<Self> {
+        let keyring = Keyring::new(options.token_keys)?;
+        if keyring.is_empty() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| tracing::warn!("no token keys: task tokens are stored unencrypted"));
+        }
+        if options.capability_key.as_ref().is_some_and(|k| !(16..=1024).contains(&k.len())) {
+            return Err(Error::InvalidArgument("the capability key must be 16 to 1024 bytes".into()));
+        }
+        if options.namespaces.is_empty() || options.namespaces.iter().any(String::is_empty) {
+            return Err(Error::InvalidArgument("namespaces must be one or more non-empty names".into()));
+        }
+        non_empty(&options.identity, "identity")?;
+        let store = Store::open(store_url, keyring).await?;
         let temporal = match temporal {
-            Some((target, namespace, identity)) => Some(Temporal::connect(target, namespace, identity).await?),
+            Some(target) => {
+                Some(Temporal::connect(target, &options.namespaces, &options.identity, options.max_result_bytes).await?)
+            }
             None => None,
         };
+        let default_heartbeat_interval = options.default_heartbeat_interval;
+        let capability_key = options.capability_key;
         Ok(Self {
             store,
             temporal,
@@ -53,7 +84,25 @@ impl Core {
             pump: Pump::default(),
             pump_started: std::sync::OnceLock::new(),
             default_heartbeat_interval,
+            capability_key,
         })
+    }
+
+    /// A capability to settle `id` with `outcomes` until `expires_ms`, for code that must not hold the
+    /// token or the store.
+    pub fn grant(&self, id: &str, outcomes: Vec<String>, expires_ms: i64) -> Result<String> {
+        let key = self.capability_key.as_deref().ok_or_else(|| {
+            Error::InvalidArgument("no capability key: connect with capability_key= to grant capabilities".into())
+        })?;
+        secrets::grant(key, &secrets::Grant { execution_id: id.to_owned(), outcomes, expires_ms })
+    }
+
+    /// Refuse a settle of `id` with `outcome` that `capability` does not allow.
+    fn check_capability(&self, id: &str, outcome: &Outcome, capability: &str) -> Result<()> {
+        let key = self.capability_key.as_deref().ok_or_else(|| {
+            Error::Capability("this handshake has no capability key, so it cannot check capabilities".into())
+        })?;
+        secrets::verify(key, capability, id, outcome.name(), store::now_ms()).map(|_| ())
     }
 
     /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along,
@@ -99,13 +148,31 @@ impl Core {
         outcome: Outcome,
         status: Option<Vec<u8>>,
         wait: bool,
+        capability: Option<&str>,
     ) -> Result<SettleOutcome> {
+        if let Some(capability) = capability {
+            self.check_capability(id, &outcome, capability)?;
+        }
         // Payloads are checked before anything is stored: a malformed result must not end the execution.
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
-        let settled =
-            delivery::settle(&self.store, self.temporal.as_ref(), id, &outcome, status.as_deref(), wait).await;
+        let span =
+            tracing::info_span!("settle", execution = %id, outcome = outcome.name(), result = tracing::field::Empty);
+        let settled = delivery::settle(&self.store, self.temporal.as_ref(), id, &outcome, status.as_deref(), wait)
+            .instrument(span.clone())
+            .await;
+        match &settled {
+            Ok(result) => span.record("result", result.name()),
+            Err(err) => span.record("result", err.type_name()),
+        };
         self.pump.untrack(id);
         settled
+    }
+
+    /// This process's metrics (Prometheus/OpenMetrics text), with the pending gauge read from the store now.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let bounds: Vec<i64> = crate::metrics::PENDING_AGES.iter().map(|(_, lower)| *lower).collect();
+        crate::metrics::set_pending(&self.store.pending_by_age(&bounds).await?);
+        Ok(crate::metrics::text())
     }
 
     pub async fn heartbeat(&self, id: &str, details: Option<Vec<u8>>) -> Result<HeartbeatFlags> {
@@ -187,6 +254,44 @@ fn non_empty(text: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The longest execution id accepted: ids are keys, and show up in logs and tables.
+const MAX_ID_LEN: usize = 256;
+
+/// Refuse an execution id that is empty, longer than `MAX_ID_LEN` bytes or holds control characters.
+fn check_execution_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "an execution id must be 1 to {MAX_ID_LEN} bytes without control characters (got {} bytes)",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// An execution id from Python, checked as it is taken (`check_execution_id`).
+pub struct ExecutionId(String);
+
+impl std::ops::Deref for ExecutionId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ExecutionId {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let id: String = obj.extract().map_err(|_| {
+            let type_name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+            PyErr::from(Error::InvalidArgument(format!("an execution id must be a str, not {type_name}")))
+        })?;
+        check_execution_id(&id)?;
+        Ok(Self(id))
+    }
+}
+
 /// How an execution ended, for `settle` and `respond`.
 #[pyclass(name = "Outcome", module = "stigmer_handshake._core", frozen)]
 #[derive(Clone)]
@@ -255,6 +360,9 @@ pub struct PyExecution {
     delivery_attempts: i64,
     last_error: Option<String>,
     gone_reason: Option<String>,
+    /// When it was stored and last written, in seconds since the Unix epoch.
+    created_at: f64,
+    updated_at: f64,
 }
 
 impl PyExecution {
@@ -278,8 +386,15 @@ impl PyExecution {
             delivery_attempts: c.map_or(0, |c| c.attempts),
             last_error: c.and_then(|c| c.last_error.clone()),
             gone_reason: c.and_then(|c| c.gone_reason.clone()),
+            created_at: ms_to_seconds(record.created_ms),
+            updated_at: ms_to_seconds(record.updated_ms),
         }
     }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn ms_to_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
 }
 
 #[pymethods]
@@ -288,6 +403,29 @@ impl PyExecution {
         format!(
             "Execution(id={:?}, kind={:?}, phase={:?}, callback_state={:?}, token={:?})",
             self.id, self.kind, self.phase, self.callback_state, self.token_fingerprint
+        )
+    }
+
+    fn _repr_html_(&self) -> String {
+        let parent = self.parent_workflow_id.as_ref().map(|w| {
+            format!(
+                "{w} / {} (attempt {})",
+                self.parent_activity_id.as_deref().unwrap_or_default(),
+                self.parent_attempt.unwrap_or_default()
+            )
+        });
+        crate::html::record(
+            &format!("{} execution {}", self.kind, self.id),
+            &[
+                ("phase", Some(self.phase.to_owned())),
+                ("callback", self.callback_state.map(str::to_owned)),
+                ("token", self.token_fingerprint.clone()),
+                ("parent", parent),
+                ("outcome", self.callback_outcome.clone()),
+                ("gone because", self.gone_reason.clone()),
+                ("delivery attempts", (self.delivery_attempts > 0).then(|| self.delivery_attempts.to_string())),
+                ("last error", self.last_error.clone()),
+            ],
         )
     }
 }
@@ -307,14 +445,14 @@ pub struct PySettlement {
 
 impl PySettlement {
     fn new(execution_id: String, settled: SettleOutcome) -> Self {
-        let (outcome, reason, detail) = match settled {
-            SettleOutcome::Delivered => ("delivered", None, None),
-            SettleOutcome::Recorded => ("recorded", None, None),
-            SettleOutcome::NoCallback => ("no_callback", None, None),
-            SettleOutcome::AlreadySettled(recorded) => ("already_settled", None, recorded),
-            SettleOutcome::ActivityGone(reason, message) => ("activity_gone", Some(reason.as_str()), Some(message)),
-            SettleOutcome::Retrying(error) => ("retrying", None, Some(error)),
-            SettleOutcome::DeadLettered(error) => ("dead_lettered", None, Some(error)),
+        let outcome = settled.name();
+        let (reason, detail) = match settled {
+            SettleOutcome::Delivered | SettleOutcome::Recorded | SettleOutcome::NoCallback => (None, None),
+            SettleOutcome::AlreadySettled(recorded) => (None, recorded),
+            SettleOutcome::ActivityGone(reason, message) => (Some(reason.as_str()), Some(message)),
+            SettleOutcome::Retrying(error)
+            | SettleOutcome::DeadLettered(error)
+            | SettleOutcome::ResultTooLarge(error) => (None, Some(error)),
         };
         Self { execution_id, outcome, reason, detail }
     }
@@ -326,6 +464,17 @@ impl PySettlement {
         format!(
             "Settlement(execution_id={:?}, outcome={:?}, reason={:?}, detail={:?})",
             self.execution_id, self.outcome, self.reason, self.detail
+        )
+    }
+
+    fn _repr_html_(&self) -> String {
+        crate::html::record(
+            &format!("settlement of {}", self.execution_id),
+            &[
+                ("outcome", Some(self.outcome.to_owned())),
+                ("reason", self.reason.map(str::to_owned)),
+                ("detail", self.detail.clone()),
+            ],
         )
     }
 }
@@ -477,23 +626,50 @@ impl PyCore {
     ///
     /// `heartbeat_interval` (seconds) is how often claimed executions heartbeat a parent that declared
     /// no heartbeat timeout; with one, the pump heartbeats at a third of it.
-    #[pyo3(signature = (store, temporal=None, namespace="default", identity="stigmer-handshake", heartbeat_interval=30.0))]
+    ///
+    /// `namespaces`: the first is the default; tokens of any of them can be settled. `token_keys`:
+    /// (key id, 32-byte key) pairs, the first seals new tokens. `max_result_bytes`: larger results
+    /// are kept in the store and the parent gets RESULT_TOO_LARGE.
+    #[pyo3(signature = (
+        store, temporal=None, namespaces=vec!["default".to_owned()], identity="stigmer-handshake",
+        heartbeat_interval=30.0, token_keys=Vec::new(), capability_key=None, max_result_bytes=DEFAULT_MAX_RESULT_BYTES,
+    ))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature
     fn connect<'py>(
         py: Python<'py>,
         store: String,
         temporal: Option<String>,
-        namespace: &str,
+        namespaces: Vec<String>,
         identity: &str,
         heartbeat_interval: f64,
+        token_keys: Vec<(String, Vec<u8>)>,
+        capability_key: Option<Vec<u8>>,
+        max_result_bytes: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (namespace, identity) = (namespace.to_owned(), identity.to_owned());
         let interval =
             Duration::from_millis(u64::try_from(seconds_to_ms(heartbeat_interval, "heartbeat_interval")?).unwrap_or(0));
+        let max_result_bytes = usize::try_from(max_result_bytes).ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error::InvalidArgument(format!("max_result_bytes must be positive, not {max_result_bytes}"))
+        })?;
+        let options = Options {
+            namespaces,
+            identity: identity.to_owned(),
+            default_heartbeat_interval: interval,
+            token_keys,
+            capability_key,
+            max_result_bytes,
+        };
         spawn(py, async move {
-            let temporal = temporal.as_deref().map(|t| (t, namespace.as_str(), identity.as_str()));
-            let core = Core::connect(&store, temporal, interval).await?;
+            let core = Core::connect(&store, temporal.as_deref(), options).await?;
             Ok(PyCore(Arc::new(core)))
         })
+    }
+
+    /// A capability that lets its holder settle `execution_id` with one of `outcomes` for `ttl` seconds.
+    #[pyo3(signature = (execution_id, outcomes, ttl))]
+    fn grant(&self, execution_id: ExecutionId, outcomes: Vec<String>, ttl: f64) -> PyResult<String> {
+        let expires_ms = store::now_ms().saturating_add(seconds_to_ms(ttl, "ttl")?);
+        Ok(self.core()?.grant(&execution_id, outcomes, expires_ms)?)
     }
 
     /// Store a new PENDING execution; with `token`, arm its callback (or re-bind a retried parent to
@@ -516,20 +692,37 @@ impl PyCore {
         let token = optional_bytes(token, "token")?.map(|t| TaskToken::parse(&t)).transpose()?;
         let status = optional_bytes(status, "status")?;
         let id = execution_id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
-        non_empty(&id, "execution_id")?;
+        check_execution_id(&id)?;
         let core = self.core()?;
-        spawn(py, async move {
-            let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms };
-            Ok(match core.store.create(new).await? {
-                Created::New(id) => (id, false),
-                Created::Rebound(id) => (id, true),
-            })
-        })
+        if let (Some(token), Some(temporal)) = (&token, &core.temporal) {
+            // A token of a namespace this handshake does not serve could never be settled: refuse it now.
+            temporal.for_token(token)?;
+        }
+        // Deferring (with a token) starts the pending gap; settle and deliver spans name the same token
+        // fingerprint at its other end. Going pending is the normal path, logged at INFO, never as an error.
+        let span = if let Some(t) = &token {
+            tracing::info_span!("defer", execution = %id, token = %t.fingerprint(), kind = kind.as_str())
+        } else {
+            tracing::info_span!("create", execution = %id, kind = kind.as_str())
+        };
+        spawn(
+            py,
+            async move {
+                let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms };
+                let created = match core.store.create(new).await? {
+                    Created::New(id) => (id, false),
+                    Created::Rebound(id) => (id, true),
+                };
+                tracing::info!(rebound = created.1, "stored; the parent activity is pending");
+                Ok(created)
+            }
+            .instrument(span),
+        )
     }
 
     /// Read one execution. The status carries `callback_token` only with `include_token=True`.
     #[pyo3(signature = (execution_id, include_token=false))]
-    fn get<'py>(&self, py: Python<'py>, execution_id: String, include_token: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn get<'py>(&self, py: Python<'py>, execution_id: ExecutionId, include_token: bool) -> PyResult<Bound<'py, PyAny>> {
         let core = self.core()?;
         spawn(py, async move {
             let record = core.store.get(&execution_id, include_token).await?;
@@ -579,10 +772,18 @@ impl PyCore {
     }
 
     /// Set the progress details the pump's heartbeats carry for a claimed execution (encoded `Payloads`).
-    fn report_progress(&self, execution_id: &str, details: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn report_progress(&self, execution_id: ExecutionId, details: &Bound<'_, PyAny>) -> PyResult<bool> {
         let details = bytes_arg(details, "details")?;
         crate::temporal::decode_payloads(Some(&details))?;
-        Ok(self.core()?.pump.set_details(execution_id, details))
+        Ok(self.core()?.pump.set_details(&execution_id, details))
+    }
+
+    /// This process's metrics in the Prometheus (OpenMetrics) text format, the pending gauge read from the
+    /// store now. Blocks (without the GIL) for that read: call it from a thread, not the event loop.
+    fn metrics_text(&self, py: Python<'_>) -> PyResult<String> {
+        let core = self.core()?;
+        let text = py.detach(|| pyo3_async_runtimes::tokio::get_runtime().block_on(core.metrics_text()))?;
+        Ok(text)
     }
 
     /// The pump's counters: (executions tracked, heartbeats sent, heartbeats failed).
@@ -593,8 +794,8 @@ impl PyCore {
 
     /// What the heartbeats last brought back for a claimed execution: (cancel_requested, paused, reset,
     /// parent_gone), or None when this process does not pump it.
-    fn signals(&self, execution_id: &str) -> PyResult<Option<(bool, bool, bool, bool)>> {
-        Ok(self.core()?.pump.signals(execution_id).map(signal_tuple))
+    fn signals(&self, execution_id: ExecutionId) -> PyResult<Option<(bool, bool, bool, bool)>> {
+        Ok(self.core()?.pump.signals(&execution_id).map(signal_tuple))
     }
 
     /// Wait until the parent of a claimed execution asks for one of `kinds` ("cancel", "pause", "reset")
@@ -602,7 +803,7 @@ impl PyCore {
     fn wait_signal<'py>(
         &self,
         py: Python<'py>,
-        execution_id: String,
+        execution_id: ExecutionId,
         kinds: Vec<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         for kind in &kinds {
@@ -630,7 +831,7 @@ impl PyCore {
     fn update_status<'py>(
         &self,
         py: Python<'py>,
-        execution_id: String,
+        execution_id: ExecutionId,
         status: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let status = bytes_arg(status, "status")?;
@@ -649,21 +850,22 @@ impl PyCore {
     ///
     /// Returns once the outcome is durably recorded and, with `wait_for_delivery` (the default), once
     /// the parent was told (or found gone); without it, delivery goes on in the background.
-    #[pyo3(signature = (execution_id, outcome, status=None, wait_for_delivery=true))]
+    #[pyo3(signature = (execution_id, outcome, status=None, wait_for_delivery=true, capability=None))]
     fn settle<'py>(
         &self,
         py: Python<'py>,
-        execution_id: String,
+        execution_id: ExecutionId,
         outcome: &PyOutcome,
         status: Option<&Bound<'py, PyAny>>,
         wait_for_delivery: bool,
+        capability: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let status = optional_bytes(status, "status")?;
         let outcome = outcome.0.clone();
         let core = self.core()?;
         spawn(py, async move {
-            let settled = core.settle(&execution_id, outcome, status, wait_for_delivery).await?;
-            Ok(PySettlement::new(execution_id, settled))
+            let settled = core.settle(&execution_id, outcome, status, wait_for_delivery, capability.as_deref()).await?;
+            Ok(PySettlement::new(execution_id.0, settled))
         })
     }
 
@@ -672,7 +874,7 @@ impl PyCore {
     fn heartbeat<'py>(
         &self,
         py: Python<'py>,
-        execution_id: String,
+        execution_id: ExecutionId,
         details: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let details = optional_bytes(details, "details")?;
@@ -716,7 +918,12 @@ impl PyCore {
 
     /// Wait until the execution reaches a terminal phase (`timeout` in seconds, None for no limit).
     #[pyo3(signature = (execution_id, timeout=None))]
-    fn wait<'py>(&self, py: Python<'py>, execution_id: String, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: ExecutionId,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = timeout
             .map(|t| {
                 Duration::try_from_secs_f64(t).map_err(|_| {

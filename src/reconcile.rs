@@ -62,7 +62,7 @@ pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<Reconc
 async fn mark_orphans(store: &Store, temporal: &Temporal) -> Result<usize> {
     let mut orphaned = 0;
     for (execution_id, token) in store.expired_claims(BATCH).await? {
-        let waiting = match temporal.describe_workflow(&token.workflow_id, &token.run_id).await? {
+        let waiting = match temporal.for_token(&token)?.describe_workflow(&token.workflow_id, &token.run_id).await? {
             None => false,
             Some(state) => {
                 state.closed_as.is_none() && state.pending_activities.iter().any(|(id, _)| *id == token.activity_id)

@@ -4,6 +4,8 @@
 //! Payloads arrive already encoded by the Python worker's data converter, so they are sent as they
 //! are: the parent decodes them with the same converter into its declared result type.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -14,7 +16,7 @@ use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeWorkflowExecutionRequest, GetWorkflowExecutionHistoryReverseRequest,
+    DescribeNamespaceRequest, DescribeWorkflowExecutionRequest, GetWorkflowExecutionHistoryReverseRequest,
     RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest,
     RespondActivityTaskCanceledRequest, RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
     RespondActivityTaskFailedByIdRequest, RespondActivityTaskFailedRequest,
@@ -68,17 +70,27 @@ pub enum ActivityEnd {
     Open,
 }
 
-/// A namespace-bound Temporal client; cheap to clone.
+/// A Temporal client bound to a namespace, that also serves a few more; cheap to clone.
 #[derive(Clone)]
 pub struct Temporal {
     client: Client,
     namespace: String,
     identity: String,
+    /// Every namespace served, by namespace id (what a task token names): its name and its client.
+    served: Arc<HashMap<String, (String, Client)>>,
+    /// Payloads over this many bytes are never sent: the parent gets RESULT_TOO_LARGE instead.
+    max_payload_bytes: usize,
 }
 
 impl Temporal {
-    /// Connect to `target` (a URL with a scheme, e.g. `http://127.0.0.1:7233`).
-    pub async fn connect(target: &str, namespace: &str, identity: &str) -> Result<Self> {
+    /// Connect to `target` (a URL with a scheme, e.g. `http://127.0.0.1:7233`) and resolve the id of
+    /// each namespace (the first is the default, for calls by id), so tokens are checked before any RPC.
+    pub async fn connect(
+        target: &str,
+        namespaces: &[String],
+        identity: &str,
+        max_payload_bytes: usize,
+    ) -> Result<Self> {
         let url = url::Url::parse(target).map_err(|e| {
             Error::InvalidArgument(format!("the Temporal address {target:?} is not a URL ({e}); use http://host:port"))
         })?;
@@ -87,25 +99,72 @@ impl Temporal {
                 "the Temporal address {target:?} must look like http://host:port (or https://)"
             )));
         }
-        if namespace.is_empty() {
-            return Err(Error::InvalidArgument("the Temporal namespace must not be empty".into()));
+        let Some(namespace) = namespaces.first() else {
+            return Err(Error::InvalidArgument("at least one Temporal namespace is needed".into()));
+        };
+        if namespaces.iter().any(String::is_empty) {
+            return Err(Error::InvalidArgument("a Temporal namespace must not be empty".into()));
         }
         let options =
             ConnectionOptions::new(url).identity(identity.to_owned()).connect_timeout(CONNECT_TIMEOUT).build();
         let connection = Connection::connect(options)
             .await
             .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
-        let client = Client::new(connection, ClientOptions::new(namespace.to_owned()).build())
-            .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
-        Ok(Self { client, namespace: namespace.to_owned(), identity: identity.to_owned() })
+        let mut served = HashMap::new();
+        let mut default = None;
+        for name in namespaces {
+            let mut client = Client::new(connection.clone(), ClientOptions::new(name.clone()).build())
+                .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
+            let request = DescribeNamespaceRequest { namespace: name.clone(), ..Default::default() };
+            let id = match client.describe_namespace(request.into_request()).await {
+                Ok(reply) => reply.into_inner().namespace_info.map(|info| info.id).unwrap_or_default(),
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    return Err(Error::InvalidArgument(format!("Temporal has no namespace {name:?}")));
+                }
+                Err(status) => return Err(status.into()),
+            };
+            default.get_or_insert_with(|| client.clone());
+            served.insert(id, (name.clone(), client));
+        }
+        Ok(Self {
+            client: default.expect("one namespace at least"),
+            namespace: namespace.clone(),
+            identity: identity.to_owned(),
+            served: Arc::new(served),
+            max_payload_bytes,
+        })
+    }
+
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    /// This client, bound to the namespace `token` belongs to; a typed error, before any RPC, when this
+    /// handshake does not serve it.
+    pub fn for_token(&self, token: &TaskToken) -> Result<Temporal> {
+        let (name, client) = self.served.get(&token.namespace_id).ok_or_else(|| {
+            let mut served: Vec<&str> = self.served.values().map(|(name, _)| name.as_str()).collect();
+            served.sort_unstable();
+            Error::Namespace(format!(
+                "task token {} belongs to namespace id {:?}, which this handshake does not serve (it serves {})",
+                token.fingerprint(),
+                token.namespace_id,
+                served.join(", ")
+            ))
+        })?;
+        Ok(Temporal { client: client.clone(), namespace: name.clone(), ..self.clone() })
     }
 
     /// Tell the parent activity how its child ended.
     // One arm per (outcome, target) pair keeps the six request shapes side by side.
     #[allow(clippy::too_many_lines)]
     pub async fn respond(&self, target: &Target, outcome: &Outcome) -> Result<()> {
-        let mut client = self.client.clone();
-        let (namespace, identity) = (self.namespace.clone(), self.identity.clone());
+        let bound = match target {
+            Target::Token(token) => self.for_token(token)?,
+            Target::Id { .. } => self.clone(),
+        };
+        let mut client = bound.client.clone();
+        let (namespace, identity) = (bound.namespace.clone(), bound.identity.clone());
         match (outcome, target) {
             (Outcome::Complete { result }, Target::Token(token)) => {
                 let request = RespondActivityTaskCompletedRequest {
@@ -194,9 +253,13 @@ impl Temporal {
 
     /// Heartbeat the parent activity; the reply says whether it was cancelled, paused or reset.
     pub async fn heartbeat(&self, target: &Target, details: Option<&[u8]>) -> Result<HeartbeatFlags> {
-        let mut client = self.client.clone();
+        let bound = match target {
+            Target::Token(token) => self.for_token(token)?,
+            Target::Id { .. } => self.clone(),
+        };
+        let mut client = bound.client.clone();
         let details = decode_payloads(details)?;
-        let (namespace, identity) = (self.namespace.clone(), self.identity.clone());
+        let (namespace, identity) = (bound.namespace.clone(), bound.identity.clone());
         let flags = match target {
             Target::Token(token) => {
                 let request = RecordActivityTaskHeartbeatRequest {
@@ -231,6 +294,7 @@ impl Temporal {
                 }
             }
         };
+        crate::metrics::heartbeat();
         Ok(flags)
     }
 }

@@ -256,6 +256,21 @@ impl PyTaskToken {
     fn __str__(&self) -> String {
         self.0.to_string()
     }
+    fn _repr_html_(&self) -> String {
+        let t = &self.0;
+        crate::html::record(
+            &format!("TaskToken {}", t.fingerprint()),
+            &[
+                ("namespace id", Some(t.namespace_id.clone())),
+                ("workflow id", Some(t.workflow_id.clone())),
+                ("run id", Some(t.run_id.clone())),
+                ("activity id", Some(t.activity_id.clone())),
+                ("activity type", Some(t.activity_type.clone())),
+                ("attempt", Some(t.attempt.to_string())),
+                ("scheduled event id", Some(t.scheduled_event_id.to_string())),
+            ],
+        )
+    }
 }
 
 /// The fingerprint of token bytes, without validating them (for logging what was refused).

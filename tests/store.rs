@@ -158,7 +158,7 @@ on_both_stores! {
     async fn store_only_settle_is_due_and_claimed_once_under_a_lease(store) {
         seed(&store, "e1", true).await;
         let settled = store.settle("e1", &Outcome::Cancel { details: None }, None, 0).await.unwrap();
-        assert!(matches!(settled, Settled::Now { claimed: None, has_callback: true }));
+        assert!(matches!(settled, Settled::Now { claimed: None, has_callback: true, .. }));
         assert_eq!(store.get("e1", false).await.unwrap().callback.unwrap().state, CallbackState::Due);
 
         let first = store.claim_due(10, 60_000).await.unwrap();
@@ -186,7 +186,7 @@ on_both_stores! {
     async fn direct_execution_has_no_callback(store) {
         seed(&store, "e1", false).await;
         let settled = store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap();
-        assert!(matches!(settled, Settled::Now { claimed: None, has_callback: false }));
+        assert!(matches!(settled, Settled::Now { claimed: None, has_callback: false, .. }));
         assert!(store.get("e1", false).await.unwrap().callback.is_none());
         assert!(store.claim_due(10, 60_000).await.unwrap().is_empty());
     }

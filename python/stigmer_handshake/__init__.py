@@ -10,6 +10,7 @@ import atexit
 from stigmer_handshake import _core, pb
 from stigmer_handshake._core import (
     ActivityGone,
+    CapabilityError,
     ConnectError,
     DeliveryError,
     Execution,
@@ -18,6 +19,7 @@ from stigmer_handshake._core import (
     HeartbeatReply,
     InvalidInput,
     InvalidState,
+    NamespaceMismatch,
     ReconcileReport,
     SchemaMismatch,
     Settlement,
@@ -27,10 +29,12 @@ from stigmer_handshake._core import (
     TaskToken,
     TemporalRpcError,
     TokenError,
+    TokenKeyError,
     WaitTimeout,
     __version__,
 )
-from stigmer_handshake.handshake import Handshake, ParentSignals
+from stigmer_handshake.handshake import Executions, Handshake, ParentSignals
+from stigmer_handshake.metrics import MetricsServer
 from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import Callback, complete_external_activity, fail_external_activity
 
@@ -40,15 +44,19 @@ atexit.register(_core.drain, 1.0)
 __all__ = [
     "ActivityGone",
     "Callback",
+    "CapabilityError",
     "ConnectError",
     "DeliveryError",
     "Execution",
     "ExecutionNotFound",
+    "Executions",
     "Handshake",
     "HandshakeError",
     "HeartbeatReply",
     "InvalidInput",
     "InvalidState",
+    "MetricsServer",
+    "NamespaceMismatch",
     "ParentSignals",
     "ReconcileReport",
     "SchemaMismatch",
@@ -59,6 +67,7 @@ __all__ = [
     "TaskToken",
     "TemporalRpcError",
     "TokenError",
+    "TokenKeyError",
     "WaitTimeout",
     "__version__",
     "complete_external_activity",

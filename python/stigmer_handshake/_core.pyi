@@ -6,6 +6,7 @@ from typing import Literal, final
 
 __all__ = [
     "ActivityGone",
+    "CapabilityError",
     "ConnectError",
     "Core",
     "DeliveryError",
@@ -15,6 +16,7 @@ __all__ = [
     "HeartbeatReply",
     "InvalidInput",
     "InvalidState",
+    "NamespaceMismatch",
     "Outcome",
     "ReconcileReport",
     "SchemaMismatch",
@@ -25,6 +27,7 @@ __all__ = [
     "TaskToken",
     "TemporalRpcError",
     "TokenError",
+    "TokenKeyError",
     "WaitTimeout",
     "__version__",
     "drain",
@@ -42,9 +45,12 @@ class InvalidState(StoreError): ...
 class StoreUnavailable(StoreError): ...
 class StoreAuthError(StoreError): ...
 class SchemaMismatch(StoreError): ...
+class TokenKeyError(StoreError): ...
+class CapabilityError(HandshakeError): ...
 class DeliveryError(HandshakeError): ...
 class ConnectError(DeliveryError): ...
 class ActivityGone(DeliveryError): ...
+class NamespaceMismatch(DeliveryError): ...
 
 class TemporalRpcError(DeliveryError):
     code: str
@@ -76,6 +82,7 @@ class TaskToken:
     def activity_type(self) -> str: ...
     @property
     def fingerprint(self) -> str: ...
+    def _repr_html_(self) -> str: ...
 
 @final
 class Outcome:
@@ -122,6 +129,11 @@ class Execution:
     def last_error(self) -> str | None: ...
     @property
     def gone_reason(self) -> str | None: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def updated_at(self) -> float: ...
+    def _repr_html_(self) -> str: ...
 
 @final
 class Settlement:
@@ -131,7 +143,14 @@ class Settlement:
     def outcome(
         self,
     ) -> Literal[
-        "delivered", "recorded", "no_callback", "already_settled", "activity_gone", "retrying", "dead_lettered"
+        "delivered",
+        "recorded",
+        "no_callback",
+        "already_settled",
+        "activity_gone",
+        "retrying",
+        "dead_lettered",
+        "result_too_large",
     ]: ...
     @property
     def reason(
@@ -142,6 +161,7 @@ class Settlement:
     ): ...
     @property
     def detail(self) -> str | None: ...
+    def _repr_html_(self) -> str: ...
 
 @final
 class ReconcileReport:
@@ -173,10 +193,14 @@ class Core:
     def connect(
         store: str,
         temporal: str | None = None,
-        namespace: str = "default",
+        namespaces: builtins.list[str] = ...,
         identity: str = "stigmer-handshake",
         heartbeat_interval: float = 30.0,
+        token_keys: builtins.list[tuple[str, bytes]] = ...,
+        capability_key: bytes | None = None,
+        max_result_bytes: int = ...,
     ) -> Awaitable[Core]: ...
+    def grant(self, execution_id: str, outcomes: builtins.list[str], ttl: float) -> str: ...
     def create(
         self,
         kind: str,
@@ -195,11 +219,17 @@ class Core:
     def report_progress(self, execution_id: str, details: bytes) -> bool: ...
     def signals(self, execution_id: str) -> tuple[bool, bool, bool, bool] | None: ...
     def pump_stats(self) -> tuple[int, int, int]: ...
+    def metrics_text(self) -> str: ...
     def wait_signal(
         self, execution_id: str, kinds: builtins.list[str]
     ) -> Awaitable[tuple[bool, bool, bool, bool] | None]: ...
     def settle(
-        self, execution_id: str, outcome: Outcome, status: bytes | None = None, wait_for_delivery: bool = True
+        self,
+        execution_id: str,
+        outcome: Outcome,
+        status: bytes | None = None,
+        wait_for_delivery: bool = True,
+        capability: str | None = None,
     ) -> Awaitable[Settlement]: ...
     def heartbeat(self, execution_id: str, details: bytes | None = None) -> Awaitable[HeartbeatReply]: ...
     def reconcile(self) -> Awaitable[ReconcileReport]: ...

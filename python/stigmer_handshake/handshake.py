@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import builtins
+import html
+import logging
 import os
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, TypeAlias
 
@@ -17,6 +22,8 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
 from stigmer_handshake import _core, pb
+from stigmer_handshake._checks import check_public_methods
+from stigmer_handshake.metrics import MetricsServer, parse
 from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import (
     COMPLETE_EXTERNAL_ACTIVITY,
@@ -37,6 +44,75 @@ API_VERSION = "agentic.stigmer.ai/v1"
 
 
 SignalKind: TypeAlias = Literal["cancel", "pause", "reset"]
+
+
+class Executions(builtins.list[_core.Execution]):
+    """A list of executions that Jupyter shows as one table (tokens by fingerprint only)."""
+
+    def _repr_html_(self) -> str:
+        now = time.time()
+        header = "".join(
+            f"<th>{h}</th>" for h in ("id", "kind", "phase", "callback", "token", "parent", "age", "last error")
+        )
+        rows = []
+        for e in self:
+            parent = f"{e.parent_workflow_id} / {e.parent_activity_id}" if e.parent_workflow_id else ""
+            cells = (e.id, e.kind, e.phase, e.callback_state or "", e.token_fingerprint or "", parent,
+                     _age(now - e.created_at), e.last_error or "")  # fmt: skip
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        return (
+            f'<table class="stigmer-handshake"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f"<p>{len(self)} execution{'s' if len(self) != 1 else ''}</p>"
+        )
+
+
+#: Temporal's default limit on one payload: larger results are kept in the store, not sent.
+DEFAULT_MAX_RESULT_BYTES = 2 * 1024 * 1024
+_log = logging.getLogger("stigmer_handshake")
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """Log a start-up notice once per process."""
+    if message not in _said:
+        _said.add(message)
+        _log.warning(message)
+
+
+def _env_bytes(name: str) -> bytes | None:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise _core.InvalidInput(f"${name} must be base64") from None
+
+
+def _token_keys(keys: Mapping[str, bytes] | None) -> list[tuple[str, bytes]]:
+    """The token keys, first the current one: from the argument, else $STIGMER_HANDSHAKE_TOKEN_KEYS."""
+    if keys is not None:
+        return list(keys.items())
+    text = os.environ.get("STIGMER_HANDSHAKE_TOKEN_KEYS", "")
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key_id, sep, encoded = item.partition("=")
+        try:
+            key = base64.b64decode(encoded, validate=True) if sep else b""
+        except (binascii.Error, ValueError):
+            key = b""
+        if not key_id or not key:
+            raise _core.InvalidInput("$STIGMER_HANDSHAKE_TOKEN_KEYS must be id=base64key[,id=base64key...]")
+        pairs.append((key_id, key))
+    return pairs
+
+
+def _age(seconds: float) -> str:
+    """A short human age: 42s, 7m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
 
 
 @dataclass(frozen=True)
@@ -84,6 +160,7 @@ def _current_activity_token() -> bytes:
     return activity.info().task_token
 
 
+@check_public_methods
 class Handshake:
     """Hands a Temporal activity's task token to a long-running child and settles the parent exactly once.
 
@@ -106,11 +183,14 @@ class Handshake:
         store: str = DEFAULT_STORE,
         temporal: str | None = DEFAULT_TEMPORAL,
         *,
-        namespace: str = "default",
+        namespace: str | Sequence[str] = "default",
         data_converter: DataConverter | None = None,
         identity: str | None = None,
         reconcile_every: float | None = None,
         heartbeat_interval: float = 30.0,
+        token_keys: Mapping[str, bytes] | None = None,
+        capability_key: bytes | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> Handshake:
         """Open the store and connect to Temporal.
 
@@ -126,10 +206,28 @@ class Handshake:
         ``reconcile_every`` (seconds) runs the reconciler in this process: at once, for whatever a crash
         left undelivered, then periodically (see ``reconcile``). It also keeps task tokens out of
         temporalio's own debug logs (see ``redaction``).
+
+        Hardening: ``namespace`` may list several namespaces (the first is the default); a token of any
+        other is refused before any RPC (``NamespaceMismatch``). ``token_keys`` (key id -> 32-byte key,
+        the first seals new tokens; else ``$STIGMER_HANDSHAKE_TOKEN_KEYS`` as ``id=base64,...``) encrypts
+        tokens at rest with AES-256-GCM. ``capability_key`` (else ``$STIGMER_HANDSHAKE_CAPABILITY_KEY``,
+        base64) signs and checks settle capabilities (``grant``). A result over ``max_result_bytes`` is
+        kept in the store and the parent gets a ``RESULT_TOO_LARGE`` failure naming the execution.
         """
         redact_task_tokens()
+        namespaces = [namespace] if isinstance(namespace, str) else list(namespace)
+        keys = _token_keys(token_keys)
+        if not keys:
+            _say_once("no token keys: task tokens are stored unencrypted (see Handshake.connect(token_keys=...))")
         core = await _core.Core.connect(
-            store, temporal, namespace, identity or f"stigmer-handshake@{os.getpid()}", heartbeat_interval
+            store,
+            temporal,
+            namespaces,
+            f"stigmer-handshake@{os.getpid()}" if identity is None else identity,
+            heartbeat_interval,
+            keys,
+            capability_key if capability_key is not None else _env_bytes("STIGMER_HANDSHAKE_CAPABILITY_KEY"),
+            max_result_bytes,
         )
         if reconcile_every is not None:
             core.start_reconciler(reconcile_every)
@@ -235,6 +333,18 @@ class Handshake:
         pump the execution (not claimed here, no parent, or already settled)."""
         return self._core.report_progress(execution_id, await self._encode(details))
 
+    async def metrics(self) -> str:
+        """This process's metrics in the Prometheus (OpenMetrics) text format (see ``metrics``)."""
+        return await asyncio.to_thread(self._core.metrics_text)
+
+    async def metrics_snapshot(self) -> dict[str, float]:
+        """The same metrics as ``{"name{labels}": value}``."""
+        return parse(await self.metrics())
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve ``GET /metrics`` for Prometheus from a background thread; ``.url``, ``.port``, ``.close()``."""
+        return MetricsServer(self._core.metrics_text, host, port)
+
     def pump_stats(self) -> dict[str, int]:
         """The heartbeat pump's counters in this process: executions tracked, heartbeats sent and failed."""
         tracked, sent, failed = self._core.pump_stats()
@@ -263,7 +373,13 @@ class Handshake:
         return await self._core.heartbeat(execution_id, await self._encode(details) if details else None)
 
     async def succeed(
-        self, execution_id: str, result: Any = None, *, status: Status | None = None, wait_for_delivery: bool = True
+        self,
+        execution_id: str,
+        result: Any = None,
+        *,
+        status: Status | None = None,
+        wait_for_delivery: bool = True,
+        capability: str | None = None,
     ) -> _core.Settlement:
         """End the execution COMPLETED and complete the parent activity with ``result``.
 
@@ -272,7 +388,7 @@ class Handshake:
         gone: ``activity_gone`` with its ``reason``; the result stays in the store).
         """
         outcome = _core.Outcome.complete(await self._encode([result]))
-        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery)
+        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery, capability)
 
     async def fail(
         self,
@@ -284,20 +400,35 @@ class Handshake:
         details: Sequence[Any] = (),
         status: Status | None = None,
         wait_for_delivery: bool = True,
+        capability: str | None = None,
     ) -> _core.Settlement:
         """End the execution FAILED.
 
         The parent sees ``ApplicationError(message, *details, type=type, non_retryable=non_retryable)``.
         """
         outcome = _core.Outcome.fail(message, type, non_retryable, await self._encode(details) if details else None)
-        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery)
+        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery, capability)
 
     async def cancel(
-        self, execution_id: str, *details: Any, status: Status | None = None, wait_for_delivery: bool = True
+        self,
+        execution_id: str,
+        *details: Any,
+        status: Status | None = None,
+        wait_for_delivery: bool = True,
+        capability: str | None = None,
     ) -> _core.Settlement:
         """End the execution CANCELLED and report the cancellation to the parent (after its cancel request)."""
         outcome = _core.Outcome.cancel(await self._encode(details) if details else None)
-        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery)
+        return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery, capability)
+
+    def grant(
+        self, execution_id: str, outcomes: Sequence[str] = ("complete", "fail", "cancel"), *, ttl: float = 3600.0
+    ) -> str:
+        """A capability to settle one execution: hand it to code that must not hold the token or the store
+        (an untrusted agent). Whoever settles for it passes ``capability=`` to ``succeed``/``fail``/
+        ``cancel``; the core checks the signature, the execution, the outcome and the expiry first
+        (``CapabilityError``). Needs ``capability_key``."""
+        return self._core.grant(execution_id, list(outcomes), ttl)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -309,8 +440,9 @@ class Handshake:
         """The handshake's bookkeeping for an execution: phase, callback state, token fingerprint."""
         return await self._core.get(execution_id, False)
 
-    async def list(self, kind: Kind | None = None, phase: str | None = None, limit: int = 100) -> list[_core.Execution]:
-        return await self._core.list(kind, phase, limit)
+    async def list(self, kind: Kind | None = None, phase: str | None = None, limit: int = 100) -> Executions:
+        """Executions, oldest first (a list; in Jupyter it shows as a table)."""
+        return Executions(await self._core.list(kind, phase, limit))
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Resource:
         """Wait until the execution is COMPLETED, FAILED or CANCELLED (raises ``WaitTimeout``)."""
@@ -343,21 +475,60 @@ class Handshake:
 
     # -- direct calls on an activity, by token or by id --------------------------------------------
 
-    async def complete_activity(self, result: Any = None, **target: Any) -> None:
-        """Complete an activity directly: ``token=...`` or ``workflow_id=..., activity_id=..., run_id=...``."""
-        await self._core.respond(_core.Outcome.complete(await self._encode([result])), **target)
+    # Each takes the activity as ``token=...`` or as ``workflow_id=..., activity_id=...`` (and ``run_id=``,
+    # empty for the workflow's latest run).
+
+    async def complete_activity(
+        self,
+        result: Any = None,
+        *,
+        token: bytes | None = None,
+        workflow_id: str | None = None,
+        run_id: str = "",
+        activity_id: str | None = None,
+    ) -> None:
+        """Complete an activity directly, without the store."""
+        outcome = _core.Outcome.complete(await self._encode([result]))
+        await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
     async def fail_activity(
-        self, message: str, *, type: str = "", non_retryable: bool = False, details: Sequence[Any] = (), **target: Any
+        self,
+        message: str,
+        *,
+        type: str = "",
+        non_retryable: bool = False,
+        details: Sequence[Any] = (),
+        token: bytes | None = None,
+        workflow_id: str | None = None,
+        run_id: str = "",
+        activity_id: str | None = None,
     ) -> None:
         outcome = _core.Outcome.fail(message, type, non_retryable, await self._encode(details) if details else None)
-        await self._core.respond(outcome, **target)
+        await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
-    async def report_activity_cancellation(self, *details: Any, **target: Any) -> None:
-        await self._core.respond(_core.Outcome.cancel(await self._encode(details) if details else None), **target)
+    async def report_activity_cancellation(
+        self,
+        *details: Any,
+        token: bytes | None = None,
+        workflow_id: str | None = None,
+        run_id: str = "",
+        activity_id: str | None = None,
+    ) -> None:
+        outcome = _core.Outcome.cancel(await self._encode(details) if details else None)
+        await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
-    async def heartbeat_activity(self, *details: Any, **target: Any) -> _core.HeartbeatReply:
-        return await self._core.heartbeat_activity(await self._encode(details) if details else None, **target)
+    async def heartbeat_activity(
+        self,
+        *details: Any,
+        token: bytes | None = None,
+        workflow_id: str | None = None,
+        run_id: str = "",
+        activity_id: str | None = None,
+    ) -> _core.HeartbeatReply:
+        encoded = await self._encode(details) if details else None
+        return await self._core.heartbeat_activity(
+            encoded, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id
+        )
 
     # -- the child-workflow path's system activities ------------------------------------------------
 
@@ -407,7 +578,10 @@ class Handshake:
             )
 
     async def _encode(self, values: Sequence[Any]) -> bytes:
-        payloads = await self._converter.encode(list(values))
+        try:
+            payloads = await self._converter.encode(list(values))
+        except Exception as err:  # the data converter's own errors (TypeError, ...): the caller's value
+            raise _core.InvalidInput(f"the data converter cannot encode the value: {err}") from err
         return temporalio.api.common.v1.Payloads(payloads=payloads).SerializeToString()
 
 

@@ -21,6 +21,7 @@ import sysconfig
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -113,12 +114,14 @@ class DevServer:
         self,
         *,
         namespace: str = "default",
+        extra_namespaces: Sequence[str] = (),
         db_filename: str | None = None,
         port: int | None = None,
         log_file: str | None = None,
         start_timeout: float = 60.0,
     ) -> None:
         self.namespace = namespace
+        self.extra_namespaces = list(extra_namespaces)
         self.db_filename = db_filename
         self._fixed_port = port is not None
         self.port = port or free_port()
@@ -161,6 +164,8 @@ class DevServer:
             "--namespace", self.namespace,
             "--log-level", "warn",
         ]  # fmt: skip
+        for extra in self.extra_namespaces:
+            args += ["--namespace", extra]
         if self.db_filename:
             args += ["--db-filename", self.db_filename]
         log_path = self._log_file or os.path.join(tempfile.gettempdir(), f"temporal-dev-{self.port}.log")

@@ -19,9 +19,10 @@ use sqlx::{Database, Pool, Postgres, Sqlite};
 use tokio::sync::Notify;
 
 pub use sql::SqlStore;
-pub use status::{edit_status, progress_json, Phase, StatusFields};
+pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, Phase, StatusFields};
 
 use crate::errors::{Error, Result};
+use crate::secrets::Keyring;
 use crate::token::TaskToken;
 
 /// Which resource an execution is.
@@ -72,6 +73,14 @@ impl Outcome {
             Outcome::Complete { .. } => "complete",
             Outcome::Fail { .. } => "fail",
             Outcome::Cancel { .. } => "cancel",
+        }
+    }
+
+    /// A failure's message (empty for the other outcomes).
+    pub fn message(&self) -> String {
+        match self {
+            Outcome::Fail { message, .. } => message.clone(),
+            Outcome::Complete { .. } | Outcome::Cancel { .. } => String::new(),
         }
     }
 
@@ -187,6 +196,9 @@ pub struct ExecutionRecord {
     pub phase: Phase,
     pub spec: Vec<u8>,
     pub status: Vec<u8>,
+    /// When the execution was stored, and last written (ms since the Unix epoch).
+    pub created_ms: i64,
+    pub updated_ms: i64,
     pub callback: Option<CallbackInfo>,
 }
 
@@ -198,15 +210,17 @@ pub struct ClaimedCallback {
     pub outcome: Outcome,
     /// Delivery attempts made before this one (drives the backoff).
     pub attempts: i64,
+    /// When the outcome was recorded (ms since the Unix epoch): delivery latency runs from here.
+    pub due_ms: i64,
 }
 
 /// What `settle` wrote.
 pub enum Settled {
     /// The execution ended now. `claimed` is its callback, leased to this caller for delivery; None
     /// for a direct execution (`has_callback` false) or when no lease was asked for (left due).
-    Now { claimed: Option<ClaimedCallback>, has_callback: bool },
+    Now { claimed: Option<ClaimedCallback>, has_callback: bool, kind: Kind },
     /// It had ended before: nothing was written; the recorded outcome and callback are returned.
-    Already { outcome: Option<String>, callback: Option<CallbackInfo> },
+    Already { outcome: Option<String>, callback: Option<CallbackInfo>, kind: Kind },
 }
 
 /// What happened when a claimed callback was sent.
@@ -222,6 +236,17 @@ pub enum DeliveryResult {
     },
     /// A permanent failure: dead-lettered with the reason; the token is cleared.
     Dead(String),
+}
+
+impl DeliveryResult {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeliveryResult::Delivered => "delivered",
+            DeliveryResult::Gone(..) => "gone",
+            DeliveryResult::Retry { .. } => "retry",
+            DeliveryResult::Dead(_) => "dead",
+        }
+    }
 }
 
 /// What `create` did.
@@ -260,12 +285,14 @@ macro_rules! on_db {
 impl Store {
     /// Open a store from its URL: `sqlite:///abs/path.db`, `sqlite:relative.db`, `sqlite::memory:`, or
     /// `postgres://user@host:5432/db` (see `postgres.rs` for its parameters). Migrations run at once.
-    pub async fn open(url: &str) -> Result<Self> {
+    /// Tokens are sealed with `keyring` at rest (stored as they are when it has no keys).
+    pub async fn open(url: &str, keyring: Keyring) -> Result<Self> {
         let settled = Arc::new(Notify::new());
+        let keyring = Arc::new(keyring);
         let db = if url.starts_with("sqlite:") {
-            Db::Sqlite(sqlite::open(url).await?)
+            Db::Sqlite(sqlite::open(url, keyring).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let store = postgres::open(url).await?;
+            let store = postgres::open(url, keyring).await?;
             postgres::listen_settled(store.pool().clone(), Arc::downgrade(&settled));
             Db::Postgres(store)
         } else {
@@ -358,14 +385,18 @@ impl Store {
         on_db!(self, db => db.expired_claims(limit).await)
     }
 
+    pub async fn pending_by_age(&self, lower_bounds_ms: &[i64]) -> Result<Vec<i64>> {
+        on_db!(self, db => db.pending_by_age(lower_bounds_ms).await)
+    }
+
     pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
         on_db!(self, db => db.armed_callback(id).await)
     }
 }
 
-/// Open a store from its URL (see [`Store::open`]).
+/// Open a store from its URL (see [`Store::open`]), keeping tokens as they are.
 pub async fn open(url: &str) -> Result<Store> {
-    Store::open(url).await
+    Store::open(url, Keyring::default()).await
 }
 
 /// Apply the migrations this version knows. A database that has one this version does not know was

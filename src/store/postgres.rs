@@ -6,7 +6,7 @@
 //! transaction; a database migrated by a newer version is refused, not downgraded.
 
 use std::str::FromStr;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use super::sql::{Backend, SqlStore};
 use crate::errors::{Error, Result};
+use crate::secrets::Keyring;
 
 /// The channel settles notify: `wait` in any process wakes at the commit, not at its next poll.
 const SETTLED_CHANNEL: &str = "stigmer_handshake_settled";
@@ -31,7 +32,7 @@ impl Backend for Postgres {
 }
 
 /// Connect, create the schema if asked, and migrate.
-pub async fn open(url: &str) -> Result<SqlStore<Postgres>> {
+pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Postgres>> {
     let (url, schema) = split_schema(url)?;
     let mut options = PgConnectOptions::from_str(&url)
         .map_err(|e| Error::InvalidArgument(format!("bad PostgreSQL store URL: {e}")))?;
@@ -47,7 +48,7 @@ pub async fn open(url: &str) -> Result<SqlStore<Postgres>> {
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).execute(&pool).await?;
     }
     super::migrate(&sqlx::migrate!("migrations/postgres"), &pool).await?;
-    Ok(SqlStore::new(pool))
+    Ok(SqlStore::new(pool, keyring))
 }
 
 /// Take our own `schema` parameter out of the URL (sqlx would ignore it with a warning).

@@ -4,6 +4,8 @@
 //! another claimer holds, and expanding a list of ids) come from [`Backend`]. Each backend's own file opens
 //! the pool and runs its migrations.
 
+use std::sync::Arc;
+
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 
 use super::status::{check_spec, edit_status, started_at, timestamp};
@@ -13,12 +15,17 @@ use super::{
 };
 use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::commons::v1::ExecutionError;
+use crate::secrets::Keyring;
 use crate::token::TaskToken;
 
-const RECORD_COLUMNS: &str = "e.id, e.kind, e.phase, e.spec, e.status, c.state, c.fingerprint, c.workflow_id, \
-     c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token";
+const RECORD_COLUMNS: &str =
+    "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, c.state, c.fingerprint, c.workflow_id, \
+     c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token, c.token_key_id";
+/// After a token this process cannot open, wait this long before offering the callback again.
+const KEY_RETRY_MS: i64 = 5_000;
 const OUTCOME_COLUMNS: &str =
-    "execution_id, token, outcome, payloads, failure_message, failure_type, non_retryable, attempts";
+    "execution_id, token, token_key_id, outcome, payloads, failure_message, failure_type, non_retryable, attempts, \
+     due_ms";
 
 /// What differs between the SQL dialects.
 pub trait Backend: Database {
@@ -35,17 +42,19 @@ pub trait Backend: Database {
 /// Executions and callbacks in one SQL database.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Seals tokens before they are written and opens them when read (a no-op without keys).
+    keyring: Arc<Keyring>,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
-        Self { pool: self.pool.clone() }
+        Self { pool: self.pool.clone(), keyring: self.keyring.clone() }
     }
 }
 
 impl<DB: Database> SqlStore<DB> {
-    pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+    pub fn new(pool: Pool<DB>, keyring: Arc<Keyring>) -> Self {
+        Self { pool, keyring }
     }
 
     pub fn pool(&self) -> &Pool<DB> {
@@ -128,19 +137,7 @@ where
                     CallbackState::Gone | CallbackState::Dead | CallbackState::Delivering => CallbackState::Due,
                     other => other,
                 };
-                sqlx::query(
-                    "UPDATE callbacks SET token = $1, fingerprint = $2, attempt = $3, state = $4, gone_reason = NULL, \
-                     settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0, heartbeat_timeout_ms = $5 \
-                     WHERE execution_id = $6",
-                )
-                .bind(token.secret_bytes())
-                .bind(token.fingerprint())
-                .bind(i64::from(token.attempt))
-                .bind(state.as_str())
-                .bind(new.heartbeat_timeout_ms)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
+                self.swap_token(&mut tx, &id, token, state, new.heartbeat_timeout_ms).await?;
                 tx.commit().await?;
                 return Ok(Some(Created::Rebound(id)));
             }
@@ -168,12 +165,14 @@ where
         }
         inserted?;
         if let Some(token) = &new.token {
+            let (sealed, key_id) = self.keyring.seal(&new.id, token.secret_bytes())?;
             let inserted = sqlx::query(
                 "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
-                 state, created_ms, heartbeat_timeout_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'armed', $8, $9)",
+                 state, created_ms, heartbeat_timeout_ms, token_key_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'armed', $8, $9, $10)",
             )
             .bind(new.id.as_str())
-            .bind(token.secret_bytes())
+            .bind(sealed)
             .bind(token.fingerprint())
             .bind(token.workflow_id.as_str())
             .bind(token.run_id.as_str())
@@ -181,6 +180,7 @@ where
             .bind(i64::from(token.attempt))
             .bind(now)
             .bind(new.heartbeat_timeout_ms)
+            .bind(key_id.as_deref())
             .execute(&mut *tx)
             .await;
             if let Err(sqlx::Error::Database(db)) = &inserted {
@@ -194,13 +194,40 @@ where
         Ok(Some(Created::New(new.id.clone())))
     }
 
+    /// Re-bind execution `id`'s callback to a newer attempt's token.
+    async fn swap_token(
+        &self,
+        tx: &mut Transaction<'_, DB>,
+        id: &str,
+        token: &TaskToken,
+        state: CallbackState,
+        heartbeat_timeout_ms: Option<i64>,
+    ) -> Result<()> {
+        let (sealed, key_id) = self.keyring.seal(id, token.secret_bytes())?;
+        sqlx::query(
+            "UPDATE callbacks SET token = $1, fingerprint = $2, attempt = $3, state = $4, gone_reason = NULL, \
+             settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0, heartbeat_timeout_ms = $5, \
+             token_key_id = $7 WHERE execution_id = $6",
+        )
+        .bind(sealed)
+        .bind(token.fingerprint())
+        .bind(i64::from(token.attempt))
+        .bind(state.as_str())
+        .bind(heartbeat_timeout_ms)
+        .bind(id)
+        .bind(key_id.as_deref())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     pub async fn get(&self, id: &str, include_token: bool) -> Result<ExecutionRecord> {
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id WHERE e.id = $1"
         );
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
-        record_from_row(&row, include_token)
+        record_from_row(&row, include_token.then_some(self.keyring.as_ref()))
     }
 
     pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
@@ -214,7 +241,7 @@ where
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|row| record_from_row(row, false)).collect()
+        rows.iter().map(|row| record_from_row(row, None)).collect()
     }
 
     /// Hand up to `limit` executions of `kind` to a runner for `lease_ms`: PENDING ones, and IN_PROGRESS
@@ -353,8 +380,7 @@ where
             .fetch_optional(&mut *tx)
             .await?;
             let callback = row.as_ref().map(callback_from_row).transpose()?.flatten();
-            let recorded = callback.as_ref().and_then(|c| c.outcome.clone());
-            return Ok(Settled::Already { outcome: recorded, callback });
+            return Ok(Settled::Already { outcome: callback.as_ref().and_then(|c| c.outcome.clone()), callback, kind });
         }
         // A final status from the runner replaces the stored one; the recorded start time stays.
         let started = match final_status {
@@ -391,7 +417,7 @@ where
         let row = sqlx::query(
             "UPDATE callbacks SET state = $1, outcome = $2, payloads = $3, failure_message = $4, failure_type = $5, \
              non_retryable = $6, lease_until_ms = $7, due_ms = $8 WHERE execution_id = $9 AND state = 'armed' \
-             RETURNING token",
+             RETURNING token, token_key_id",
         )
         .bind(state.as_str())
         .bind(outcome.name())
@@ -404,22 +430,44 @@ where
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let token: Option<Vec<u8>> = row.map(|row| row.try_get("token")).transpose()?.flatten();
-        if let Some(notify) = DB::NOTIFY_SETTLED {
-            sqlx::query(notify).bind(id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        let has_callback = token.is_some();
-        let claimed = match (token, lease_ms > 0) {
-            (Some(token), true) => Some(ClaimedCallback {
+        let stored: Option<(Vec<u8>, Option<String>)> = match row {
+            Some(row) => match row.try_get::<Option<Vec<u8>>, _>("token")? {
+                Some(token) => Some((token, row.try_get("token_key_id")?)),
+                None => None,
+            },
+            None => None,
+        };
+        let has_callback = stored.is_some();
+        let token = match stored.filter(|_| lease_ms > 0) {
+            Some((sealed, key_id)) => match self.keyring.open(id, &sealed, key_id.as_deref()) {
+                Ok(token) => Some(token),
+                Err(err) => {
+                    // The outcome is recorded; the callback stays due for a process that has the key.
+                    sqlx::query(
+                        "UPDATE callbacks SET state = 'due', lease_until_ms = 0, last_error = $1 WHERE execution_id = $2",
+                    )
+                    .bind(err.to_string())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    commit_settle::<DB>(tx, id).await?;
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
+        commit_settle::<DB>(tx, id).await?;
+        let claimed = match token {
+            Some(token) => Some(ClaimedCallback {
                 execution_id: id.to_owned(),
                 token: TaskToken::parse(&token)?,
                 outcome: outcome.clone(),
                 attempts: 0,
+                due_ms: now,
             }),
             _ => None,
         };
-        Ok(Settled::Now { claimed, has_callback })
+        Ok(Settled::Now { claimed, has_callback, kind })
     }
 
     /// Claim due callbacks (whose backoff has passed) and ones whose delivery lease ran out. Several
@@ -433,7 +481,26 @@ where
             DB::SKIP_LOCKED
         );
         let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(claimed_from_row).collect()
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match claimed_from_row(row, &self.keyring) {
+                Ok(callback) => claimed.push(callback),
+                // A token this process cannot open (another key): back to due, for one that can.
+                Err(Error::TokenKey(why)) => {
+                    sqlx::query(
+                        "UPDATE callbacks SET state = 'due', lease_until_ms = 0, next_attempt_ms = $1, last_error = $2 \
+                         WHERE execution_id = $3",
+                    )
+                    .bind(now + KEY_RETRY_MS)
+                    .bind(why)
+                    .bind(row.try_get::<String, _>("execution_id")?)
+                    .execute(&self.pool)
+                    .await?;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(claimed)
     }
 
     /// Record what delivering a claimed callback did. A callback that reached its end (delivered, gone,
@@ -454,7 +521,8 @@ where
         let ended = state != CallbackState::Due;
         sqlx::query(
             "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
-             token = CASE WHEN $2 THEN NULL ELSE token END, attempts = attempts + 1, last_error = $4, \
+             token = CASE WHEN $2 THEN NULL ELSE token END, \
+             token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
              gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
              WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
         )
@@ -510,7 +578,7 @@ where
     /// still armed, with their tokens: the reconciler checks whether their parent still waits.
     pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, TaskToken)>> {
         let rows = sqlx::query(
-            "SELECT e.id, c.token FROM executions e JOIN callbacks c ON c.execution_id = e.id \
+            "SELECT e.id, c.token, c.token_key_id FROM executions e JOIN callbacks c ON c.execution_id = e.id \
              WHERE e.phase = $1 AND e.claim_until_ms > 0 AND e.claim_until_ms < $2 AND c.state = 'armed' LIMIT $3",
         )
         .bind(Phase::InProgress.to_proto())
@@ -522,17 +590,39 @@ where
         for row in rows {
             let token: Option<Vec<u8>> = row.try_get("token")?;
             if let Some(token) = token {
-                expired.push((row.try_get("id")?, TaskToken::parse(&token)?));
+                let id: String = row.try_get("id")?;
+                let token =
+                    self.keyring.open(&id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
+                expired.push((id, TaskToken::parse(&token)?));
             }
         }
         Ok(expired)
+    }
+
+    /// Callbacks whose parent still waits (armed, due or delivering), counted per age bucket (time since
+    /// the caller deferred), youngest first; `lower_bounds_ms` are the buckets' lower bounds, ascending.
+    pub async fn pending_by_age(&self, lower_bounds_ms: &[i64]) -> Result<Vec<i64>> {
+        let now = now_ms();
+        let buckets: Vec<String> = (0..lower_bounds_ms.len())
+            .map(|i| {
+                let upper =
+                    lower_bounds_ms.get(i + 1).map_or(String::new(), |b| format!(" AND created_ms > {}", now - b));
+                format!(
+                    "COALESCE(SUM(CASE WHEN created_ms <= {}{upper} THEN 1 ELSE 0 END), 0) AS b{i}",
+                    now - lower_bounds_ms[i]
+                )
+            })
+            .collect();
+        let sql = format!("SELECT {} FROM callbacks WHERE state IN ('armed', 'due', 'delivering')", buckets.join(", "));
+        let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
+        (0..lower_bounds_ms.len()).map(|i| Ok(row.try_get::<i64, _>(format!("b{i}").as_str())?)).collect()
     }
 
     /// A running execution's armed callback, for heartbeats: its token and the parent's heartbeat timeout.
     /// None for a direct execution or once the callback is due; `ExecutionNotFound` for an unknown id.
     pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
         let row = sqlx::query(
-            "SELECT c.token, c.heartbeat_timeout_ms FROM executions e \
+            "SELECT c.token, c.token_key_id, c.heartbeat_timeout_ms FROM executions e \
              LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' WHERE e.id = $1",
         )
         .bind(id)
@@ -541,8 +631,24 @@ where
         let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
         let token: Option<Vec<u8>> = row.try_get("token")?;
         let Some(token) = token else { return Ok(None) };
+        let token = self.keyring.open(id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
         Ok(Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?)))
     }
+}
+
+/// Commit a settle, telling other processes' waiters at the commit (where the backend can).
+async fn commit_settle<DB>(mut tx: Transaction<'_, DB>, id: &str) -> Result<()>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    if let Some(notify) = DB::NOTIFY_SETTLED {
+        sqlx::query(notify).bind(id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Take the write lock on an execution (an UPDATE first: SQLite's writers queue on its lock instead of
@@ -595,7 +701,8 @@ where
     }))
 }
 
-fn record_from_row<R: Row>(row: &R, include_token: bool) -> Result<ExecutionRecord>
+/// `keyring`: read the token too (opened with these keys) and put it in the status; None leaves it out.
+fn record_from_row<R: Row>(row: &R, keyring: Option<&Keyring>) -> Result<ExecutionRecord>
 where
     for<'q> i32: Decode<'q, R::Database> + Type<R::Database>,
     for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
@@ -606,9 +713,11 @@ where
 {
     let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
     let mut status: Vec<u8> = row.try_get("status")?;
-    if include_token {
+    if let Some(keyring) = keyring {
         let token: Option<Vec<u8>> = row.try_get("token")?;
         if let Some(token) = token {
+            let id: String = row.try_get("id")?;
+            let token = keyring.open(&id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
             status = edit_status(kind, &status, |s| s.set_token(token))?;
         }
     }
@@ -618,11 +727,13 @@ where
         phase: Phase::from_proto(row.try_get("phase")?),
         spec: row.try_get("spec")?,
         status,
+        created_ms: row.try_get("created_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
         callback: callback_from_row(row)?,
     })
 }
 
-fn claimed_from_row<R: Row>(row: &R) -> Result<ClaimedCallback>
+fn claimed_from_row<R: Row>(row: &R, keyring: &Keyring) -> Result<ClaimedCallback>
 where
     for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
     for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
@@ -633,6 +744,7 @@ where
     let execution_id: String = row.try_get("execution_id")?;
     let token: Option<Vec<u8>> = row.try_get("token")?;
     let token = token.ok_or_else(|| Error::Store(format!("due callback of {execution_id:?} has no token")))?;
+    let token = keyring.open(&execution_id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
     let outcome: Option<String> = row.try_get("outcome")?;
     let payloads: Option<Vec<u8>> = row.try_get("payloads")?;
     let outcome = match outcome.as_deref() {
@@ -646,5 +758,11 @@ where
         Some("cancel") => Outcome::Cancel { details: payloads },
         other => return Err(Error::Store(format!("due callback of {execution_id:?} has outcome {other:?}"))),
     };
-    Ok(ClaimedCallback { execution_id, token: TaskToken::parse(&token)?, outcome, attempts: row.try_get("attempts")? })
+    Ok(ClaimedCallback {
+        execution_id,
+        token: TaskToken::parse(&token)?,
+        outcome,
+        attempts: row.try_get("attempts")?,
+        due_ms: row.try_get::<Option<i64>, _>("due_ms")?.unwrap_or_else(now_ms),
+    })
 }

@@ -1,6 +1,7 @@
 //! The embedded SQLite store (WAL, full sync: a commit survives a crash of any process).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -8,6 +9,7 @@ use sqlx::Sqlite;
 
 use super::sql::{Backend, SqlStore};
 use crate::errors::{Error, Result};
+use crate::secrets::Keyring;
 
 impl Backend for Sqlite {
     const SKIP_LOCKED: &'static str = "";
@@ -19,7 +21,7 @@ impl Backend for Sqlite {
 }
 
 /// Open (creating if missing) and migrate `sqlite:///path.db`, `sqlite:relative.db` or `sqlite::memory:`.
-pub async fn open(url: &str) -> Result<SqlStore<Sqlite>> {
+pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> {
     let in_memory = url == "sqlite::memory:" || url.contains("mode=memory");
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| Error::InvalidArgument(format!("bad SQLite store URL: {e}")))?
@@ -39,5 +41,5 @@ pub async fn open(url: &str) -> Result<SqlStore<Sqlite>> {
     };
     let pool = pool_options.connect_with(options).await?;
     super::migrate(&sqlx::migrate!("migrations/sqlite"), &pool).await?;
-    Ok(SqlStore::new(pool))
+    Ok(SqlStore::new(pool, keyring))
 }

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,33 @@ from flows import (
 
 RUNNER = Path(__file__).parent / "runner.py"
 
+# What the whole suite logged, printed and reported, for the last test's token scan
+# (test_zz_token_scan.py): every log record at DEBUG, each test's captured output and failure report,
+# and the output of the subprocesses tests run.
+TRANSCRIPT: list[str] = []
+
+
+class _SuiteLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        TRANSCRIPT.append(self.format(record))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    handler = _SuiteLog(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    config.addinivalue_line("markers", "last: run after every other test")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    TRANSCRIPT.extend([report.capstdout, report.capstderr, report.caplog, report.longreprtext])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the rest keep their order
+
 
 @dataclass
 class Env:
@@ -52,6 +80,7 @@ class Env:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(RUNNER.parent)},
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        TRANSCRIPT.extend([out.decode(errors="replace"), err.decode(errors="replace")])
         assert proc.returncode == 0, err.decode()
         report: dict[str, object] = json.loads(out.decode().strip().splitlines()[-1])
         report["stdout"], report["stderr"] = out.decode(), err.decode()

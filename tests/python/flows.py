@@ -18,6 +18,10 @@ with workflow.unsafe.imports_passed_through():
 NO_RETRY = RetryPolicy(maximum_attempts=1)
 
 
+#: Every task token a caller activity of the suite saw: the last test scans the suite's output for them.
+SEEN_TOKENS: list[bytes] = []
+
+
 @dataclass
 class AgentRequest:
     execution_id: str
@@ -64,12 +68,14 @@ class CallerActivities:
     @activity.defn
     async def run_agent(self, request: AgentRequest) -> AgentAnswer:
         self.tokens_seen.append(activity.info().task_token)
+        SEEN_TOKENS.append(activity.info().task_token)
         spec = pb.AgentExecutionSpec(agent_id="researcher", message=request.prompt)
         await self.hs.defer(spec, execution_id=request.execution_id)
 
     @activity.defn
     async def run_pipeline(self, request: PipelineRequest) -> PipelineResult:
         self.tokens_seen.append(activity.info().task_token)
+        SEEN_TOKENS.append(activity.info().task_token)
         spec = pb.WorkflowExecutionSpec(workflow_instance_id="sum-pipeline", trigger_message="sum")
         await self.hs.defer_to_workflow(
             ChildPipeline.run,
@@ -83,6 +89,7 @@ class CallerActivities:
     async def run_agent_flaky(self, request: AgentRequest) -> AgentAnswer:
         """Attempt 1 arms its callback, then crashes; attempt 2 defers and re-binds to the same child."""
         self.tokens_seen.append(activity.info().task_token)
+        SEEN_TOKENS.append(activity.info().task_token)
         spec = pb.AgentExecutionSpec(agent_id="researcher", message=request.prompt)
         if activity.info().attempt == 1:
             await self.hs.create(spec, execution_id=request.execution_id, token=activity.info().task_token)
@@ -93,6 +100,7 @@ class CallerActivities:
     async def run_agent_instant(self, request: AgentRequest) -> AgentAnswer:
         """The child finishes before this activity has returned "pending"."""
         self.tokens_seen.append(activity.info().task_token)
+        SEEN_TOKENS.append(activity.info().task_token)
         spec = pb.AgentExecutionSpec(agent_id="researcher", message=request.prompt)
         execution_id = await self.hs.create(spec, execution_id=request.execution_id, token=activity.info().task_token)
         self.instant_settlement = await self.hs.succeed(execution_id, expected_answer(request.prompt))

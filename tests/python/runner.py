@@ -4,19 +4,23 @@
 
 MODE is succeed (JSON result), fail (JSON {message, type, non_retryable, details}), cancel (heartbeat
 until the parent asks to cancel, then report it), hold (claim and wait to be killed) or timed (JSON
-{"ids", "pause"}: succeed each id in turn, a pause apart, and report when each settle had returned).
+{"ids", "pause"}: succeed each id in turn, a pause apart, and report when each settle had returned) or
+metrics (JSON {"ids"}: succeed each with its answer, try one unknown id, then report what this process's
+metrics endpoint serves).
 Prints one JSON line: {"pid", "outcome", ...}.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
+import urllib.request
 
-from stigmer_handshake import Handshake
+from stigmer_handshake import ExecutionNotFound, Handshake
 
 
 async def main(store: str, temporal: str, mode: str, execution_id: str, arg: str) -> dict[str, object]:
@@ -41,6 +45,15 @@ async def main(store: str, temporal: str, mode: str, execution_id: str, arg: str
             settlement = await hs.succeed(each, {"done": each})
             settled_at[each] = time.time()
         report["settled_at"] = settled_at
+    elif mode == "metrics":
+        for each, answer in json.loads(arg)["answers"].items():
+            settlement = await hs.succeed(each, answer)
+        with contextlib.suppress(ExecutionNotFound):
+            await hs.succeed("no-such-execution", None)
+        with hs.serve_metrics() as server:
+            reply = await asyncio.to_thread(urllib.request.urlopen, server.url)
+            report["content_type"] = reply.headers["Content-Type"]
+            report["metrics"] = reply.read().decode()
     elif mode == "hold":  # claim it, so this process heartbeats its parent, and wait to be killed
         [claimed] = await hs.claim("agent", lease=1.0)
         print(json.dumps({"pid": os.getpid(), "claimed": claimed.metadata.id}), flush=True)

@@ -1,4 +1,4 @@
-"""The examples and the demo are real programs: run each one as a user would."""
+"""The examples are real programs: run each one as a user would (the demo: test_cli)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,3 @@ def test_workflow_path_example() -> None:
     out = run("workflow_path.py")
     assert "parent workflow got: Receipt(order_size=2, status='shipped')" in out
     assert "phase COMPLETED" in out
-
-
-@pytest.mark.timeout(200)
-def test_demo_fans_out_through_four_slots() -> None:
-    out = run("demo.py", "--executions", "50", "--slots", "4")
-    assert "50 agent runs, every parent activity got its typed result" in out
-    assert "activity slots       4" in out
-    assert "faster than blocking" in out

@@ -1,6 +1,6 @@
 """Benchmarks, each figure beside its baseline measured in the same run.
 
-    make bench            (or: python benchmarks/bench.py --json bench-results.json)
+    stigmer-handshake bench --out bench-results.json        (make bench: the same, on the release build)
 
 Starts its own Temporal dev server and SQLite store, and uses a schema of its own in PostgreSQL for B2's
 third path (STIGMER_HANDSHAKE_TEST_POSTGRES, or the local server; said so when there is none). Absolute
@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -153,7 +154,7 @@ class Bench:
         The raw path's tokens go to that process through a pipe, never through a file or a log."""
         listing = "".join(f"{c.key} {self.callers.raw_tokens[c.key].hex() if path == 'raw' else ''}\n" for c in calls)
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).with_name("settle.py")), path, self.store, self.server.url,
+            [sys.executable, "-m", "stigmer_handshake.bench.settle", path, self.store, self.server.url,
              str(concurrency)],
             input=listing, capture_output=True, text=True, check=True,
         )  # fmt: skip
@@ -222,11 +223,11 @@ class Bench:
             handles = await self.fan_out(calls, task_queue, per_parent=500)
             await self.wait_all_pending(calls, raw=False)
             holder = subprocess.run(
-                [sys.executable, str(Path(__file__).with_name("hold.py")), self.store, self.server.url,
+                [sys.executable, "-m", "stigmer_handshake.bench.hold", self.store, self.server.url,
                  str(n), str(hold)],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
-            figures = json.loads(holder.stdout.strip().splitlines()[-1])
+            figures: dict[str, float] = json.loads(holder.stdout.strip().splitlines()[-1])
             for call in calls:
                 await self.hs.succeed(call.key, call.key, wait_for_delivery=False)
             await asyncio.gather(*(h.result() for h in handles))
@@ -285,7 +286,10 @@ def table(results: dict[str, dict[str, float]]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
     header = ("figure", "setting", "stigmer-handshake", "baseline", "result", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)])
 
 
@@ -302,7 +306,7 @@ async def main(args: argparse.Namespace) -> None:
                 hs = await Handshake.connect(store=schema.url, temporal=server.url)
                 postgres = Bench(client, server, schema.url, hs)
             results: dict[str, dict[str, float]] = {}
-            runs = {
+            runs: dict[str, Callable[[], Awaitable[dict[str, float]]]] = {
                 "B1": lambda: bench.b1_slots(args.b1_n, 1.0, 10),
                 "B2": lambda: bench.b2_b4_throughput(args.b2_n, 64, postgres),
                 "B3": lambda: bench.b3_latency(args.b3_n),
@@ -313,24 +317,27 @@ async def main(args: argparse.Namespace) -> None:
                     print(f"{name} ...", file=sys.stderr, flush=True)
                     results[name] = await run()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    figures = json.dumps({"machine": machine, "postgres_missing": postgres_missing, "results": results}, indent=2)
+    if args.out:
+        Path(args.out).write_text(figures)
+    if args.json:
+        print(figures)
+        return
     print(f"\nstigmer-handshake benchmarks ({machine})")
     if postgres_missing:
         print(f"PostgreSQL (B2 c) not measured: {postgres_missing}")
     print()
     print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
-        print(f"\nfigures written to {args.json}")
+    if args.out:
+        print(f"\nfigures written to {args.out}")
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--b1-n", type=int, default=500)
     parser.add_argument("--b2-n", type=int, default=2000)
     parser.add_argument("--b3-n", type=int, default=200)
     parser.add_argument("--b5-n", type=int, default=10_000)
     parser.add_argument("--b5-hold", type=float, default=30.0)
-    parser.add_argument("--json", default="bench-results.json")
+    parser.add_argument("--out", default="bench-results.json", help="write the figures here as JSON ('' for none)")
     parser.add_argument("--no-postgres", dest="postgres", action="store_false", help="skip B2's PostgreSQL path")
     parser.add_argument("--only", nargs="*", choices=["B1", "B2", "B3", "B5"], help="run these figures only")
-    asyncio.run(main(parser.parse_args()))

@@ -1,6 +1,6 @@
 """B5's runner process: claim N pending executions, hold (and pump) them, report memory and CPU.
 
-python benchmarks/hold.py STORE TEMPORAL N HOLD_SECONDS   -> one JSON line
+python -m stigmer_handshake.bench.hold STORE TEMPORAL N HOLD_SECONDS   -> one JSON line
 """
 
 from __future__ import annotations

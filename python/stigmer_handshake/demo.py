@@ -1,6 +1,6 @@
 """The main job: one parent workflow fans out many agent runs through a handful of activity slots.
 
-    make demo        (or: python examples/demo.py --executions 60 --slots 4)
+    stigmer-handshake demo --executions 60 --slots 4        (or: make demo)
 
 Everything is real and local: its own Temporal dev server, an SQLite store in a temporary folder, a
 Temporal worker with only SLOTS activity slots, and an agent runner in a separate process. Each caller
@@ -18,8 +18,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
@@ -94,8 +94,8 @@ async def progress(hs: Handshake, total: int, runner: asyncio.subprocess.Process
         await asyncio.sleep(0.2)
 
 
-def seconds(ts: object) -> float:
-    return ts.seconds + ts.nanos / 1e9  # type: ignore[attr-defined]
+def seconds(ts: Timestamp) -> float:
+    return float(ts.seconds + ts.nanos / 1e9)
 
 
 async def main(executions: int, slots: int) -> None:
@@ -105,9 +105,16 @@ async def main(executions: int, slots: int) -> None:
             client = await Client.connect(server.address)
             store = sqlite_url(tmp)
             hs = await Handshake.connect(store=store, temporal=server.url)
-            runner_script = str(Path(__file__).resolve().parent / "agent_runner.py")
             runner = await asyncio.create_subprocess_exec(
-                sys.executable, runner_script, "--store", store, "--temporal", server.url, "--count", str(executions)
+                sys.executable,
+                "-m",
+                "stigmer_handshake.agent_runner",
+                "--store",
+                store,
+                "--temporal",
+                server.url,
+                "--count",
+                str(executions),
             )
             task_queue = f"demo-{uuid.uuid4()}"
             questions = [Question(f"agent-{i:03d}", f"question {i}") for i in range(executions)]
@@ -148,9 +155,6 @@ async def main(executions: int, slots: int) -> None:
     print(f"  handshake advantage  {blocking / wall:.1f}x faster than blocking")
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--executions", type=int, default=60)
-    parser.add_argument("--slots", type=int, default=4)
-    args = parser.parse_args()
-    asyncio.run(main(args.executions, args.slots))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executions", type=int, default=60, help="agent runs the parent fans out")
+    parser.add_argument("--slots", type=int, default=4, help="the worker's activity slots")

@@ -1,6 +1,6 @@
 """An agent runner: claims pending AgentExecutions, runs them, and settles each parent activity.
 
-    python examples/agent_runner.py --store sqlite:///handshake.db --temporal http://127.0.0.1:7233
+    python -m stigmer_handshake.agent_runner --store sqlite:///handshake.db --temporal http://127.0.0.1:7233
 
 It is a separate process from the Temporal worker that deferred the work: all it shares with the worker
 is the store. Each "agent" here thinks for a while, reports progress, and answers.
@@ -45,6 +45,7 @@ async def main(store: str, temporal: str, count: int, concurrency: int) -> None:
         room = concurrency - len(running)
         claimed = await hs.claim("agent", limit=room) if room > 0 else []
         for execution in claimed:
+            assert isinstance(execution, pb.AgentExecution)
             task = asyncio.create_task(run_agent(hs, execution))
             running.add(task)
         done = {t for t in running if t.done()}

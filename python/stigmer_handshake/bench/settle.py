@@ -1,6 +1,8 @@
 """B2/B4's settling process: settle every pending activity listed in a file, and report wall and CPU time.
 
-    python benchmarks/settle.py raw|sqlite|postgres STORE TEMPORAL_URL CONCURRENCY < LISTING   -> one JSON line
+    python -m stigmer_handshake.bench.settle raw|sqlite|postgres STORE TEMPORAL_URL CONCURRENCY < LISTING
+
+prints one JSON line.
 
 Each path settles from a process of its own, so the CPU figure is the settling side's alone (not the
 worker's workflow tasks). The listing on standard input has one line per activity: its key, and for

@@ -1,0 +1,369 @@
+"""The `stigmer-handshake` command: look at and act on what is waiting.
+
+Exit codes: 0 done; 1 an unexpected error; 2 bad arguments or input (nothing was changed); 3 no such
+execution, or its phase does not allow it; 4 the store or Temporal cannot be reached (or refused us);
+5 settled, but the parent activity was not told (it is gone, or the callback was dead-lettered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stigmer_handshake import _core
+from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Executions, Handshake
+
+EXAMPLES = """\
+examples:
+  stigmer-handshake inspect-token "$(base64 -w0 token.bin)"
+  stigmer-handshake inspect-token --file token.bin --json
+  stigmer-handshake --store sqlite:///handshake.db list --state armed
+  stigmer-handshake --store postgres://app@db:5432/agents list --phase IN_PROGRESS --json
+  stigmer-handshake show agent-3f2a
+  stigmer-handshake settle agent-3f2a --result '{"answer": 42}'
+  stigmer-handshake settle agent-3f2a --fail "model refused" --type REFUSED --non-retryable
+  stigmer-handshake settle agent-3f2a --cancel
+  stigmer-handshake reconcile                 (one pass)
+  stigmer-handshake reconcile --every 5       (a long-running loop)
+  stigmer-handshake demo --executions 60 --slots 4
+  stigmer-handshake bench --only B1 B2
+
+The store and Temporal come from --store/--temporal, else $STIGMER_HANDSHAKE_STORE and
+$STIGMER_HANDSHAKE_TEMPORAL, else sqlite:///stigmer-handshake.db and http://127.0.0.1:7233.
+"""
+
+OK, FAILED, USAGE, NOT_FOUND, UNAVAILABLE, NOT_TOLD = 0, 1, 2, 3, 4, 5
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit 2, nothing changed)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    # --json is taken before or after the command (SUPPRESS: a command's default must not undo the top's).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    top = argparse.ArgumentParser(
+        prog="stigmer-handshake",
+        description="Inspect and act on Temporal callback tokens held by stigmer-handshake.",
+        epilog=(__doc__ or "").split("\n\n", 1)[-1] + "\n" + EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--json", action="store_true", help="print JSON instead of text")
+    top.add_argument("--store", default=os.environ.get("STIGMER_HANDSHAKE_STORE", DEFAULT_STORE), help="store URL")
+    top.add_argument(
+        "--temporal", default=os.environ.get("STIGMER_HANDSHAKE_TEMPORAL", DEFAULT_TEMPORAL), help="Temporal URL"
+    )
+    top.add_argument("--namespace", default="default", help="Temporal namespace")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help, description=help, epilog=f"example:\n  {example}", parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+
+    inspect = command(
+        "inspect-token", "decode a task token (base64 or hex) and print its fields and fingerprint",
+        'stigmer-handshake inspect-token "$(base64 -w0 token.bin)"',
+    )  # fmt: skip
+    source = inspect.add_mutually_exclusive_group(required=True)
+    source.add_argument("token", nargs="?", help="the token as base64 or hex; - reads it from standard input")
+    source.add_argument("--file", type=Path, help="a file holding the token (raw bytes, base64 or hex)")
+
+    listing = command("list", "list executions with their callback state and age", "stigmer-handshake list --json")
+    listing.add_argument("--kind", choices=["agent", "workflow"])
+    listing.add_argument("--phase", choices=["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"])
+    listing.add_argument("--state", choices=["armed", "due", "delivering", "delivered", "gone", "dead", "none"])
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
+    show = command("show", "show one execution", "stigmer-handshake show agent-3f2a")
+    show.add_argument("execution")
+
+    settle = command(
+        "settle", "end an execution and tell its parent activity",
+        "stigmer-handshake settle agent-3f2a --result '{\"answer\": 42}'",
+    )  # fmt: skip
+    settle.add_argument("execution")
+    how = settle.add_mutually_exclusive_group(required=True)
+    how.add_argument("--result", metavar="JSON", help="complete with this JSON value")
+    how.add_argument("--fail", metavar="MESSAGE", help="fail with this message")
+    how.add_argument("--cancel", action="store_true", help="report cancellation")
+    settle.add_argument("--type", default="", help="failure type (with --fail)")
+    settle.add_argument("--non-retryable", action="store_true", help="the failure is final (with --fail)")
+    settle.add_argument("--details", metavar="JSON", help="failure or cancellation details")
+    settle.add_argument("--no-wait", action="store_true", help="return once recorded; deliver in the background")
+
+    reconcile = command(
+        "reconcile", "deliver what is due and fail parents of closed children; once, or --every N seconds",
+        "stigmer-handshake reconcile --every 5",
+    )  # fmt: skip
+    reconcile.add_argument("--every", type=float, metavar="SECONDS", help="keep running, a pass every SECONDS")
+
+    from stigmer_handshake import bench, demo
+
+    demo.add_arguments(
+        command("demo", "fan out agent runs through a few slots on a dev server", "stigmer-handshake demo")
+    )
+    bench.add_arguments(command("bench", "run the benchmarks beside their baselines", "stigmer-handshake bench"))
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except UsageError as err:
+        return fail(args, USAGE, "usage", str(err))
+    except (_core.InvalidInput, _core.TokenError) as err:
+        return fail(args, USAGE, type(err).__name__, str(err))
+    except (_core.ExecutionNotFound, _core.InvalidState) as err:
+        return fail(args, NOT_FOUND, type(err).__name__, str(err))
+    except (_core.StoreUnavailable, _core.StoreAuthError, _core.SchemaMismatch, _core.ConnectError) as err:
+        return fail(args, UNAVAILABLE, type(err).__name__, str(err))
+    except _core.HandshakeError as err:
+        return fail(args, FAILED, type(err).__name__, str(err))
+    except KeyboardInterrupt:
+        return 130
+
+
+def fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
+    if args.json:
+        print(json.dumps({"error": kind, "message": message, "exit_code": code}))
+    else:
+        print(f"stigmer-handshake: {kind}: {message}", file=sys.stderr)
+    return code
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.command == "inspect-token":
+        return inspect_token(args)
+    if args.command == "demo":
+        from stigmer_handshake import demo
+
+        await demo.main(args.executions, args.slots)
+        return OK
+    if args.command == "bench":
+        from stigmer_handshake import bench
+
+        await bench.main(args)
+        return OK
+    needs_temporal = args.command in ("settle", "reconcile")
+    if args.command == "settle":
+        outcome_args(args)  # bad JSON is refused before anything is opened
+    hs = await Handshake.connect(
+        store=args.store, temporal=args.temporal if needs_temporal else None, namespace=args.namespace
+    )
+    if args.command == "list":
+        return await list_executions(hs, args)
+    if args.command == "show":
+        emit(args, describe(await hs.inspect(args.execution)))
+        return OK
+    if args.command == "settle":
+        return await settle(hs, args)
+    return await reconcile(hs, args)
+
+
+def read_token(args: argparse.Namespace) -> bytes:
+    if args.file is not None:
+        try:
+            raw: bytes = args.file.read_bytes()
+        except OSError as err:
+            raise UsageError(f"cannot read {args.file}: {err.strerror}") from None
+        try:
+            return decode_text(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, UsageError):
+            return raw  # the token's own bytes (TaskToken says if they are not a token)
+    text = sys.stdin.read().strip() if args.token == "-" else args.token.strip()
+    return decode_text(text)
+
+
+def decode_text(text: str) -> bytes:
+    """Hex if it is hex, else base64 (standard or URL-safe)."""
+    if not text:
+        raise UsageError("the token is empty")
+    if len(text) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return bytes.fromhex(text)
+    try:
+        padded = text + "=" * (-len(text) % 4)
+        return base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise UsageError("the token is neither hex nor base64") from None
+
+
+def inspect_token(args: argparse.Namespace) -> int:
+    token = _core.TaskToken(read_token(args))
+    emit(
+        args,
+        {
+            "fingerprint": token.fingerprint,
+            "namespace_id": token.namespace_id,
+            "workflow_id": token.workflow_id,
+            "run_id": token.run_id,
+            "workflow_type": token.workflow_type,
+            "activity_id": token.activity_id,
+            "activity_type": token.activity_type,
+            "attempt": token.attempt,
+            "scheduled_event_id": token.scheduled_event_id,
+        },
+    )
+    return OK
+
+
+def age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
+def describe(e: _core.Execution) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "id": e.id,
+        "kind": e.kind,
+        "phase": e.phase,
+        "callback_state": e.callback_state,
+        "token_fingerprint": e.token_fingerprint,
+        "parent_workflow_id": e.parent_workflow_id,
+        "parent_run_id": e.parent_run_id,
+        "parent_activity_id": e.parent_activity_id,
+        "parent_attempt": e.parent_attempt,
+        "callback_outcome": e.callback_outcome,
+        "gone_reason": e.gone_reason,
+        "delivery_attempts": e.delivery_attempts,
+        "last_error": e.last_error,
+        "age_seconds": round(now - e.created_at, 3),
+        "idle_seconds": round(now - e.updated_at, 3),
+    }
+
+
+async def list_executions(hs: Handshake, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    records = await hs.list(args.kind, args.phase, args.limit if args.state is None else 1_000_000)
+    if args.state is not None:
+        wanted = None if args.state == "none" else args.state
+        records = Executions([r for r in records if r.callback_state == wanted][: args.limit])
+    rows = [describe(r) for r in records]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return OK
+    columns = ("id", "kind", "phase", "callback", "token", "age", "idle")
+    table = [
+        (r["id"], r["kind"], r["phase"], r["callback_state"] or "-", r["token_fingerprint"] or "-",
+         age(r["age_seconds"]), age(r["idle_seconds"]))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
+    for row in [columns, *table]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r["callback_state"] or "none"] = states.get(r["callback_state"] or "none", 0) + 1
+    print(f"\n{len(rows)} executions" + "".join(f", {n} {s}" for s, n in sorted(states.items())))
+    return OK
+
+
+def parse_json(text: str | None, option: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{option} is not valid JSON: {err}") from None
+
+
+def outcome_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    if (args.type or args.non_retryable) and args.fail is None:
+        raise UsageError("--type and --non-retryable go with --fail")
+    return parse_json(args.result, "--result"), parse_json(args.details, "--details")
+
+
+async def settle(hs: Handshake, args: argparse.Namespace) -> int:
+    result, details = outcome_args(args)
+    wait = not args.no_wait
+    if args.result is not None:
+        settlement = await hs.succeed(args.execution, result, wait_for_delivery=wait)
+    elif args.fail is not None:
+        settlement = await hs.fail(
+            args.execution, args.fail, type=args.type, non_retryable=args.non_retryable,
+            details=() if details is None else (details,), wait_for_delivery=wait,
+        )  # fmt: skip
+    else:
+        extra = () if details is None else (details,)
+        settlement = await hs.cancel(args.execution, *extra, wait_for_delivery=wait)
+    emit(
+        args,
+        {
+            "execution_id": settlement.execution_id,
+            "outcome": settlement.outcome,
+            "reason": settlement.reason,
+            "detail": settlement.detail,
+        },
+    )
+    return NOT_TOLD if settlement.outcome in ("activity_gone", "dead_lettered") else OK
+
+
+async def reconcile(hs: Handshake, args: argparse.Namespace) -> int:
+    if args.every is not None and args.every <= 0:
+        raise UsageError("--every must be a positive number of seconds")
+    while True:
+        due = [r for r in await hs.list(limit=1_000_000) if r.callback_state in ("due", "delivering")]
+        report = await with_progress(hs, len(due), hs.reconcile(), quiet=args.json)
+        emit(
+            args,
+            {
+                "delivered": report.delivered,
+                "gone": report.gone,
+                "dead_lettered": report.dead_lettered,
+                "retrying": report.retrying,
+                "children_failed": report.children_failed,
+                "orphaned": report.orphaned,
+            },
+        )
+        if args.every is None:
+            return OK
+        await asyncio.sleep(args.every)
+
+
+async def with_progress(hs: Handshake, total: int, work: Any, *, quiet: bool) -> Any:
+    """Await `work`, drawing a bar of the due callbacks delivered so far on a terminal's stderr."""
+    task = asyncio.ensure_future(work)
+    if quiet or total == 0 or not sys.stderr.isatty():
+        return await task
+    while not task.done():
+        left = sum(r.callback_state in ("due", "delivering") for r in await hs.list(limit=1_000_000))
+        done = max(total - left, 0)
+        filled = 30 * done // total
+        print(f"\r  delivering [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr)
+        await asyncio.wait({task}, timeout=0.2)
+    print(file=sys.stderr)
+    return await task
+
+
+def emit(args: argparse.Namespace, fields: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(fields, indent=2))
+        return
+    width = max(len(k) for k in fields)
+    for key, value in fields.items():
+        if value is not None:
+            print(f"{key.ljust(width)}  {value}")
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,188 @@
+//! Keeping the task token secret at rest, and settling without it: the token keyring (AES-256-GCM) and
+//! scoped settle capabilities (HMAC-SHA256).
+//!
+//! Whoever holds a task token can settle the parent activity. With a keyring, the store keeps only
+//! `nonce || ciphertext` and the id of the key that sealed it (so keys can rotate: the first key seals,
+//! every key opens); the execution id is the associated data, so a sealed token cannot be moved to
+//! another row. A capability lets code that must not see the store or the token (an untrusted agent)
+//! settle exactly one execution, with the outcomes it was granted, until it expires.
+
+use std::collections::HashMap;
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::Aes256Gcm;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::errors::{Error, Result};
+
+const NONCE_LEN: usize = 12;
+
+/// The keys tokens are sealed with at rest. Empty: tokens are stored as they are.
+#[derive(Default)]
+pub struct Keyring {
+    current: Option<String>,
+    keys: HashMap<String, Aes256Gcm>,
+}
+
+impl Keyring {
+    /// `keys` in order of preference: the first seals new tokens, all of them open stored ones.
+    pub fn new(keys: Vec<(String, Vec<u8>)>) -> Result<Self> {
+        let mut ring = Keyring::default();
+        for (id, key) in keys {
+            if id.is_empty() || id.len() > 64 {
+                return Err(Error::InvalidArgument("a token key id must be 1 to 64 characters".into()));
+            }
+            let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| {
+                Error::InvalidArgument(format!("token key {id:?} must be 32 bytes (AES-256), not {}", key.len()))
+            })?;
+            if ring.keys.insert(id.clone(), cipher).is_some() {
+                return Err(Error::InvalidArgument(format!("token key id {id:?} is given twice")));
+            }
+            ring.current.get_or_insert(id);
+        }
+        Ok(ring)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// What to store for `token` of execution `id`: (bytes, key id), or the token itself without a key.
+    pub fn seal(&self, id: &str, token: &[u8]) -> Result<(Vec<u8>, Option<String>)> {
+        let Some(key_id) = &self.current else { return Ok((token.to_vec(), None)) };
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let sealed = self.keys[key_id]
+            .encrypt(&nonce, Payload { msg: token, aad: id.as_bytes() })
+            .map_err(|_| Error::TokenKey(format!("could not seal the token of {id:?}")))?;
+        Ok(([nonce.as_slice(), &sealed].concat(), Some(key_id.clone())))
+    }
+
+    /// The token back from what the store holds for execution `id`.
+    pub fn open(&self, id: &str, stored: &[u8], key_id: Option<&str>) -> Result<Vec<u8>> {
+        let Some(key_id) = key_id else { return Ok(stored.to_vec()) };
+        let cipher = self.keys.get(key_id).ok_or_else(|| {
+            Error::TokenKey(format!(
+                "the token of {id:?} is sealed with key {key_id:?}, which this process does not have"
+            ))
+        })?;
+        if stored.len() < NONCE_LEN {
+            return Err(Error::TokenKey(format!("the sealed token of {id:?} is truncated")));
+        }
+        let (nonce, sealed) = stored.split_at(NONCE_LEN);
+        cipher
+            .decrypt(nonce.into(), Payload { msg: sealed, aad: id.as_bytes() })
+            .map_err(|_| Error::TokenKey(format!("key {key_id:?} does not open the token of {id:?} (wrong key?)")))
+    }
+}
+
+/// What a capability allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub execution_id: String,
+    /// Among "complete", "fail", "cancel".
+    pub outcomes: Vec<String>,
+    pub expires_ms: i64,
+}
+
+const CAPABILITY_PREFIX: &str = "shc1";
+
+/// Sign a grant: `shc1.<hex JSON>.<hex HMAC-SHA256>`.
+pub fn grant(key: &[u8], grant: &Grant) -> Result<String> {
+    for outcome in &grant.outcomes {
+        if !matches!(outcome.as_str(), "complete" | "fail" | "cancel") {
+            return Err(Error::InvalidArgument(format!(
+                "a capability grants \"complete\", \"fail\" or \"cancel\", not {outcome:?}"
+            )));
+        }
+    }
+    if grant.outcomes.is_empty() {
+        return Err(Error::InvalidArgument("a capability must grant at least one outcome".into()));
+    }
+    let body = serde_json::json!({"e": grant.execution_id, "o": grant.outcomes, "x": grant.expires_ms}).to_string();
+    let body = hex::encode(body);
+    Ok(format!("{CAPABILITY_PREFIX}.{body}.{}", hex::encode(mac(key, &body)?.finalize().into_bytes())))
+}
+
+/// Check a capability for settling `execution_id` with `outcome` at `now_ms`.
+pub fn verify(key: &[u8], capability: &str, execution_id: &str, outcome: &str, now_ms: i64) -> Result<Grant> {
+    let refuse = |why: &str| Error::Capability(why.to_owned());
+    let mut parts = capability.split('.');
+    let (Some(CAPABILITY_PREFIX), Some(body), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(refuse("malformed capability"));
+    };
+    let signature = hex::decode(signature).map_err(|_| refuse("malformed capability"))?;
+    mac(key, body)?.verify_slice(&signature).map_err(|_| refuse("capability signature does not match"))?;
+    let body = hex::decode(body).map_err(|_| refuse("malformed capability"))?;
+    let fields: serde_json::Value = serde_json::from_slice(&body).map_err(|_| refuse("malformed capability"))?;
+    let grant = Grant {
+        execution_id: fields["e"].as_str().unwrap_or_default().to_owned(),
+        outcomes: fields["o"]
+            .as_array()
+            .map(|o| o.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
+        expires_ms: fields["x"].as_i64().unwrap_or_default(),
+    };
+    if grant.execution_id != execution_id {
+        return Err(refuse(&format!("the capability is for execution {:?}, not {execution_id:?}", grant.execution_id)));
+    }
+    if !grant.outcomes.iter().any(|o| o == outcome) {
+        return Err(refuse(&format!("the capability does not allow {outcome:?} (it allows {:?})", grant.outcomes)));
+    }
+    if now_ms >= grant.expires_ms {
+        return Err(refuse("the capability has expired"));
+    }
+    Ok(grant)
+}
+
+fn mac(key: &[u8], body: &str) -> Result<Hmac<Sha256>> {
+    if key.len() < 16 {
+        return Err(Error::InvalidArgument("the capability key must be at least 16 bytes".into()));
+    }
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    mac.update(body.as_bytes());
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_tokens_open_only_with_their_key_and_row() {
+        let ring = Keyring::new(vec![("k2".into(), vec![7; 32]), ("k1".into(), vec![1; 32])]).unwrap();
+        let (sealed, key_id) = ring.seal("e1", b"secret token").unwrap();
+        assert_eq!(key_id.as_deref(), Some("k2"));
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(ring.open("e1", &sealed, key_id.as_deref()).unwrap(), b"secret token");
+        assert!(matches!(ring.open("e2", &sealed, Some("k2")), Err(Error::TokenKey(_))), "bound to its row");
+        assert!(matches!(ring.open("e1", &sealed, Some("k1")), Err(Error::TokenKey(_))), "wrong key");
+        assert!(matches!(ring.open("e1", &sealed, Some("k9")), Err(Error::TokenKey(_))), "unknown key");
+        assert!(matches!(ring.open("e1", &sealed[..5], Some("k2")), Err(Error::TokenKey(_))));
+        assert_eq!(Keyring::default().open("e1", b"plain", None).unwrap(), b"plain");
+        assert!(Keyring::new(vec![("k".into(), vec![0; 16])]).is_err(), "AES-256 only");
+    }
+
+    #[test]
+    fn capabilities_allow_one_execution_its_outcomes_until_expiry() {
+        let key = [9u8; 32];
+        let g = Grant { execution_id: "e1".into(), outcomes: vec!["complete".into()], expires_ms: 2_000 };
+        let cap = grant(&key, &g).unwrap();
+        assert_eq!(verify(&key, &cap, "e1", "complete", 1_000).unwrap(), g);
+        for (cap, id, outcome, now) in [
+            (cap.as_str(), "e2", "complete", 1_000),
+            (cap.as_str(), "e1", "fail", 1_000),
+            (cap.as_str(), "e1", "complete", 2_000),
+            ("shc1.00.00", "e1", "complete", 1_000),
+            ("garbage", "e1", "complete", 1_000),
+        ] {
+            assert!(matches!(verify(&key, cap, id, outcome, now), Err(Error::Capability(_))), "{cap} {id} {outcome}");
+        }
+        assert!(matches!(verify(&[8u8; 32], &cap, "e1", "complete", 1_000), Err(Error::Capability(_))));
+        let mut forged = cap.clone();
+        forged.replace_range(5..7, "00");
+        assert!(matches!(verify(&key, &forged, "e1", "complete", 1_000), Err(Error::Capability(_))));
+    }
+}

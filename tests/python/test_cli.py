@@ -1,0 +1,191 @@
+"""The `stigmer-handshake` command, run as a subprocess against a real dev server and store, with good and
+bad arguments: each bad one gets a clear message and a non-zero exit, and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from stigmer_handshake import Handshake, TaskToken
+
+from conftest import TRANSCRIPT, Env
+from flows import AgentAnswer, AgentParent, AgentRequest
+
+CLI = [sys.executable, "-m", "stigmer_handshake.cli"]
+#: The console script `pip install` puts beside this Python.
+SCRIPT = str(Path(sys.executable).parent / "stigmer-handshake")
+
+
+async def cli(env: Env, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [*CLI, "--store", env.store, "--temporal", env.server.url, *args]
+    done = await asyncio.to_thread(
+        subprocess.run, command, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+    TRANSCRIPT.extend([done.stdout, done.stderr])
+    return done
+
+
+def json_out(done: subprocess.CompletedProcess[str]) -> Any:
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def pending_parent(env: Env, prompt: str = "tides") -> tuple[AgentRequest, WorkflowHandle[Any, Any]]:
+    request = AgentRequest(f"cli-{uuid.uuid4().hex[:8]}", prompt)
+    handle = await env.client.start_workflow(
+        AgentParent.run, request, id=f"cli-{uuid.uuid4()}", task_queue=env.task_queue
+    )
+    await env.wait_for_execution(request.execution_id)
+    return request, handle
+
+
+async def test_inspect_token_decodes_base64_hex_and_files_and_never_prints_the_token(env: Env, tmp_path: Path) -> None:
+    request, handle = await pending_parent(env)
+    token = (await env.hs.get(request.execution_id, include_token=True)).status.callback_token
+    expected = TaskToken(token)
+    raw = tmp_path / "token.bin"
+    raw.write_bytes(token)
+    for args, stdin in (
+        ([base64.b64encode(token).decode()], None),
+        ([token.hex()], None),
+        (["-"], base64.urlsafe_b64encode(token).decode().rstrip("=")),
+        (["--file", str(raw)], None),
+    ):
+        done = await cli(env, "inspect-token", *args, "--json", stdin=stdin)
+        fields = json_out(done)
+        assert fields["fingerprint"] == expected.fingerprint
+        assert (fields["workflow_id"], fields["activity_id"], fields["attempt"]) == (
+            handle.id, expected.activity_id, 1,
+        )  # fmt: skip
+        for form in (token.hex(), base64.b64encode(token).decode()):
+            assert form[:16] not in done.stdout + done.stderr
+    text = await cli(env, "inspect-token", token.hex())
+    assert text.returncode == 0 and f"fingerprint         {expected.fingerprint}" in text.stdout
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    for bad in (["not a token!"], [base64.b64encode(b"\xff" * 40).decode()], ["--file", str(empty)],
+                ["--file", str(tmp_path / "missing")], []):  # fmt: skip
+        done = await cli(env, "inspect-token", *bad)
+        assert done.returncode == 2, (bad, done.stdout, done.stderr)
+        assert "stigmer-handshake" in done.stderr or "usage:" in done.stderr
+
+
+async def test_list_and_show_report_callbacks_with_ages(env: Env) -> None:
+    request, _ = await pending_parent(env)
+    rows = json_out(await cli(env, "list", "--json"))
+    [row] = [r for r in rows if r["id"] == request.execution_id]
+    assert row["callback_state"] == "armed" and row["token_fingerprint"].startswith("tok-")
+    assert 0 <= row["age_seconds"] < 60
+    assert [r["id"] for r in json_out(await cli(env, "list", "--state", "armed", "--json"))] == [request.execution_id]
+    assert json_out(await cli(env, "list", "--state", "delivered", "--json")) == []
+    table = await cli(env, "list")
+    assert request.execution_id in table.stdout and "1 executions, 1 armed" in table.stdout
+
+    shown = json_out(await cli(env, "--json", "show", request.execution_id))
+    assert shown["phase"] == "PENDING" and shown["parent_activity_id"]
+
+    missing = await cli(env, "show", "no-such-execution")
+    assert missing.returncode == 3 and "no execution with id" in missing.stderr
+    for bad in (["list", "--phase", "NOPE"], ["list", "--limit", "0"], ["nope"], ["show"]):
+        done = await cli(env, *bad)
+        assert done.returncode == 2, (bad, done.stderr)
+
+
+async def test_settle_tells_the_parent_and_bad_arguments_change_nothing(env: Env) -> None:
+    request, handle = await pending_parent(env)
+    for bad in (
+        ["settle", request.execution_id, "--result", "{not json"],
+        ["settle", request.execution_id, "--result", "1", "--type", "X"],
+        ["settle", request.execution_id, "--result", "1", "--cancel"],
+        ["settle", request.execution_id],
+        ["settle", request.execution_id, "--fail", "x", "--details", "{"],
+    ):
+        done = await cli(env, *bad)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert (await env.hs.inspect(request.execution_id)).phase == "PENDING", "nothing changed"
+
+    answer = {"answer": "TIDES", "tokens_used": 5, "sources": ["cli"]}
+    done = await cli(env, "settle", request.execution_id, "--result", json.dumps(answer), "--json")
+    assert json_out(done)["outcome"] == "delivered"
+    assert await handle.result() == AgentAnswer(**answer)
+    again = json_out(await cli(env, "settle", request.execution_id, "--fail", "late", "--json"))
+    assert again["outcome"] == "already_settled"
+
+    failing, failing_handle = await pending_parent(env, "refuse")
+    done = await cli(env, "settle", failing.execution_id, "--fail", "model refused", "--type", "REFUSED",
+                      "--non-retryable")  # fmt: skip
+    assert done.returncode == 0 and "delivered" in done.stdout
+    with pytest.raises(WorkflowFailureError) as caught:
+        await failing_handle.result()
+    assert isinstance(caught.value.cause, ActivityError)
+    failure = caught.value.cause.cause
+    assert isinstance(failure, ApplicationError)
+    assert (failure.message, failure.type, failure.non_retryable) == ("model refused", "REFUSED", True)
+
+    gone, gone_handle = await pending_parent(env, "gone")
+    await gone_handle.terminate("the operator gave up")
+    done = await cli(env, "settle", gone.execution_id, "--result", "1", "--json")
+    assert done.returncode == 5 and json.loads(done.stdout)["reason"] == "PARENT_WORKFLOW_CLOSED"
+    missing = await cli(env, "settle", "no-such-execution", "--cancel")
+    assert missing.returncode == 3
+
+
+async def test_reconcile_once_and_as_a_loop_delivers_what_is_due(env: Env) -> None:
+    recorder = await Handshake.connect(store=env.store, temporal=None)
+    first, first_handle = await pending_parent(env, "first")
+    await recorder.succeed(first.execution_id, {"answer": "A", "tokens_used": 1, "sources": []})
+    report = json_out(await cli(env, "reconcile", "--json"))
+    assert report["delivered"] == 1
+    assert (await first_handle.result()).answer == "A"
+
+    loop = subprocess.Popen(
+        [*CLI, "--store", env.store, "--temporal", env.server.url, "reconcile", "--every", "0.2", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        second, second_handle = await pending_parent(env, "second")
+        await recorder.succeed(second.execution_id, {"answer": "B", "tokens_used": 1, "sources": []})
+        assert (await asyncio.wait_for(second_handle.result(), timeout=30)).answer == "B"
+        assert loop.poll() is None, "the loop keeps running"
+    finally:
+        loop.send_signal(signal.SIGINT)
+        out, _ = loop.communicate(timeout=30)
+    assert '"delivered": 1' in out
+    bad = await cli(env, "reconcile", "--every", "-1")
+    assert bad.returncode == 2
+
+
+async def test_unreachable_store_exits_4(env: Env) -> None:
+    done = await asyncio.to_thread(
+        subprocess.run, [*CLI, "--store", "postgres://postgres@127.0.0.1:1/test", "list"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 4 and "StoreUnavailable" in done.stderr
+
+
+@pytest.mark.timeout(200)
+def test_demo_and_bench_commands(tmp_path: Path) -> None:
+    demo = subprocess.run([SCRIPT, "demo", "--executions", "50", "--slots", "4"], capture_output=True, text=True,
+                          timeout=180, check=False)  # fmt: skip
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "50 agent runs, every parent activity got its typed result" in demo.stdout
+    assert "activity slots       4" in demo.stdout
+    figures = tmp_path / "bench.json"
+    bench = subprocess.run([*CLI, "bench", "--only", "B3", "--b3-n", "5", "--out", str(figures)],
+                           capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "B3 latency p50" in bench.stdout
+    assert json.loads(figures.read_text())["results"]["B3"]["n"] == 5
