@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the core. No variant ever carries token bytes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid task token: {0}")]
     Token(String),

@@ -55,11 +55,8 @@ pub struct Options {
 
 impl Core {
     pub async fn connect(store_url: &str, temporal: Option<&str>, options: Options) -> Result<Self> {
+        // Without keys tokens are stored as they are; the Python side says so once per process.
         let keyring = Keyring::new(options.token_keys)?;
-        if keyring.is_empty() {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| tracing::warn!("no token keys: task tokens are stored unencrypted"));
-        }
         if options.capability_key.as_ref().is_some_and(|k| !(16..=1024).contains(&k.len())) {
             return Err(Error::InvalidArgument("the capability key must be 16 to 1024 bytes".into()));
         }

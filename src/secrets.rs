@@ -44,10 +44,6 @@ impl Keyring {
         Ok(ring)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// What to store for `token` of execution `id`: (bytes, key id), or the token itself without a key.
     pub fn seal(&self, id: &str, token: &[u8]) -> Result<(Vec<u8>, Option<String>)> {
         let Some(key_id) = &self.current else { return Ok((token.to_vec(), None)) };

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::{Database, Pool, Postgres, Sqlite};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use sql::SqlStore;
 pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, Phase, StatusFields};
@@ -264,7 +264,14 @@ pub struct Store {
     db: Db,
     /// Woken when an execution ends: by this process's settles, and on PostgreSQL by any process's.
     settled: Arc<Notify>,
+    /// Delivery records waiting for the recorder's next transaction (see `record_delivery`).
+    records: mpsc::UnboundedSender<RecordJob>,
 }
+
+/// A delivery to record, and who waits for its commit.
+type RecordJob = (ClaimedCallback, DeliveryResult, oneshot::Sender<Result<()>>);
+/// At most this many delivery records share one transaction.
+const MAX_RECORD_BATCH: usize = 256;
 
 #[derive(Clone)]
 enum Db {
@@ -301,7 +308,9 @@ impl Store {
                 url.split(':').next().unwrap_or_default()
             )));
         };
-        Ok(Self { db, settled })
+        let (records, queue) = mpsc::unbounded_channel();
+        tokio::spawn(record_in_batches(db.clone(), queue));
+        Ok(Self { db, settled, records })
     }
 
     /// Which database this is: "sqlite" or "postgres".
@@ -369,8 +378,14 @@ impl Store {
         on_db!(self, db => db.claim_due(limit, lease_ms).await)
     }
 
+    /// Record what delivering a claimed callback did; returns once that is committed. Deliveries that
+    /// finish while a record is being written share the next transaction (group commit): a burst of
+    /// settles costs a few commits, not one each.
     pub async fn record_delivery(&self, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()> {
-        on_db!(self, db => db.record_delivery(claimed, result).await)
+        let closed = || Error::Store("the store's delivery recorder has stopped".into());
+        let (done, committed) = oneshot::channel();
+        self.records.send((claimed.clone(), result.clone(), done)).map_err(|_| closed())?;
+        committed.await.map_err(|_| closed())?
     }
 
     pub async fn armed_children(&self, limit: i64) -> Result<Vec<(String, String)>> {
@@ -391,6 +406,27 @@ impl Store {
 
     pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
         on_db!(self, db => db.armed_callback(id).await)
+    }
+}
+
+/// The recorder: writes whatever delivery records are queued in one transaction, then the next batch;
+/// it ends when the last `Store` clone is dropped.
+async fn record_in_batches(db: Db, mut queue: mpsc::UnboundedReceiver<RecordJob>) {
+    while let Some(first) = queue.recv().await {
+        let mut records = vec![(first.0, first.1)];
+        let mut waiting = vec![first.2];
+        while records.len() < MAX_RECORD_BATCH {
+            let Ok((claimed, result, done)) = queue.try_recv() else { break };
+            records.push((claimed, result));
+            waiting.push(done);
+        }
+        let written = match &db {
+            Db::Sqlite(db) => db.record_deliveries(&records).await,
+            Db::Postgres(db) => db.record_deliveries(&records).await,
+        };
+        for done in waiting {
+            let _ = done.send(written.clone());
+        }
     }
 }
 

@@ -503,39 +503,16 @@ where
         Ok(claimed)
     }
 
-    /// Record what delivering a claimed callback did. A callback that reached its end (delivered, gone,
-    /// dead) has its token cleared. Only the claim that sent this token can record: if the callback was
-    /// re-bound to a newer attempt meanwhile, the stale result is dropped.
-    pub async fn record_delivery(&self, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()> {
-        let now = now_ms();
-        let (state, last_error, gone_reason, next_attempt_ms) = match result {
-            DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
-            DeliveryResult::Gone(reason, message) => {
-                (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
-            }
-            DeliveryResult::Retry { error, retry_in_ms } => {
-                (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
-            }
-            DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
-        };
-        let ended = state != CallbackState::Due;
-        sqlx::query(
-            "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
-             token = CASE WHEN $2 THEN NULL ELSE token END, \
-             token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
-             gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
-             WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
-        )
-        .bind(state.as_str())
-        .bind(ended)
-        .bind(now)
-        .bind(last_error)
-        .bind(gone_reason)
-        .bind(next_attempt_ms)
-        .bind(claimed.execution_id.as_str())
-        .bind(claimed.token.fingerprint())
-        .execute(&self.pool)
-        .await?;
+    /// Record what delivering claimed callbacks did, all in one transaction (one commit for a burst of
+    /// deliveries). A callback that reached its end (delivered, gone, dead) has its token cleared. Only the
+    /// claim that sent this token can record: if the callback was re-bound to a newer attempt meanwhile,
+    /// the stale result is dropped.
+    pub async fn record_deliveries(&self, deliveries: &[(ClaimedCallback, DeliveryResult)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (claimed, result) in deliveries {
+            record_one(&mut tx, claimed, result).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -634,6 +611,50 @@ where
         let token = self.keyring.open(id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
         Ok(Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?)))
     }
+}
+
+/// One delivery's record, in the caller's transaction.
+async fn record_one<DB>(tx: &mut Transaction<'_, DB>, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+{
+    let now = now_ms();
+    let (state, last_error, gone_reason, next_attempt_ms) = match result {
+        DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
+        DeliveryResult::Gone(reason, message) => {
+            (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
+        }
+        DeliveryResult::Retry { error, retry_in_ms } => {
+            (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
+        }
+        DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
+    };
+    let ended = state != CallbackState::Due;
+    sqlx::query(
+        "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
+         token = CASE WHEN $2 THEN NULL ELSE token END, \
+         token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
+         gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
+         WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
+    )
+    .bind(state.as_str())
+    .bind(ended)
+    .bind(now)
+    .bind(last_error)
+    .bind(gone_reason)
+    .bind(next_attempt_ms)
+    .bind(claimed.execution_id.as_str())
+    .bind(claimed.token.fingerprint())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Commit a settle, telling other processes' waiters at the commit (where the backend can).
