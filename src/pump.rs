@@ -76,11 +76,14 @@ impl Pump {
             .and_then(|ms| u64::try_from(ms).ok())
             .map_or(default_interval, |ms| Duration::from_millis(ms) / TIMEOUT_FRACTION)
             .max(MIN_INTERVAL);
+        // A heartbeat timeout runs from the attempt's start: beat at once. Without one, the first beat can
+        // wait an interval (a claim of hundreds then costs no burst of heartbeats).
+        let first_at = Instant::now() + if heartbeat_timeout_ms.is_some() { Duration::ZERO } else { interval };
         let mut entries = self.lock();
         let entry = entries.entry(id.to_owned()).or_insert_with(|| Entry {
             token: token.clone(),
             interval,
-            next_at: Instant::now(),
+            next_at: first_at,
             details: None,
             custom_details: false,
             signals: Signals::default(),
