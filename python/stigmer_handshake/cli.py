@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stigmer_handshake import _core
-from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Executions, Handshake
+from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Executions, Handshake, short_age
 
 EXAMPLES = """\
 examples:
@@ -219,13 +219,6 @@ def inspect_token(args: argparse.Namespace) -> int:
     return OK
 
 
-def age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size:.0f}{unit}"
-    return f"{max(seconds, 0):.0f}s"
-
-
 def describe(e: _core.Execution) -> dict[str, Any]:
     now = time.time()
     return {
@@ -261,7 +254,7 @@ async def list_executions(hs: Handshake, args: argparse.Namespace) -> int:
     columns = ("id", "kind", "phase", "callback", "token", "age", "idle")
     table = [
         (r["id"], r["kind"], r["phase"], r["callback_state"] or "-", r["token_fingerprint"] or "-",
-         age(r["age_seconds"]), age(r["idle_seconds"]))
+         short_age(r["age_seconds"]), short_age(r["idle_seconds"]))
         for r in rows
     ]  # fmt: skip
     widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]

@@ -58,7 +58,7 @@ class Executions(builtins.list[_core.Execution]):
         for e in self:
             parent = f"{e.parent_workflow_id} / {e.parent_activity_id}" if e.parent_workflow_id else ""
             cells = (e.id, e.kind, e.phase, e.callback_state or "", e.token_fingerprint or "", parent,
-                     _age(now - e.created_at), e.last_error or "")  # fmt: skip
+                     short_age(now - e.created_at), e.last_error or "")  # fmt: skip
             rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
         return (
             f'<table class="stigmer-handshake"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -107,7 +107,7 @@ def _token_keys(keys: Mapping[str, bytes] | None) -> list[tuple[str, bytes]]:
     return pairs
 
 
-def _age(seconds: float) -> str:
+def short_age(seconds: float) -> str:
     """A short human age: 42s, 7m, 3h, 2d."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:

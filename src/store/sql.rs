@@ -227,7 +227,7 @@ where
         );
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
-        record_from_row(&row, include_token.then_some(self.keyring.as_ref()))
+        Self::record_from_row(&row, include_token.then_some(self.keyring.as_ref()))
     }
 
     pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
@@ -241,7 +241,7 @@ where
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|row| record_from_row(row, None)).collect()
+        rows.iter().map(|row| Self::record_from_row(row, None)).collect()
     }
 
     /// Hand up to `limit` executions of `kind` to a runner for `lease_ms`: PENDING ones, and IN_PROGRESS
@@ -320,7 +320,7 @@ where
     /// through `settle`, which also records the callback.
     pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<Kind> {
         let mut tx = self.pool.begin().await?;
-        let (kind, phase, current) = touch(&mut tx, id).await?;
+        let (kind, phase, current) = Self::touch(&mut tx, id).await?;
         if phase.is_terminal() {
             return Err(Error::InvalidState {
                 id: id.to_owned(),
@@ -370,7 +370,7 @@ where
     ) -> Result<Settled> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let (kind, phase, status) = touch(&mut tx, id).await?;
+        let (kind, phase, status) = Self::touch(&mut tx, id).await?;
         if phase.is_terminal() {
             let row = sqlx::query(
                 "SELECT state, fingerprint, workflow_id, run_id, activity_id, attempt, outcome, payloads, attempts, \
@@ -379,7 +379,7 @@ where
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-            let callback = row.as_ref().map(callback_from_row).transpose()?.flatten();
+            let callback = row.as_ref().map(Self::callback_from_row).transpose()?.flatten();
             return Ok(Settled::Already { outcome: callback.as_ref().and_then(|c| c.outcome.clone()), callback, kind });
         }
         // A final status from the runner replaces the stored one; the recorded start time stays.
@@ -450,13 +450,13 @@ where
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                    commit_settle::<DB>(tx, id).await?;
+                    Self::commit_settle(tx, id).await?;
                     return Err(err);
                 }
             },
             None => None,
         };
-        commit_settle::<DB>(tx, id).await?;
+        Self::commit_settle(tx, id).await?;
         let claimed = match token {
             Some(token) => Some(ClaimedCallback {
                 execution_id: id.to_owned(),
@@ -483,7 +483,7 @@ where
         let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
-            match claimed_from_row(row, &self.keyring) {
+            match Self::claimed_from_row(row, &self.keyring) {
                 Ok(callback) => claimed.push(callback),
                 // A token this process cannot open (another key): back to due, for one that can.
                 Err(Error::TokenKey(why)) => {
@@ -510,7 +510,7 @@ where
     pub async fn record_deliveries(&self, deliveries: &[(ClaimedCallback, DeliveryResult)]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (claimed, result) in deliveries {
-            record_one(&mut tx, claimed, result).await?;
+            Self::record_one(&mut tx, claimed, result).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -541,7 +541,7 @@ where
     /// Change flags in a running execution's status (cancel requested, orphaned); ended ones are final.
     pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn super::StatusFields)) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let (kind, phase, current) = touch(&mut tx, id).await?;
+        let (kind, phase, current) = Self::touch(&mut tx, id).await?;
         if phase.is_terminal() {
             return Ok(());
         }
@@ -611,179 +611,135 @@ where
         let token = self.keyring.open(id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
         Ok(Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?)))
     }
-}
 
-/// One delivery's record, in the caller's transaction.
-async fn record_one<DB>(tx: &mut Transaction<'_, DB>, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
-{
-    let now = now_ms();
-    let (state, last_error, gone_reason, next_attempt_ms) = match result {
-        DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
-        DeliveryResult::Gone(reason, message) => {
-            (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
-        }
-        DeliveryResult::Retry { error, retry_in_ms } => {
-            (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
-        }
-        DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
-    };
-    let ended = state != CallbackState::Due;
-    sqlx::query(
-        "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
-         token = CASE WHEN $2 THEN NULL ELSE token END, \
-         token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
-         gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
-         WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
-    )
-    .bind(state.as_str())
-    .bind(ended)
-    .bind(now)
-    .bind(last_error)
-    .bind(gone_reason)
-    .bind(next_attempt_ms)
-    .bind(claimed.execution_id.as_str())
-    .bind(claimed.token.fingerprint())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Commit a settle, telling other processes' waiters at the commit (where the backend can).
-async fn commit_settle<DB>(mut tx: Transaction<'_, DB>, id: &str) -> Result<()>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-{
-    if let Some(notify) = DB::NOTIFY_SETTLED {
-        sqlx::query(notify).bind(id).execute(&mut *tx).await?;
+    /// Take the write lock on an execution (an UPDATE first: SQLite's writers queue on its lock instead of
+    /// failing to upgrade a read lock; PostgreSQL locks the row) and return its kind, phase and status.
+    async fn touch(tx: &mut Transaction<'_, DB>, id: &str) -> Result<(Kind, Phase, Vec<u8>)> {
+        let row = sqlx::query("UPDATE executions SET updated_ms = $1 WHERE id = $2 RETURNING kind, phase, status")
+            .bind(now_ms())
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
+        let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
+        let phase = Phase::from_proto(row.try_get("phase")?);
+        Ok((kind, phase, row.try_get("status")?))
     }
-    tx.commit().await?;
-    Ok(())
-}
 
-/// Take the write lock on an execution (an UPDATE first: SQLite's writers queue on its lock instead of
-/// failing to upgrade a read lock; PostgreSQL locks the row) and return its kind, phase and status.
-async fn touch<DB>(tx: &mut Transaction<'_, DB>, id: &str) -> Result<(Kind, Phase, Vec<u8>)>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i32: Decode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
-    for<'a> &'a str: ColumnIndex<DB::Row>,
-{
-    let row = sqlx::query("UPDATE executions SET updated_ms = $1 WHERE id = $2 RETURNING kind, phase, status")
-        .bind(now_ms())
-        .bind(id)
-        .fetch_optional(&mut **tx)
+    /// Commit a settle, telling other processes' waiters at the commit (where the backend can).
+    async fn commit_settle(mut tx: Transaction<'_, DB>, id: &str) -> Result<()> {
+        if let Some(notify) = DB::NOTIFY_SETTLED {
+            sqlx::query(notify).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One delivery's record, in the caller's transaction.
+    async fn record_one(
+        tx: &mut Transaction<'_, DB>,
+        claimed: &ClaimedCallback,
+        result: &DeliveryResult,
+    ) -> Result<()> {
+        let now = now_ms();
+        let (state, last_error, gone_reason, next_attempt_ms) = match result {
+            DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
+            DeliveryResult::Gone(reason, message) => {
+                (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
+            }
+            DeliveryResult::Retry { error, retry_in_ms } => {
+                (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
+            }
+            DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
+        };
+        let ended = state != CallbackState::Due;
+        sqlx::query(
+            "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
+             token = CASE WHEN $2 THEN NULL ELSE token END, \
+             token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
+             gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
+             WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
+        )
+        .bind(state.as_str())
+        .bind(ended)
+        .bind(now)
+        .bind(last_error)
+        .bind(gone_reason)
+        .bind(next_attempt_ms)
+        .bind(claimed.execution_id.as_str())
+        .bind(claimed.token.fingerprint())
+        .execute(&mut **tx)
         .await?;
-    let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
-    let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
-    let phase = Phase::from_proto(row.try_get("phase")?);
-    Ok((kind, phase, row.try_get("status")?))
-}
-
-fn callback_from_row<R: Row>(row: &R) -> Result<Option<CallbackInfo>>
-where
-    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> Vec<u8>: Decode<'q, R::Database> + Type<R::Database>,
-    for<'a> &'a str: ColumnIndex<R>,
-{
-    let state: Option<String> = row.try_get("state")?;
-    let Some(state) = state else { return Ok(None) };
-    Ok(Some(CallbackInfo {
-        state: CallbackState::parse(&state)?,
-        fingerprint: row.try_get("fingerprint")?,
-        workflow_id: row.try_get("workflow_id")?,
-        run_id: row.try_get("run_id")?,
-        activity_id: row.try_get("activity_id")?,
-        attempt: row.try_get("attempt")?,
-        outcome: row.try_get("outcome")?,
-        payloads: row.try_get("payloads")?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-        gone_reason: row.try_get("gone_reason")?,
-    }))
-}
-
-/// `keyring`: read the token too (opened with these keys) and put it in the status; None leaves it out.
-fn record_from_row<R: Row>(row: &R, keyring: Option<&Keyring>) -> Result<ExecutionRecord>
-where
-    for<'q> i32: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> Vec<u8>: Decode<'q, R::Database> + Type<R::Database>,
-    for<'a> &'a str: ColumnIndex<R>,
-{
-    let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
-    let mut status: Vec<u8> = row.try_get("status")?;
-    if let Some(keyring) = keyring {
-        let token: Option<Vec<u8>> = row.try_get("token")?;
-        if let Some(token) = token {
-            let id: String = row.try_get("id")?;
-            let token = keyring.open(&id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
-            status = edit_status(kind, &status, |s| s.set_token(token))?;
-        }
+        Ok(())
     }
-    Ok(ExecutionRecord {
-        id: row.try_get("id")?,
-        kind,
-        phase: Phase::from_proto(row.try_get("phase")?),
-        spec: row.try_get("spec")?,
-        status,
-        created_ms: row.try_get("created_ms")?,
-        updated_ms: row.try_get("updated_ms")?,
-        callback: callback_from_row(row)?,
-    })
-}
 
-fn claimed_from_row<R: Row>(row: &R, keyring: &Keyring) -> Result<ClaimedCallback>
-where
-    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
-    for<'q> Vec<u8>: Decode<'q, R::Database> + Type<R::Database>,
-    for<'a> &'a str: ColumnIndex<R>,
-{
-    let execution_id: String = row.try_get("execution_id")?;
-    let token: Option<Vec<u8>> = row.try_get("token")?;
-    let token = token.ok_or_else(|| Error::Store(format!("due callback of {execution_id:?} has no token")))?;
-    let token = keyring.open(&execution_id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
-    let outcome: Option<String> = row.try_get("outcome")?;
-    let payloads: Option<Vec<u8>> = row.try_get("payloads")?;
-    let outcome = match outcome.as_deref() {
-        Some("complete") => Outcome::Complete { result: payloads },
-        Some("fail") => Outcome::Fail {
-            message: row.try_get::<Option<String>, _>("failure_message")?.unwrap_or_default(),
-            failure_type: row.try_get::<Option<String>, _>("failure_type")?.unwrap_or_default(),
-            non_retryable: row.try_get("non_retryable")?,
-            details: payloads,
-        },
-        Some("cancel") => Outcome::Cancel { details: payloads },
-        other => return Err(Error::Store(format!("due callback of {execution_id:?} has outcome {other:?}"))),
-    };
-    Ok(ClaimedCallback {
-        execution_id,
-        token: TaskToken::parse(&token)?,
-        outcome,
-        attempts: row.try_get("attempts")?,
-        due_ms: row.try_get::<Option<i64>, _>("due_ms")?.unwrap_or_else(now_ms),
-    })
+    fn callback_from_row(row: &DB::Row) -> Result<Option<CallbackInfo>> {
+        let state: Option<String> = row.try_get("state")?;
+        let Some(state) = state else { return Ok(None) };
+        Ok(Some(CallbackInfo {
+            state: CallbackState::parse(&state)?,
+            fingerprint: row.try_get("fingerprint")?,
+            workflow_id: row.try_get("workflow_id")?,
+            run_id: row.try_get("run_id")?,
+            activity_id: row.try_get("activity_id")?,
+            attempt: row.try_get("attempt")?,
+            outcome: row.try_get("outcome")?,
+            payloads: row.try_get("payloads")?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            gone_reason: row.try_get("gone_reason")?,
+        }))
+    }
+
+    /// `keyring`: read the token too (opened with these keys) and put it in the status; None leaves it out.
+    fn record_from_row(row: &DB::Row, keyring: Option<&Keyring>) -> Result<ExecutionRecord> {
+        let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
+        let mut status: Vec<u8> = row.try_get("status")?;
+        if let Some(keyring) = keyring {
+            let token: Option<Vec<u8>> = row.try_get("token")?;
+            if let Some(token) = token {
+                let id: String = row.try_get("id")?;
+                let token = keyring.open(&id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
+                status = edit_status(kind, &status, |s| s.set_token(token))?;
+            }
+        }
+        Ok(ExecutionRecord {
+            id: row.try_get("id")?,
+            kind,
+            phase: Phase::from_proto(row.try_get("phase")?),
+            spec: row.try_get("spec")?,
+            status,
+            created_ms: row.try_get("created_ms")?,
+            updated_ms: row.try_get("updated_ms")?,
+            callback: Self::callback_from_row(row)?,
+        })
+    }
+
+    fn claimed_from_row(row: &DB::Row, keyring: &Keyring) -> Result<ClaimedCallback> {
+        let execution_id: String = row.try_get("execution_id")?;
+        let token: Option<Vec<u8>> = row.try_get("token")?;
+        let token = token.ok_or_else(|| Error::Store(format!("due callback of {execution_id:?} has no token")))?;
+        let token =
+            keyring.open(&execution_id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
+        let outcome: Option<String> = row.try_get("outcome")?;
+        let payloads: Option<Vec<u8>> = row.try_get("payloads")?;
+        let outcome = match outcome.as_deref() {
+            Some("complete") => Outcome::Complete { result: payloads },
+            Some("fail") => Outcome::Fail {
+                message: row.try_get::<Option<String>, _>("failure_message")?.unwrap_or_default(),
+                failure_type: row.try_get::<Option<String>, _>("failure_type")?.unwrap_or_default(),
+                non_retryable: row.try_get("non_retryable")?,
+                details: payloads,
+            },
+            Some("cancel") => Outcome::Cancel { details: payloads },
+            other => return Err(Error::Store(format!("due callback of {execution_id:?} has outcome {other:?}"))),
+        };
+        Ok(ClaimedCallback {
+            execution_id,
+            token: TaskToken::parse(&token)?,
+            outcome,
+            attempts: row.try_get("attempts")?,
+            due_ms: row.try_get::<Option<i64>, _>("due_ms")?.unwrap_or_else(now_ms),
+        })
+    }
 }
