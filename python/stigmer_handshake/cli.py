@@ -311,8 +311,7 @@ async def reconcile(hs: Handshake, args: argparse.Namespace) -> int:
     if args.every is not None and args.every <= 0:
         raise UsageError("--every must be a positive number of seconds")
     while True:
-        due = [r for r in await hs.list(limit=1_000_000) if r.callback_state in ("due", "delivering")]
-        report = await with_progress(hs, len(due), hs.reconcile(), quiet=args.json)
+        report = await with_progress(hs, quiet=args.json)
         emit(
             args,
             {
@@ -329,14 +328,22 @@ async def reconcile(hs: Handshake, args: argparse.Namespace) -> int:
         await asyncio.sleep(args.every)
 
 
-async def with_progress(hs: Handshake, total: int, work: Any, *, quiet: bool) -> Any:
-    """Await `work`, drawing a bar of the due callbacks delivered so far on a terminal's stderr."""
-    task = asyncio.ensure_future(work)
-    if quiet or total == 0 or not sys.stderr.isatty():
+async def owed(hs: Handshake) -> int:
+    """Callbacks still to deliver (due, or claimed by a deliverer)."""
+    return sum(r.callback_state in ("due", "delivering") for r in await hs.list(limit=1_000_000))
+
+
+async def with_progress(hs: Handshake, *, quiet: bool) -> _core.ReconcileReport:
+    """One reconcile pass; on a terminal (and not --json), a bar of the due callbacks delivered so far.
+    The store is read for the bar only when one is drawn."""
+    if quiet or not sys.stderr.isatty():
+        return await hs.reconcile()
+    total = await owed(hs)
+    task = asyncio.ensure_future(hs.reconcile())
+    if total == 0:
         return await task
     while not task.done():
-        left = sum(r.callback_state in ("due", "delivering") for r in await hs.list(limit=1_000_000))
-        done = max(total - left, 0)
+        done = max(total - await owed(hs), 0)
         filled = 30 * done // total
         print(f"\r  delivering [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr)
         await asyncio.wait({task}, timeout=0.2)

@@ -259,11 +259,11 @@ def table(results: dict[str, dict[str, float]]) -> str:
         rows.append(
             ("B3 latency p50", f"{b3['n']:.0f} parents, settle -> parent result",
              f"{b3['sqlite_p50_ms']:.1f} ms", f"raw {b3['raw_p50_ms']:.1f} ms",
-             f"+{b3['added_p50_ms']:.1f} ms", "<= +5 ms")
+             f"{b3['added_p50_ms']:+.1f} ms", "<= +5 ms")
         )  # fmt: skip
         rows.append(
             ("B3 latency p99", "", f"{b3['sqlite_p99_ms']:.1f} ms", f"raw {b3['raw_p99_ms']:.1f} ms",
-             f"+{b3['added_p99_ms']:.1f} ms", "<= +20 ms")
+             f"{b3['added_p99_ms']:+.1f} ms", "<= +20 ms")
         )  # fmt: skip
     if b2:
         rows.append(
