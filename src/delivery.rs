@@ -86,10 +86,12 @@ pub async fn settle(
     // The chaos tests crash here: committed, not yet sent. The lease runs out and the reconciler sends it.
     failpoint::hit("after_settle_commit");
     let kind = match &settled {
-        Settled::Already { kind, .. } | Settled::Now { kind, .. } => *kind,
+        Settled::Already { kind, .. } | Settled::Now { kind, .. } | Settled::Unopened { kind, .. } => *kind,
     };
     let result = match settled {
         Settled::Already { outcome, .. } => SettleOutcome::AlreadySettled(outcome),
+        // Recorded, but the token is sealed with a key this process lacks: a process with it delivers.
+        Settled::Unopened { error, .. } => return Err(error),
         Settled::Now { claimed: None, has_callback: false, .. } => SettleOutcome::NoCallback,
         Settled::Now { claimed: None, has_callback: true, .. } => SettleOutcome::Recorded,
         Settled::Now { claimed: Some(claimed), .. } => match temporal {

@@ -141,6 +141,8 @@ on_both_stores! {
     async fn second_settle_is_already_settled_and_writes_nothing(store) {
         seed(&store, "e1", true).await;
         store.settle("e1", &Outcome::Complete { result: None }, None, 60_000).await.unwrap();
+        let before = store.get("e1", false).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let again = store
             .settle(
                 "e1",
@@ -152,7 +154,8 @@ on_both_stores! {
             .unwrap();
         let Settled::Already { outcome, .. } = again else { panic!("second settle must not settle again") };
         assert_eq!(outcome.as_deref(), Some("complete"));
-        assert_eq!(store.get("e1", false).await.unwrap().phase, Phase::Completed);
+        let after = store.get("e1", false).await.unwrap();
+        assert_eq!((after.phase, after.updated_ms, after.status), (Phase::Completed, before.updated_ms, before.status));
     }
 
     async fn store_only_settle_is_due_and_claimed_once_under_a_lease(store) {
@@ -228,6 +231,47 @@ on_both_stores! {
         assert!(store.claim(Kind::Workflow, 3, 60_000).await.unwrap().is_empty());
         assert!(matches!(store.get("nope", false).await, Err(Error::ExecutionNotFound(_))));
         assert!(matches!(store.create(direct("e0")).await, Err(Error::InvalidState { .. })));
+    }
+
+    async fn a_failing_write_in_a_burst_fails_alone(store) {
+        // Writes queued together share one transaction (SQLite's writer): one that fails must neither undo
+        // nor fail the others.
+        seed(&store, "taken", true).await;
+        let creates: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                let new = if i == 7 {
+                    direct("taken")
+                } else {
+                    NewExecution { token: Some(token(&format!("a{i}"))), ..direct(&format!("e{i}")) }
+                };
+                tokio::spawn(async move { store.create(new).await })
+            })
+            .collect();
+        for (i, created) in creates.into_iter().enumerate() {
+            match created.await.unwrap() {
+                Ok(new) => assert_eq!(new, Created::New(format!("e{i}"))),
+                Err(err) => assert!(i == 7 && matches!(err, Error::InvalidState { .. }), "e{i}: {err:?}"),
+            }
+        }
+        let settles: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                let id = if i == 7 { "unknown".to_owned() } else { format!("e{i}") };
+                tokio::spawn(async move { store.settle(&id, &Outcome::Complete { result: None }, None, 60_000).await })
+            })
+            .collect();
+        for (i, settled) in settles.into_iter().enumerate() {
+            match settled.await.unwrap() {
+                Ok(Settled::Now { claimed: Some(_), .. }) => assert_ne!(i, 7),
+                Err(Error::ExecutionNotFound(id)) => assert_eq!((i, id.as_str()), (7, "unknown")),
+                _ => panic!("settle {i}: unexpected result"),
+            }
+        }
+        for i in (0..20).filter(|i| *i != 7) {
+            assert_eq!(store.get(&format!("e{i}"), false).await.unwrap().phase, Phase::Completed);
+        }
+        assert_eq!(store.get("taken", false).await.unwrap().phase, Phase::Pending);
     }
 
     async fn a_retried_parent_rebinds_to_its_child_and_the_old_token_is_dropped(store) {

@@ -221,6 +221,9 @@ pub enum Settled {
     Now { claimed: Option<ClaimedCallback>, has_callback: bool, kind: Kind },
     /// It had ended before: nothing was written; the recorded outcome and callback are returned.
     Already { outcome: Option<String>, callback: Option<CallbackInfo>, kind: Kind },
+    /// It ended now, but this process cannot open the stored token (sealed with a key it lacks): the
+    /// callback is left due, for a process that has the key.
+    Unopened { error: Error, kind: Kind },
 }
 
 /// What happened when a claimed callback was sent.
@@ -264,14 +267,47 @@ pub struct Store {
     db: Db,
     /// Woken when an execution ends: by this process's settles, and on PostgreSQL by any process's.
     settled: Arc<Notify>,
-    /// Delivery records waiting for the recorder's next transaction (see `record_delivery`).
-    records: mpsc::UnboundedSender<RecordJob>,
+    /// Writes waiting for the writer's next transaction (see `write`).
+    writes: mpsc::UnboundedSender<(WriteOp, Answer)>,
 }
 
-/// A delivery to record, and who waits for its commit.
-type RecordJob = (ClaimedCallback, DeliveryResult, oneshot::Sender<Result<()>>);
-/// At most this many delivery records share one transaction.
-const MAX_RECORD_BATCH: usize = 256;
+/// A write: in a transaction of its own, or in a batch with others (see `Store::write`).
+pub enum WriteOp {
+    Create(NewExecution),
+    Settle(SettleJob),
+    Record(ClaimedCallback, DeliveryResult),
+}
+
+impl WriteOp {
+    fn execution_id(&self) -> &str {
+        match self {
+            WriteOp::Create(new) => &new.id,
+            WriteOp::Settle(job) => &job.id,
+            WriteOp::Record(claimed, _) => &claimed.execution_id,
+        }
+    }
+}
+
+/// A settle's arguments (see `SqlStore::settle`).
+pub struct SettleJob {
+    pub id: String,
+    pub outcome: Outcome,
+    pub final_status: Option<Vec<u8>>,
+    pub lease_ms: i64,
+}
+
+/// What a write did.
+pub enum Written {
+    Created(Created),
+    Settled(Box<Settled>),
+    Recorded,
+}
+
+/// Where the batched writer answers a queued write, once its transaction's commit is known.
+type Answer = oneshot::Sender<Result<Written>>;
+
+/// At most this many writes share one transaction.
+const MAX_WRITE_BATCH: usize = 256;
 
 #[derive(Clone)]
 enum Db {
@@ -308,9 +344,9 @@ impl Store {
                 url.split(':').next().unwrap_or_default()
             )));
         };
-        let (records, queue) = mpsc::unbounded_channel();
-        tokio::spawn(record_in_batches(db.clone(), queue));
-        Ok(Self { db, settled, records })
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_in_batches(db.clone(), queue));
+        Ok(Self { db, settled, writes })
     }
 
     /// Which database this is: "sqlite" or "postgres".
@@ -333,7 +369,10 @@ impl Store {
     }
 
     pub async fn create(&self, new: NewExecution) -> Result<Created> {
-        on_db!(self, db => db.create(new).await)
+        match self.write(WriteOp::Create(new)).await? {
+            Written::Created(created) => Ok(created),
+            _ => Err(Error::Store("the writer answered another write".into())),
+        }
     }
 
     pub async fn get(&self, id: &str, include_token: bool) -> Result<ExecutionRecord> {
@@ -367,8 +406,17 @@ impl Store {
         final_status: Option<&[u8]>,
         lease_ms: i64,
     ) -> Result<Settled> {
-        let settled = on_db!(self, db => db.settle(id, outcome, final_status, lease_ms).await)?;
-        if matches!(settled, Settled::Now { .. }) {
+        let job = SettleJob {
+            id: id.to_owned(),
+            outcome: outcome.clone(),
+            final_status: final_status.map(<[u8]>::to_vec),
+            lease_ms,
+        };
+        let Written::Settled(settled) = self.write(WriteOp::Settle(job)).await? else {
+            return Err(Error::Store("the writer answered another write".into()));
+        };
+        let settled = *settled;
+        if matches!(settled, Settled::Now { .. } | Settled::Unopened { .. }) {
             self.settled.notify_waiters();
         }
         Ok(settled)
@@ -378,14 +426,24 @@ impl Store {
         on_db!(self, db => db.claim_due(limit, lease_ms).await)
     }
 
-    /// Record what delivering a claimed callback did; returns once that is committed. Deliveries that
-    /// finish while a record is being written share the next transaction (group commit): a burst of
-    /// settles costs a few commits, not one each.
+    /// Record what delivering a claimed callback did; returns once that is committed.
     pub async fn record_delivery(&self, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()> {
-        let closed = || Error::Store("the store's delivery recorder has stopped".into());
-        let (done, committed) = oneshot::channel();
-        self.records.send((claimed.clone(), result.clone(), done)).map_err(|_| closed())?;
-        committed.await.map_err(|_| closed())?
+        self.write(WriteOp::Record(claimed.clone(), result.clone())).await.map(drop)
+    }
+
+    /// Make a write and return once it is committed. Writes queued while the writer commits share its
+    /// next transaction (group commit): a burst costs a few commits, not one each. SQLite makes every
+    /// write this way (it has one writer at a time, and each commit syncs); PostgreSQL only delivery
+    /// records: its creates and settles run concurrently on the pool (it flushes concurrent commits
+    /// together itself, and two batches locking the same executions in other orders would deadlock).
+    async fn write(&self, op: WriteOp) -> Result<Written> {
+        if let (Db::Postgres(db), WriteOp::Create(_) | WriteOp::Settle(_)) = (&self.db, &op) {
+            return db.write_alone(&op).await;
+        }
+        let closed = || Error::Store("the store's writer has stopped".into());
+        let (answer, answered) = oneshot::channel();
+        self.writes.send((op, answer)).map_err(|_| closed())?;
+        answered.await.map_err(|_| closed())?
     }
 
     pub async fn armed_children(&self, limit: i64) -> Result<Vec<(String, String)>> {
@@ -409,23 +467,18 @@ impl Store {
     }
 }
 
-/// The recorder: writes whatever delivery records are queued in one transaction, then the next batch;
-/// it ends when the last `Store` clone is dropped.
-async fn record_in_batches(db: Db, mut queue: mpsc::UnboundedReceiver<RecordJob>) {
+/// The writer: runs whatever writes are queued in one transaction, then the next batch; it ends when
+/// the last `Store` clone is dropped.
+async fn write_in_batches(db: Db, mut queue: mpsc::UnboundedReceiver<(WriteOp, Answer)>) {
     while let Some(first) = queue.recv().await {
-        let mut records = vec![(first.0, first.1)];
-        let mut waiting = vec![first.2];
-        while records.len() < MAX_RECORD_BATCH {
-            let Ok((claimed, result, done)) = queue.try_recv() else { break };
-            records.push((claimed, result));
-            waiting.push(done);
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_WRITE_BATCH {
+            let Ok(job) = queue.try_recv() else { break };
+            jobs.push(job);
         }
-        let written = match &db {
-            Db::Sqlite(db) => db.record_deliveries(&records).await,
-            Db::Postgres(db) => db.record_deliveries(&records).await,
-        };
-        for done in waiting {
-            let _ = done.send(written.clone());
+        match &db {
+            Db::Sqlite(db) => db.write_batch(jobs).await,
+            Db::Postgres(db) => db.write_batch(jobs).await,
         }
     }
 }

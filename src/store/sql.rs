@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::status::{check_spec, edit_status, started_at, timestamp};
 use super::{
-    now_ms, CallbackInfo, CallbackState, ClaimedCallback, Created, DeliveryResult, ExecutionRecord, Kind, NewExecution,
-    Outcome, Phase, Settled,
+    now_ms, Answer, CallbackInfo, CallbackState, ClaimedCallback, Created, DeliveryResult, ExecutionRecord, Kind,
+    NewExecution, Outcome, Phase, SettleJob, Settled, WriteOp, Written,
 };
 use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::commons::v1::ExecutionError;
@@ -86,25 +86,16 @@ where
     /// A token for the same workflow run and activity id as a stored callback, with a newer attempt, is
     /// the same logical call retried: its token replaces the old one (so the old attempt can never settle
     /// the child), and if the child already ended, its recorded outcome becomes due for the new attempt.
-    pub async fn create(&self, new: NewExecution) -> Result<Created> {
+    ///
+    /// Runs in the caller's transaction `tx` (see `write_alone`); so do `settle` and `record_delivery`.
+    /// None when another attempt of the same parent activity stored its child first (PostgreSQL; SQLite's
+    /// write lock orders them): in a new transaction, this one finds the winner's row and re-binds to it.
+    async fn create(&self, tx: &mut DB::Connection, new: &NewExecution) -> Result<Option<Created>> {
         check_spec(new.kind, &new.spec)?;
         let status = edit_status(new.kind, new.status.as_deref().unwrap_or_default(), |s| {
             s.set_phase(Phase::Pending);
         })?;
-        if let Some(created) = self.try_create(&new, &status).await? {
-            return Ok(created);
-        }
-        // Two attempts of one parent activity raced to store their first child (PostgreSQL; SQLite's write
-        // lock orders them): the loser finds the winner's row now and re-binds to it.
-        self.try_create(&new, &status).await?.ok_or_else(|| {
-            Error::Store(format!("execution {:?}: its parent activity's callback changed twice meanwhile", new.id))
-        })
-    }
-
-    /// None when another attempt of the same parent activity stored its child first.
-    async fn try_create(&self, new: &NewExecution, status: &[u8]) -> Result<Option<Created>> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         if let Some(token) = &new.token {
             // A write first, so the lookup and the swap happen under the row's (SQLite: the database's) lock.
             let existing = sqlx::query(
@@ -137,8 +128,7 @@ where
                     CallbackState::Gone | CallbackState::Dead | CallbackState::Delivering => CallbackState::Due,
                     other => other,
                 };
-                self.swap_token(&mut tx, &id, token, state, new.heartbeat_timeout_ms).await?;
-                tx.commit().await?;
+                self.swap_token(tx, &id, token, state, new.heartbeat_timeout_ms).await?;
                 return Ok(Some(Created::Rebound(id)));
             }
         }
@@ -150,7 +140,7 @@ where
         .bind(new.kind.as_str())
         .bind(Phase::Pending.to_proto())
         .bind(new.spec.as_slice())
-        .bind(status)
+        .bind(status.as_slice())
         .bind(now)
         .execute(&mut *tx)
         .await;
@@ -190,14 +180,13 @@ where
             }
             inserted?;
         }
-        tx.commit().await?;
         Ok(Some(Created::New(new.id.clone())))
     }
 
     /// Re-bind execution `id`'s callback to a newer attempt's token.
     async fn swap_token(
         &self,
-        tx: &mut Transaction<'_, DB>,
+        tx: &mut DB::Connection,
         id: &str,
         token: &TaskToken,
         state: CallbackState,
@@ -216,7 +205,7 @@ where
         .bind(heartbeat_timeout_ms)
         .bind(id)
         .bind(key_id.as_deref())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         Ok(())
     }
@@ -347,9 +336,10 @@ where
                 new_phase.name()
             )));
         }
-        sqlx::query("UPDATE executions SET phase = $1, status = $2 WHERE id = $3")
+        sqlx::query("UPDATE executions SET phase = $1, status = $2, updated_ms = $3 WHERE id = $4")
             .bind(new_phase.to_proto())
             .bind(blob)
+            .bind(now_ms())
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -361,25 +351,13 @@ where
     ///
     /// With `lease_ms > 0` the callback is claimed for the caller to deliver at once; if the caller dies,
     /// the lease runs out and `claim_due` hands it to someone else.
-    pub async fn settle(
-        &self,
-        id: &str,
-        outcome: &Outcome,
-        final_status: Option<&[u8]>,
-        lease_ms: i64,
-    ) -> Result<Settled> {
+    async fn settle(&self, tx: &mut DB::Connection, job: &SettleJob) -> Result<Settled> {
+        let SettleJob { id, outcome, final_status, lease_ms } = job;
+        let (id, final_status, lease_ms) = (id.as_str(), final_status.as_deref(), *lease_ms);
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let (kind, phase, status) = Self::touch(&mut tx, id).await?;
+        let (kind, phase, status) = Self::touch(tx, id).await?;
         if phase.is_terminal() {
-            let row = sqlx::query(
-                "SELECT state, fingerprint, workflow_id, run_id, activity_id, attempt, outcome, payloads, attempts, \
-                 last_error, gone_reason FROM callbacks WHERE execution_id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let callback = row.as_ref().map(Self::callback_from_row).transpose()?.flatten();
+            let callback = Self::callback(tx, id).await?;
             return Ok(Settled::Already { outcome: callback.as_ref().and_then(|c| c.outcome.clone()), callback, kind });
         }
         // A final status from the runner replaces the stored one; the recorded start time stays.
@@ -441,22 +419,22 @@ where
         let token = match stored.filter(|_| lease_ms > 0) {
             Some((sealed, key_id)) => match self.keyring.open(id, &sealed, key_id.as_deref()) {
                 Ok(token) => Some(token),
-                Err(err) => {
+                Err(error) => {
                     // The outcome is recorded; the callback stays due for a process that has the key.
                     sqlx::query(
                         "UPDATE callbacks SET state = 'due', lease_until_ms = 0, last_error = $1 WHERE execution_id = $2",
                     )
-                    .bind(err.to_string())
+                    .bind(error.to_string())
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                    Self::commit_settle(tx, id).await?;
-                    return Err(err);
+                    Self::notify_settled(tx, id).await?;
+                    return Ok(Settled::Unopened { error, kind });
                 }
             },
             None => None,
         };
-        Self::commit_settle(tx, id).await?;
+        Self::notify_settled(tx, id).await?;
         let claimed = match token {
             Some(token) => Some(ClaimedCallback {
                 execution_id: id.to_owned(),
@@ -503,17 +481,100 @@ where
         Ok(claimed)
     }
 
-    /// Record what delivering claimed callbacks did, all in one transaction (one commit for a burst of
-    /// deliveries). A callback that reached its end (delivered, gone, dead) has its token cleared. Only the
-    /// claim that sent this token can record: if the callback was re-bound to a newer attempt meanwhile,
-    /// the stale result is dropped.
-    pub async fn record_deliveries(&self, deliveries: &[(ClaimedCallback, DeliveryResult)]) -> Result<()> {
+    /// Record what delivering a claimed callback did. A callback that reached its end (delivered, gone,
+    /// dead) has its token cleared. Only the claim that sent this token can record: if the callback was
+    /// re-bound to a newer attempt meanwhile, the stale result is dropped.
+    async fn record_delivery(
+        tx: &mut DB::Connection,
+        claimed: &ClaimedCallback,
+        result: &DeliveryResult,
+    ) -> Result<()> {
+        let now = now_ms();
+        let (state, last_error, gone_reason, next_attempt_ms) = match result {
+            DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
+            DeliveryResult::Gone(reason, message) => {
+                (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
+            }
+            DeliveryResult::Retry { error, retry_in_ms } => {
+                (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
+            }
+            DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
+        };
+        let ended = state != CallbackState::Due;
+        sqlx::query(
+            "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
+             token = CASE WHEN $2 THEN NULL ELSE token END, \
+             token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
+             gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
+             WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
+        )
+        .bind(state.as_str())
+        .bind(ended)
+        .bind(now)
+        .bind(last_error)
+        .bind(gone_reason)
+        .bind(next_attempt_ms)
+        .bind(claimed.execution_id.as_str())
+        .bind(claimed.token.fingerprint())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Run queued writes in one transaction, so that a burst of writes costs one commit (group commit),
+    /// and answer each once that commit is known. If any of them fails, the transaction is rolled back
+    /// and each runs again alone: one bad write never undoes or fails the others.
+    pub async fn write_batch(&self, jobs: Vec<(WriteOp, Answer)>) {
+        if jobs.len() > 1 {
+            if let Ok(written) = self.write_together(&jobs).await {
+                for ((_, answer), written) in jobs.into_iter().zip(written) {
+                    let _ = answer.send(Ok(written));
+                }
+                return;
+            }
+        }
+        for (op, answer) in jobs {
+            let _ = answer.send(self.write_alone(&op).await);
+        }
+    }
+
+    async fn write_together(&self, jobs: &[(WriteOp, Answer)]) -> Result<Vec<Written>> {
         let mut tx = self.pool.begin().await?;
-        for (claimed, result) in deliveries {
-            Self::record_one(&mut tx, claimed, result).await?;
+        let mut written = Vec::with_capacity(jobs.len());
+        for (op, _) in jobs {
+            // A lost race (None) is retried alone, in a transaction that sees the winner.
+            let done = self.write(&mut tx, op).await?;
+            written.push(done.ok_or_else(|| Error::Store("a concurrent writer won a race".into()))?);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(written)
+    }
+
+    /// Run one write in a transaction of its own (a second one if it lost a race to another writer).
+    pub async fn write_alone(&self, op: &WriteOp) -> Result<Written> {
+        for _ in 0..2 {
+            let mut tx = self.pool.begin().await?;
+            if let Some(written) = self.write(&mut tx, op).await? {
+                tx.commit().await?;
+                return Ok(written);
+            }
+        }
+        Err(Error::Store(format!("execution {:?}: another writer changed it twice meanwhile", op.execution_id())))
+    }
+
+    /// One write in the caller's transaction; None when it lost a race (roll back and try again).
+    async fn write(&self, tx: &mut DB::Connection, op: &WriteOp) -> Result<Option<Written>> {
+        Ok(Some(match op {
+            WriteOp::Create(new) => match self.create(tx, new).await? {
+                Some(created) => Written::Created(created),
+                None => return Ok(None),
+            },
+            WriteOp::Settle(job) => Written::Settled(Box::new(self.settle(tx, job).await?)),
+            WriteOp::Record(claimed, result) => {
+                Self::record_delivery(tx, claimed, result).await?;
+                Written::Recorded
+            }
+        }))
     }
 
     /// Running workflow-path executions with an armed callback, and their child workflow ids: the
@@ -546,7 +607,12 @@ where
             return Ok(());
         }
         let blob = edit_status(kind, &current, edit)?;
-        sqlx::query("UPDATE executions SET status = $1 WHERE id = $2").bind(blob).bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE executions SET status = $1, updated_ms = $2 WHERE id = $3")
+            .bind(blob)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -614,63 +680,36 @@ where
 
     /// Take the write lock on an execution (an UPDATE first: SQLite's writers queue on its lock instead of
     /// failing to upgrade a read lock; PostgreSQL locks the row) and return its kind, phase and status.
-    async fn touch(tx: &mut Transaction<'_, DB>, id: &str) -> Result<(Kind, Phase, Vec<u8>)> {
-        let row = sqlx::query("UPDATE executions SET updated_ms = $1 WHERE id = $2 RETURNING kind, phase, status")
-            .bind(now_ms())
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    async fn touch(tx: &mut DB::Connection, id: &str) -> Result<(Kind, Phase, Vec<u8>)> {
+        let row =
+            sqlx::query("UPDATE executions SET updated_ms = updated_ms WHERE id = $1 RETURNING kind, phase, status")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
         let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
         let phase = Phase::from_proto(row.try_get("phase")?);
         Ok((kind, phase, row.try_get("status")?))
     }
 
-    /// Commit a settle, telling other processes' waiters at the commit (where the backend can).
-    async fn commit_settle(mut tx: Transaction<'_, DB>, id: &str) -> Result<()> {
+    /// Tell other processes' waiters that `id` ended, at the commit (where the backend can).
+    async fn notify_settled(tx: &mut DB::Connection, id: &str) -> Result<()> {
         if let Some(notify) = DB::NOTIFY_SETTLED {
             sqlx::query(notify).bind(id).execute(&mut *tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
-    /// One delivery's record, in the caller's transaction.
-    async fn record_one(
-        tx: &mut Transaction<'_, DB>,
-        claimed: &ClaimedCallback,
-        result: &DeliveryResult,
-    ) -> Result<()> {
-        let now = now_ms();
-        let (state, last_error, gone_reason, next_attempt_ms) = match result {
-            DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
-            DeliveryResult::Gone(reason, message) => {
-                (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
-            }
-            DeliveryResult::Retry { error, retry_in_ms } => {
-                (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
-            }
-            DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
-        };
-        let ended = state != CallbackState::Due;
-        sqlx::query(
-            "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
-             token = CASE WHEN $2 THEN NULL ELSE token END, \
-             token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
-             gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
-             WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
+    /// Execution `id`'s callback, without the token.
+    async fn callback(tx: &mut DB::Connection, id: &str) -> Result<Option<CallbackInfo>> {
+        let row = sqlx::query(
+            "SELECT state, fingerprint, workflow_id, run_id, activity_id, attempt, outcome, payloads, attempts, \
+             last_error, gone_reason FROM callbacks WHERE execution_id = $1",
         )
-        .bind(state.as_str())
-        .bind(ended)
-        .bind(now)
-        .bind(last_error)
-        .bind(gone_reason)
-        .bind(next_attempt_ms)
-        .bind(claimed.execution_id.as_str())
-        .bind(claimed.token.fingerprint())
-        .execute(&mut **tx)
+        .bind(id)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(())
+        Ok(row.as_ref().map(Self::callback_from_row).transpose()?.flatten())
     }
 
     fn callback_from_row(row: &DB::Row) -> Result<Option<CallbackInfo>> {
