@@ -432,14 +432,10 @@ impl Store {
     }
 
     /// Make a write and return once it is committed. Writes queued while the writer commits share its
-    /// next transaction (group commit): a burst costs a few commits, not one each. SQLite makes every
-    /// write this way (it has one writer at a time, and each commit syncs); PostgreSQL only delivery
-    /// records: its creates and settles run concurrently on the pool (it flushes concurrent commits
-    /// together itself, and two batches locking the same executions in other orders would deadlock).
+    /// next transaction (group commit): a burst costs a few statements each and one commit, not a
+    /// transaction each. (On PostgreSQL, two processes' batches locking the same executions in other
+    /// orders deadlock; the server aborts one, and its writes run again alone.)
     async fn write(&self, op: WriteOp) -> Result<Written> {
-        if let (Db::Postgres(db), WriteOp::Create(_) | WriteOp::Settle(_)) = (&self.db, &op) {
-            return db.write_alone(&op).await;
-        }
         let closed = || Error::Store("the store's writer has stopped".into());
         let (answer, answered) = oneshot::channel();
         self.writes.send((op, answer)).map_err(|_| closed())?;

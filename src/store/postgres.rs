@@ -19,12 +19,12 @@ use crate::secrets::Keyring;
 
 /// The channel settles notify: `wait` in any process wakes at the commit, not at its next poll.
 const SETTLED_CHANNEL: &str = "stigmer_handshake_settled";
-/// Connections per process: the settle path holds one per transaction, the listener one.
+/// Connections per process: the writer holds one, the listener one; reads, claims and heartbeats share the rest.
 const MAX_CONNECTIONS: u32 = 16;
 
 impl Backend for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    const NOTIFY_SETTLED: Option<&'static str> = Some("SELECT pg_notify('stigmer_handshake_settled', $1)");
+    const NOTIFY_SETTLED: &'static str = " RETURNING pg_notify('stigmer_handshake_settled', id)";
 
     fn ids_in_json(param: &str) -> String {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")

@@ -32,9 +32,9 @@ pub trait Backend: Database {
     /// Ends the sub-selects that pick rows to claim. PostgreSQL: concurrent claimers skip each other's
     /// rows instead of claiming them twice. SQLite: nothing (a writer holds the whole database).
     const SKIP_LOCKED: &'static str;
-    /// Run in the settle transaction with the execution id as `$1`: tells other processes' `wait` at
-    /// commit (PostgreSQL's NOTIFY). SQLite has none; its waiters poll.
-    const NOTIFY_SETTLED: Option<&'static str>;
+    /// Ends the settle's UPDATE of the execution: tells other processes' `wait` at commit, in the same
+    /// round trip (PostgreSQL's NOTIFY). SQLite: nothing; its waiters poll.
+    const NOTIFY_SETTLED: &'static str;
     /// A sub-select of the ids in a JSON array of strings bound as `param`.
     fn ids_in_json(param: &str) -> String;
 }
@@ -377,13 +377,11 @@ where
                 }));
             }
         })?;
-        sqlx::query("UPDATE executions SET phase = $1, status = $2, updated_ms = $3 WHERE id = $4")
-            .bind(outcome.phase().to_proto())
-            .bind(blob)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let sql = format!(
+            "UPDATE executions SET phase = $1, status = $2, updated_ms = $3 WHERE id = $4{}",
+            DB::NOTIFY_SETTLED
+        );
+        sqlx::query(&sql).bind(outcome.phase().to_proto()).bind(blob).bind(now).bind(id).execute(&mut *tx).await?;
         let (payloads, message, failure_type, non_retryable) = match outcome {
             Outcome::Complete { result } => (result.as_deref(), None, None, false),
             Outcome::Fail { message, failure_type, non_retryable, details } => {
@@ -428,13 +426,11 @@ where
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                    Self::notify_settled(tx, id).await?;
                     return Ok(Settled::Unopened { error, kind });
                 }
             },
             None => None,
         };
-        Self::notify_settled(tx, id).await?;
         let claimed = match token {
             Some(token) => Some(ClaimedCallback {
                 execution_id: id.to_owned(),
@@ -551,7 +547,7 @@ where
     }
 
     /// Run one write in a transaction of its own (a second one if it lost a race to another writer).
-    pub async fn write_alone(&self, op: &WriteOp) -> Result<Written> {
+    async fn write_alone(&self, op: &WriteOp) -> Result<Written> {
         for _ in 0..2 {
             let mut tx = self.pool.begin().await?;
             if let Some(written) = self.write(&mut tx, op).await? {
@@ -690,14 +686,6 @@ where
         let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
         let phase = Phase::from_proto(row.try_get("phase")?);
         Ok((kind, phase, row.try_get("status")?))
-    }
-
-    /// Tell other processes' waiters that `id` ended, at the commit (where the backend can).
-    async fn notify_settled(tx: &mut DB::Connection, id: &str) -> Result<()> {
-        if let Some(notify) = DB::NOTIFY_SETTLED {
-            sqlx::query(notify).bind(id).execute(&mut *tx).await?;
-        }
-        Ok(())
     }
 
     /// Execution `id`'s callback, without the token.

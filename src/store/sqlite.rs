@@ -13,7 +13,7 @@ use crate::secrets::Keyring;
 
 impl Backend for Sqlite {
     const SKIP_LOCKED: &'static str = "";
-    const NOTIFY_SETTLED: Option<&'static str> = None;
+    const NOTIFY_SETTLED: &'static str = "";
 
     fn ids_in_json(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
