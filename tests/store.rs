@@ -445,6 +445,48 @@ mod pg {
     }
 }
 
+/// Two processes' writers settling the same executions in opposite orders: their batches lock the same
+/// rows in opposite orders, PostgreSQL aborts one as a deadlock, and its settles run again alone. Each
+/// execution ends exactly once and no caller sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batches_that_deadlock_still_settle_each_execution_once() {
+    let Some(admin) = pg::admin().await else { return };
+    let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}?schema={schema}", pg::base_url());
+    let (first, second) = (store::open(&url).await.unwrap(), store::open(&url).await.unwrap());
+    let ids: Vec<String> = (0..200).map(|i| format!("e{i}")).collect();
+    for id in &ids {
+        first.create(NewExecution { token: Some(token(id)), ..direct(id) }).await.unwrap();
+    }
+    let settle_all = |store: Store, ids: Vec<String>| {
+        tokio::spawn(async move {
+            let settles: Vec<_> = ids
+                .into_iter()
+                .map(|id| {
+                    let store = store.clone();
+                    tokio::spawn(
+                        async move { store.settle(&id, &Outcome::Complete { result: None }, None, 60_000).await },
+                    )
+                })
+                .collect();
+            let mut results = Vec::new();
+            for settle in settles {
+                results.push(settle.await.unwrap());
+            }
+            results
+        })
+    };
+    let forward = settle_all(first, ids.clone());
+    let backward = settle_all(second, ids.iter().rev().cloned().collect());
+    let results: Vec<_> = forward.await.unwrap().into_iter().chain(backward.await.unwrap()).collect();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
+    let now = results.iter().filter(|r| matches!(r, Ok(Settled::Now { .. }))).count();
+    let already = results.iter().filter(|r| matches!(r, Ok(Settled::Already { .. }))).count();
+    let error = results.iter().find_map(|r| r.as_ref().err());
+    assert!(error.is_none(), "a settle failed: {error:?}");
+    assert_eq!((now, already), (200, 200));
+}
+
 #[tokio::test]
 async fn postgres_errors_are_typed() {
     let Some(admin) = pg::admin().await else { return };
