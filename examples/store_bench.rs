@@ -11,26 +11,9 @@ use std::time::Instant;
 
 use _core::proto::ai::stigmer::agentic::agentexecution::v1::AgentExecutionSpec;
 use _core::store::{self, DeliveryResult, Kind, NewExecution, Outcome, Settled, Store};
-use _core::token::TaskToken;
+use _core::token::{TaskProto, TaskToken};
 use prost::Message;
 use tokio::sync::Semaphore;
-
-/// The fields of Temporal's task token that the handshake reads.
-#[derive(Clone, PartialEq, Message)]
-struct Task {
-    #[prost(string, tag = "1")]
-    namespace_id: String,
-    #[prost(string, tag = "2")]
-    workflow_id: String,
-    #[prost(string, tag = "3")]
-    run_id: String,
-    #[prost(int64, tag = "4")]
-    scheduled_event_id: i64,
-    #[prost(int32, tag = "5")]
-    attempt: i32,
-    #[prost(string, tag = "6")]
-    activity_id: String,
-}
 
 /// This process's CPU time (user + system), in seconds, from /proc (10 ms ticks: run thousands).
 fn cpu_seconds() -> f64 {
@@ -86,13 +69,14 @@ async fn main() {
     let (create_cpu, create_rate) = measure(n, concurrency, |i| {
         let (store, spec) = (store.clone(), spec.clone());
         async move {
-            let token = Task {
+            let token = TaskProto {
                 namespace_id: "bench".into(),
                 workflow_id: format!("parent-{}", std::process::id()),
                 run_id: "run".into(),
                 scheduled_event_id: 5,
                 attempt: 1,
                 activity_id: i.to_string(),
+                ..Default::default()
             };
             let token = TaskToken::parse(&token.encode_to_vec()).expect("token");
             let new = NewExecution {

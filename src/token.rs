@@ -15,25 +15,26 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The fields of `temporal.server.api.token.v1.Task` that identify the activity attempt.
 ///
-/// Newer fields (clock, started event, version, ...) are skipped by prost as unknown fields.
+/// Newer fields (clock, started event, version, ...) are skipped by prost as unknown fields. Tests and
+/// benchmarks encode their own tokens with it.
 #[derive(Clone, PartialEq, Message)]
-struct TaskProto {
+pub struct TaskProto {
     #[prost(string, tag = "1")]
-    namespace_id: String,
+    pub namespace_id: String,
     #[prost(string, tag = "2")]
-    workflow_id: String,
+    pub workflow_id: String,
     #[prost(string, tag = "3")]
-    run_id: String,
+    pub run_id: String,
     #[prost(int64, tag = "4")]
-    scheduled_event_id: i64,
+    pub scheduled_event_id: i64,
     #[prost(int32, tag = "5")]
-    attempt: i32,
+    pub attempt: i32,
     #[prost(string, tag = "6")]
-    activity_id: String,
+    pub activity_id: String,
     #[prost(string, tag = "7")]
-    workflow_type: String,
+    pub workflow_type: String,
     #[prost(string, tag = "8")]
-    activity_type: String,
+    pub activity_type: String,
 }
 
 /// A validated task token and the identity decoded from it.

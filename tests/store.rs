@@ -9,37 +9,22 @@ use _core::proto::ai::stigmer::agentic::workflowexecution::v1::WorkflowExecution
 use _core::store::{
     self, CallbackState, Created, DeliveryResult, GoneReason, Kind, NewExecution, Outcome, Phase, Settled, Store,
 };
-use _core::token::TaskToken;
+use _core::token::{TaskProto, TaskToken};
 use prost::Message;
-
-#[derive(Clone, PartialEq, Message)]
-struct Task {
-    #[prost(string, tag = "1")]
-    namespace_id: String,
-    #[prost(string, tag = "2")]
-    workflow_id: String,
-    #[prost(string, tag = "3")]
-    run_id: String,
-    #[prost(int64, tag = "4")]
-    scheduled_event_id: i64,
-    #[prost(int32, tag = "5")]
-    attempt: i32,
-    #[prost(string, tag = "6")]
-    activity_id: String,
-}
 
 fn token(activity_id: &str) -> TaskToken {
     token_attempt(activity_id, 1)
 }
 
 fn token_attempt(activity_id: &str, attempt: i32) -> TaskToken {
-    let bytes = Task {
+    let bytes = TaskProto {
         namespace_id: "ns-1".into(),
         workflow_id: "parent".into(),
         run_id: "run-1".into(),
         scheduled_event_id: 5,
         attempt,
         activity_id: activity_id.into(),
+        ..Default::default()
     }
     .encode_to_vec();
     TaskToken::parse(&bytes).unwrap()
