@@ -259,6 +259,104 @@ on_both_stores! {
         assert_eq!(store.get("taken", false).await.unwrap().phase, Phase::Pending);
     }
 
+    async fn a_burst_of_settles_answers_each_as_one_settle_alone_would(store) {
+        // A burst is written set-based (a few statements for all): each execution must still get its own
+        // outcome, payloads and state, and the odd ones out (settled twice, already ended, direct) their
+        // own answers.
+        for i in 0..12 {
+            let new = NewExecution { token: Some(token(&format!("b{i}"))), ..direct(&format!("e{i}")) };
+            store.create(new).await.unwrap();
+        }
+        store.create(direct("direct")).await.unwrap();
+        store.create(NewExecution { token: Some(token("ended")), ..direct("ended") }).await.unwrap();
+        store.settle("ended", &Outcome::Cancel { details: None }, None, 0).await.unwrap();
+        let outcome = |i: usize| {
+            let mine = Some(format!("payload {i}").into_bytes());
+            if i.is_multiple_of(3) {
+                Outcome::Fail { message: format!("m{i}"), failure_type: "T".into(), non_retryable: true, details: mine }
+            } else {
+                Outcome::Complete { result: mine }
+            }
+        };
+        // e3 is settled twice; even executions are leased to the caller, odd ones left due.
+        let jobs: Vec<(String, Outcome, i64)> = (0..12)
+            .chain([3])
+            .map(|i| (format!("e{i}"), outcome(i), if i.is_multiple_of(2) { 60_000 } else { 0 }))
+            .chain([("direct".to_owned(), outcome(1), 60_000), ("ended".to_owned(), outcome(1), 60_000)])
+            .collect();
+        let tasks: Vec<_> = jobs
+            .iter()
+            .cloned()
+            .map(|(id, outcome, lease)| {
+                let store = store.clone();
+                tokio::spawn(async move { store.settle(&id, &outcome, None, lease).await.unwrap() })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        let mut claimed = Vec::new();
+        let mut e3_ended = 0;
+        for ((id, outcome, lease), answer) in jobs.iter().zip(answers) {
+            match (id.as_str(), answer) {
+                ("direct", Settled::Now { claimed: None, has_callback: false, .. }) => {}
+                ("ended", Settled::Already { outcome: Some(recorded), .. }) => assert_eq!(recorded, "cancel"),
+                ("e3", Settled::Already { outcome: Some(recorded), .. }) => assert_eq!(recorded, "fail"),
+                (id, Settled::Now { claimed: Some(callback), has_callback: true, .. }) if *lease > 0 => {
+                    assert_eq!((callback.execution_id.as_str(), &callback.outcome), (id, outcome));
+                    claimed.push(callback);
+                }
+                (id, Settled::Now { claimed: None, has_callback: true, .. }) if *lease == 0 => {
+                    e3_ended += usize::from(id == "e3");
+                }
+                (id, _) => panic!("{id}: unexpected answer"),
+            }
+        }
+        assert_eq!(e3_ended, 1, "e3 ends once; its second settle finds it ended");
+        for i in 0..12_usize {
+            let record = store.get(&format!("e{i}"), false).await.unwrap();
+            let callback = record.callback.unwrap();
+            let expected_phase = if i.is_multiple_of(3) { Phase::Failed } else { Phase::Completed };
+            assert_eq!(record.phase, expected_phase, "e{i}");
+            assert_eq!(callback.payloads, Some(format!("payload {i}").into_bytes()), "e{i}");
+            assert_eq!(callback.outcome.as_deref(), Some(if i.is_multiple_of(3) { "fail" } else { "complete" }));
+            let state = if i.is_multiple_of(2) { CallbackState::Delivering } else { CallbackState::Due };
+            assert_eq!(callback.state, state, "e{i}");
+        }
+        // The records of a burst, too: each lands on its own callback.
+        let tasks: Vec<_> = claimed
+            .into_iter()
+            .enumerate()
+            .map(|(n, callback)| {
+                let store = store.clone();
+                let result = if n.is_multiple_of(2) {
+                    DeliveryResult::Delivered
+                } else {
+                    DeliveryResult::Retry { error: format!("busy {}", callback.execution_id), retry_in_ms: 1_000 }
+                };
+                tokio::spawn(async move {
+                    store.record_delivery(&callback, &result).await.unwrap();
+                    (callback.execution_id, result)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (id, result) = task.await.unwrap();
+            let record = store.get(&id, true).await.unwrap();
+            let callback = record.callback.clone().unwrap();
+            if result == DeliveryResult::Delivered {
+                assert_eq!((callback.state, callback.last_error), (CallbackState::Delivered, None), "{id}");
+                assert!(status_token(&record).is_empty(), "{id}: a delivered token is cleared");
+            } else {
+                assert_eq!(callback.state, CallbackState::Due, "{id}");
+                assert_eq!(callback.last_error, Some(format!("busy {id}")));
+                assert!(!status_token(&record).is_empty(), "{id}: a token to retry with is kept");
+            }
+            assert_eq!(callback.attempts, 1, "{id}");
+        }
+    }
+
     async fn a_retried_parent_rebinds_to_its_child_and_the_old_token_is_dropped(store) {
         seed(&store, "e1", true).await;
         let again = retried("e2");

@@ -24,7 +24,7 @@ const MAX_CONNECTIONS: u32 = 16;
 
 impl Backend for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    const NOTIFY_SETTLED: &'static str = " RETURNING pg_notify('stigmer_handshake_settled', id)";
+    const NOTIFY_SETTLED: &'static str = " RETURNING pg_notify('stigmer_handshake_settled', executions.id)";
 
     fn ids_in_json(param: &str) -> String {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")

@@ -4,8 +4,10 @@
 //! another claimer holds, and expanding a list of ids) come from [`Backend`]. Each backend's own file opens
 //! the pool and runs its migrations.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use sqlx::database::HasStatementCache;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::status::{check_spec, edit_status, started_at, timestamp};
@@ -28,7 +30,7 @@ const OUTCOME_COLUMNS: &str =
      due_ms";
 
 /// What differs between the SQL dialects.
-pub trait Backend: Database {
+pub trait Backend: Database + HasStatementCache {
     /// Ends the sub-selects that pick rows to claim. PostgreSQL: concurrent claimers skip each other's
     /// rows instead of claiming them twice. SQLite: nothing (a writer holds the whole database).
     const SKIP_LOCKED: &'static str;
@@ -87,7 +89,7 @@ where
     /// the same logical call retried: its token replaces the old one (so the old attempt can never settle
     /// the child), and if the child already ended, its recorded outcome becomes due for the new attempt.
     ///
-    /// Runs in the caller's transaction `tx` (see `write_alone`); so do `settle` and `record_delivery`.
+    /// Runs in the caller's transaction `tx` (see `write_alone`); so do `settle_all` and `record_all`.
     /// None when another attempt of the same parent activity stored its child first (PostgreSQL; SQLite's
     /// write lock orders them): in a new transaction, this one finds the winner's row and re-binds to it.
     async fn create(&self, tx: &mut DB::Connection, new: &NewExecution) -> Result<Option<Created>> {
@@ -347,101 +349,172 @@ where
         Ok(kind)
     }
 
-    /// End an execution: terminal status and due callback in one transaction.
+    /// End executions: terminal status and due callback, in the caller's transaction.
     ///
-    /// With `lease_ms > 0` the callback is claimed for the caller to deliver at once; if the caller dies,
-    /// the lease runs out and `claim_due` hands it to someone else.
-    async fn settle(&self, tx: &mut DB::Connection, job: &SettleJob) -> Result<Settled> {
-        let SettleJob { id, outcome, final_status, lease_ms } = job;
-        let (id, final_status, lease_ms) = (id.as_str(), final_status.as_deref(), *lease_ms);
-        let now = now_ms();
-        let (kind, phase, status) = Self::touch(tx, id).await?;
-        if phase.is_terminal() {
-            let callback = Self::callback(tx, id).await?;
-            return Ok(Settled::Already { outcome: callback.as_ref().and_then(|c| c.outcome.clone()), callback, kind });
+    /// With `lease_ms > 0` a callback is claimed for the caller to deliver at once; if the caller dies,
+    /// the lease runs out and `claim_due` hands it to someone else. However many jobs there are, this is
+    /// three statements (lock and read, end the executions, arm the callbacks for delivery): a burst of
+    /// settles costs about what one does. Jobs for the same execution run one after another, so the
+    /// second finds the first's end.
+    async fn settle_all(&self, tx: &mut DB::Connection, jobs: &[&SettleJob]) -> Result<Vec<Settled>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
         }
-        // A final status from the runner replaces the stored one; the recorded start time stays.
-        let started = match final_status {
-            Some(_) => started_at(kind, &status)?,
+        if !all_distinct(jobs.iter().map(|job| job.id.as_str())) {
+            let mut settled = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                settled.extend(self.settle_distinct(tx, &[job]).await?);
+            }
+            return Ok(settled);
+        }
+        self.settle_distinct(tx, jobs).await
+    }
+
+    /// `settle_all` for jobs of distinct executions.
+    async fn settle_distinct(&self, tx: &mut DB::Connection, jobs: &[&SettleJob]) -> Result<Vec<Settled>> {
+        let now = now_ms();
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let mut current = Self::touch_all(tx, &ids).await?;
+        let mut settled: Vec<Option<Settled>> = Vec::with_capacity(jobs.len());
+        // (index, job, kind, final status) of the executions that end now.
+        let mut ending = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            let (kind, phase, status) =
+                current.remove(job.id.as_str()).ok_or_else(|| Error::ExecutionNotFound(job.id.clone()))?;
+            if phase.is_terminal() {
+                let callback = Self::callback(tx, &job.id).await?;
+                let outcome = callback.as_ref().and_then(|c| c.outcome.clone());
+                settled.push(Some(Settled::Already { outcome, callback, kind }));
+            } else {
+                ending.push((i, *job, kind, Self::final_status(kind, &status, job, now)?));
+                settled.push(None);
+            }
+        }
+        if !ending.is_empty() {
+            let mut stored = self.end_all(tx, &ending, now).await?;
+            for (i, job, kind, _) in &ending {
+                settled[*i] = Some(self.settled_now(tx, job, *kind, stored.remove(job.id.as_str()), now).await?);
+            }
+        }
+        Ok(settled.into_iter().map(|s| s.expect("every job settled")).collect())
+    }
+
+    /// An ending execution's terminal status: the runner's final status if it sent one (else the stored
+    /// one), with the outcome's phase, the recorded start time kept, and the end time.
+    fn final_status(kind: Kind, stored: &[u8], job: &SettleJob, now: i64) -> Result<Vec<u8>> {
+        let started = match &job.final_status {
+            Some(_) => started_at(kind, stored)?,
             None => None,
         };
-        let blob = edit_status(kind, final_status.unwrap_or(&status), |s| {
-            s.set_phase(outcome.phase());
+        edit_status(kind, job.final_status.as_deref().unwrap_or(stored), |s| {
+            s.set_phase(job.outcome.phase());
             s.mark_started(started.unwrap_or_else(|| timestamp(now)));
             s.mark_completed(timestamp(now));
-            if let Outcome::Fail { message, failure_type, non_retryable, .. } = outcome {
+            if let Outcome::Fail { message, failure_type, non_retryable, .. } = &job.outcome {
                 s.set_error(Some(ExecutionError {
                     message: message.clone(),
                     r#type: failure_type.clone(),
                     non_retryable: *non_retryable,
                 }));
             }
-        })?;
+        })
+    }
+
+    /// Write the ending executions' terminal statuses and record their outcomes on their armed callbacks.
+    /// Returns each armed callback's sealed token and key id, by execution id.
+    async fn end_all(
+        &self,
+        tx: &mut DB::Connection,
+        ending: &[(usize, &SettleJob, Kind, Vec<u8>)],
+        now: i64,
+    ) -> Result<HashMap<String, (Vec<u8>, Option<String>)>> {
         let sql = format!(
-            "UPDATE executions SET phase = $1, status = $2, updated_ms = $3 WHERE id = $4{}",
+            "UPDATE executions SET phase = v.column2, status = v.column3, updated_ms = $1 FROM (VALUES {}) AS v \
+             WHERE executions.id = v.column1{}",
+            values(ending.len(), 3, 2),
             DB::NOTIFY_SETTLED
         );
-        sqlx::query(&sql).bind(outcome.phase().to_proto()).bind(blob).bind(now).bind(id).execute(&mut *tx).await?;
-        let (payloads, message, failure_type, non_retryable) = match outcome {
-            Outcome::Complete { result } => (result.as_deref(), None, None, false),
-            Outcome::Fail { message, failure_type, non_retryable, details } => {
-                (details.as_deref(), Some(message.as_str()), Some(failure_type.as_str()), *non_retryable)
-            }
-            Outcome::Cancel { details } => (details.as_deref(), None, None, false),
-        };
-        let state = if lease_ms > 0 { CallbackState::Delivering } else { CallbackState::Due };
-        let row = sqlx::query(
-            "UPDATE callbacks SET state = $1, outcome = $2, payloads = $3, failure_message = $4, failure_type = $5, \
-             non_retryable = $6, lease_until_ms = $7, due_ms = $8 WHERE execution_id = $9 AND state = 'armed' \
-             RETURNING token, token_key_id",
-        )
-        .bind(state.as_str())
-        .bind(outcome.name())
-        .bind(payloads)
-        .bind(message)
-        .bind(failure_type)
-        .bind(non_retryable)
-        .bind(if lease_ms > 0 { now + lease_ms } else { 0 })
-        .bind(now)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let stored: Option<(Vec<u8>, Option<String>)> = match row {
-            Some(row) => match row.try_get::<Option<Vec<u8>>, _>("token")? {
-                Some(token) => Some((token, row.try_get("token_key_id")?)),
-                None => None,
-            },
-            None => None,
-        };
-        let has_callback = stored.is_some();
-        let token = match stored.filter(|_| lease_ms > 0) {
-            Some((sealed, key_id)) => match self.keyring.open(id, &sealed, key_id.as_deref()) {
-                Ok(token) => Some(token),
-                Err(error) => {
-                    // The outcome is recorded; the callback stays due for a process that has the key.
-                    sqlx::query(
-                        "UPDATE callbacks SET state = 'due', lease_until_ms = 0, last_error = $1 WHERE execution_id = $2",
-                    )
-                    .bind(error.to_string())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    return Ok(Settled::Unopened { error, kind });
+        let mut query = sqlx::query(&sql).persistent(ending.len() == 1).bind(now);
+        for (_, job, _, status) in ending {
+            query = query.bind(job.id.as_str()).bind(job.outcome.phase().to_proto()).bind(status.as_slice());
+        }
+        query.execute(&mut *tx).await?;
+        let sql = format!(
+            "UPDATE callbacks SET state = v.column2, outcome = v.column3, payloads = v.column4, \
+             failure_message = v.column5, failure_type = v.column6, non_retryable = v.column7, \
+             lease_until_ms = v.column8, due_ms = $1 FROM (VALUES {}) AS v \
+             WHERE callbacks.execution_id = v.column1 AND callbacks.state = 'armed' \
+             RETURNING callbacks.execution_id, callbacks.token, callbacks.token_key_id",
+            values(ending.len(), 8, 2)
+        );
+        let mut query = sqlx::query(&sql).persistent(ending.len() == 1).bind(now);
+        for (_, job, _, _) in ending {
+            let (payloads, message, failure_type, non_retryable) = match &job.outcome {
+                Outcome::Complete { result } => (result.as_deref(), None, None, false),
+                Outcome::Fail { message, failure_type, non_retryable, details } => {
+                    (details.as_deref(), Some(message.as_str()), Some(failure_type.as_str()), *non_retryable)
                 }
-            },
-            None => None,
+                Outcome::Cancel { details } => (details.as_deref(), None, None, false),
+            };
+            let (state, lease_until_ms) = if job.lease_ms > 0 {
+                (CallbackState::Delivering, now + job.lease_ms)
+            } else {
+                (CallbackState::Due, 0)
+            };
+            query = query
+                .bind(job.id.as_str())
+                .bind(state.as_str())
+                .bind(job.outcome.name())
+                .bind(payloads)
+                .bind(message)
+                .bind(failure_type)
+                .bind(non_retryable)
+                .bind(lease_until_ms);
+        }
+        let mut stored = HashMap::with_capacity(ending.len());
+        for row in query.fetch_all(&mut *tx).await? {
+            if let Some(token) = row.try_get::<Option<Vec<u8>>, _>("token")? {
+                stored.insert(row.try_get("execution_id")?, (token, row.try_get("token_key_id")?));
+            }
+        }
+        Ok(stored)
+    }
+
+    /// What ending `job` did, given its armed callback's sealed token (None: it had none).
+    async fn settled_now(
+        &self,
+        tx: &mut DB::Connection,
+        job: &SettleJob,
+        kind: Kind,
+        stored: Option<(Vec<u8>, Option<String>)>,
+        now: i64,
+    ) -> Result<Settled> {
+        let has_callback = stored.is_some();
+        let Some((sealed, key_id)) = stored.filter(|_| job.lease_ms > 0) else {
+            return Ok(Settled::Now { claimed: None, has_callback, kind });
         };
-        let claimed = match token {
-            Some(token) => Some(ClaimedCallback {
-                execution_id: id.to_owned(),
-                token: TaskToken::parse(&token)?,
-                outcome: outcome.clone(),
-                attempts: 0,
-                due_ms: now,
-            }),
-            _ => None,
+        let token = match self.keyring.open(&job.id, &sealed, key_id.as_deref()) {
+            Ok(token) => token,
+            Err(error) => {
+                // The outcome is recorded; the callback stays due for a process that has the key.
+                sqlx::query(
+                    "UPDATE callbacks SET state = 'due', lease_until_ms = 0, last_error = $1 WHERE execution_id = $2",
+                )
+                .bind(error.to_string())
+                .bind(job.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                return Ok(Settled::Unopened { error, kind });
+            }
         };
-        Ok(Settled::Now { claimed, has_callback, kind })
+        let claimed = ClaimedCallback {
+            execution_id: job.id.clone(),
+            token: TaskToken::parse(&token)?,
+            outcome: job.outcome.clone(),
+            attempts: 0,
+            due_ms: now,
+        };
+        Ok(Settled::Now { claimed: Some(claimed), has_callback, kind })
     }
 
     /// Claim due callbacks (whose backoff has passed) and ones whose delivery lease ran out. Several
@@ -477,43 +550,55 @@ where
         Ok(claimed)
     }
 
-    /// Record what delivering a claimed callback did. A callback that reached its end (delivered, gone,
-    /// dead) has its token cleared. Only the claim that sent this token can record: if the callback was
-    /// re-bound to a newer attempt meanwhile, the stale result is dropped.
-    async fn record_delivery(
-        tx: &mut DB::Connection,
-        claimed: &ClaimedCallback,
-        result: &DeliveryResult,
-    ) -> Result<()> {
+    /// Record what delivering claimed callbacks did, in one statement. A callback that reached its end
+    /// (delivered, gone, dead) has its token cleared. Only the claim that sent a token can record: if the
+    /// callback was re-bound to a newer attempt meanwhile, the stale result is dropped. Records of the same
+    /// callback run one after another (the first one's claim wins).
+    async fn record_all(tx: &mut DB::Connection, records: &[(&ClaimedCallback, &DeliveryResult)]) -> Result<()> {
+        if !all_distinct(records.iter().map(|(claimed, _)| claimed.execution_id.as_str())) {
+            for record in records {
+                Self::record_distinct(tx, std::slice::from_ref(record)).await?;
+            }
+            return Ok(());
+        }
+        Self::record_distinct(tx, records).await
+    }
+
+    /// `record_all` for callbacks of distinct executions.
+    async fn record_distinct(tx: &mut DB::Connection, records: &[(&ClaimedCallback, &DeliveryResult)]) -> Result<()> {
         let now = now_ms();
-        let (state, last_error, gone_reason, next_attempt_ms) = match result {
-            DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
-            DeliveryResult::Gone(reason, message) => {
-                (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
-            }
-            DeliveryResult::Retry { error, retry_in_ms } => {
-                (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
-            }
-            DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
-        };
-        let ended = state != CallbackState::Due;
-        sqlx::query(
-            "UPDATE callbacks SET state = $1, settled_ms = CASE WHEN $2 THEN $3 END, \
-             token = CASE WHEN $2 THEN NULL ELSE token END, \
-             token_key_id = CASE WHEN $2 THEN NULL ELSE token_key_id END, attempts = attempts + 1, last_error = $4, \
-             gone_reason = $5, next_attempt_ms = $6, lease_until_ms = 0 \
-             WHERE execution_id = $7 AND state = 'delivering' AND fingerprint = $8",
-        )
-        .bind(state.as_str())
-        .bind(ended)
-        .bind(now)
-        .bind(last_error)
-        .bind(gone_reason)
-        .bind(next_attempt_ms)
-        .bind(claimed.execution_id.as_str())
-        .bind(claimed.token.fingerprint())
-        .execute(&mut *tx)
-        .await?;
+        let sql = format!(
+            "UPDATE callbacks SET state = v.column2, settled_ms = CASE WHEN v.column3 THEN $1 END, \
+             token = CASE WHEN v.column3 THEN NULL ELSE token END, \
+             token_key_id = CASE WHEN v.column3 THEN NULL ELSE token_key_id END, attempts = attempts + 1, \
+             last_error = v.column4, gone_reason = v.column5, next_attempt_ms = v.column6, lease_until_ms = 0 \
+             FROM (VALUES {}) AS v \
+             WHERE callbacks.execution_id = v.column1 AND callbacks.state = 'delivering' \
+             AND callbacks.fingerprint = v.column7",
+            values(records.len(), 7, 2)
+        );
+        let mut query = sqlx::query(&sql).persistent(records.len() == 1).bind(now);
+        for (claimed, result) in records {
+            let (state, last_error, gone_reason, next_attempt_ms) = match result {
+                DeliveryResult::Delivered => (CallbackState::Delivered, None, None, 0),
+                DeliveryResult::Gone(reason, message) => {
+                    (CallbackState::Gone, Some(message.as_str()), Some(reason.as_str()), 0)
+                }
+                DeliveryResult::Retry { error, retry_in_ms } => {
+                    (CallbackState::Due, Some(error.as_str()), None, now + retry_in_ms)
+                }
+                DeliveryResult::Dead(error) => (CallbackState::Dead, Some(error.as_str()), None, 0),
+            };
+            query = query
+                .bind(claimed.execution_id.as_str())
+                .bind(state.as_str())
+                .bind(state != CallbackState::Due)
+                .bind(last_error)
+                .bind(gone_reason)
+                .bind(next_attempt_ms)
+                .bind(claimed.token.fingerprint());
+        }
+        query.execute(&mut *tx).await?;
         Ok(())
     }
 
@@ -536,12 +621,10 @@ where
 
     async fn write_together(&self, jobs: &[(WriteOp, Answer)]) -> Result<Vec<Written>> {
         let mut tx = self.pool.begin().await?;
-        let mut written = Vec::with_capacity(jobs.len());
-        for (op, _) in jobs {
-            // A lost race (None) is retried alone, in a transaction that sees the winner.
-            let done = self.write(&mut tx, op).await?;
-            written.push(done.ok_or_else(|| Error::Store("a concurrent writer won a race".into()))?);
-        }
+        let ops: Vec<&WriteOp> = jobs.iter().map(|(op, _)| op).collect();
+        // A lost race (None) is retried alone, in a transaction that sees the winner.
+        let written =
+            self.write(&mut tx, &ops).await?.ok_or_else(|| Error::Store("a concurrent writer won a race".into()))?;
         tx.commit().await?;
         Ok(written)
     }
@@ -550,27 +633,42 @@ where
     async fn write_alone(&self, op: &WriteOp) -> Result<Written> {
         for _ in 0..2 {
             let mut tx = self.pool.begin().await?;
-            if let Some(written) = self.write(&mut tx, op).await? {
+            if let Some(mut written) = self.write(&mut tx, &[op]).await? {
                 tx.commit().await?;
-                return Ok(written);
+                return Ok(written.remove(0));
             }
         }
         Err(Error::Store(format!("execution {:?}: another writer changed it twice meanwhile", op.execution_id())))
     }
 
-    /// One write in the caller's transaction; None when it lost a race (roll back and try again).
-    async fn write(&self, tx: &mut DB::Connection, op: &WriteOp) -> Result<Option<Written>> {
-        Ok(Some(match op {
-            WriteOp::Create(new) => match self.create(tx, new).await? {
-                Some(created) => Written::Created(created),
-                None => return Ok(None),
-            },
-            WriteOp::Settle(job) => Written::Settled(Box::new(self.settle(tx, job).await?)),
-            WriteOp::Record(claimed, result) => {
-                Self::record_delivery(tx, claimed, result).await?;
-                Written::Recorded
+    /// Writes in the caller's transaction, answered in their order; None when a create lost a race (roll
+    /// back and try again). Creates run first, then settles, then delivery records, the order in which
+    /// they can depend on each other; the settles and the records each take a few statements in all.
+    async fn write(&self, tx: &mut DB::Connection, ops: &[&WriteOp]) -> Result<Option<Vec<Written>>> {
+        let mut written: Vec<Option<Written>> = ops.iter().map(|_| None).collect();
+        let (mut settles, mut records) = (Vec::new(), Vec::new());
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                WriteOp::Create(new) => match self.create(tx, new).await? {
+                    Some(created) => written[i] = Some(Written::Created(created)),
+                    None => return Ok(None),
+                },
+                WriteOp::Settle(job) => settles.push((i, job)),
+                WriteOp::Record(claimed, result) => records.push((i, (claimed, result))),
             }
-        }))
+        }
+        let jobs: Vec<&SettleJob> = settles.iter().map(|(_, job)| *job).collect();
+        for ((i, _), settled) in settles.iter().zip(self.settle_all(tx, &jobs).await?) {
+            written[*i] = Some(Written::Settled(Box::new(settled)));
+        }
+        if !records.is_empty() {
+            let all: Vec<(&ClaimedCallback, &DeliveryResult)> = records.iter().map(|(_, r)| *r).collect();
+            Self::record_all(tx, &all).await?;
+            for (i, _) in &records {
+                written[*i] = Some(Written::Recorded);
+            }
+        }
+        Ok(Some(written.into_iter().map(|w| w.expect("every write answered")).collect()))
     }
 
     /// Running workflow-path executions with an armed callback, and their child workflow ids: the
@@ -677,15 +775,26 @@ where
     /// Take the write lock on an execution (an UPDATE first: SQLite's writers queue on its lock instead of
     /// failing to upgrade a read lock; PostgreSQL locks the row) and return its kind, phase and status.
     async fn touch(tx: &mut DB::Connection, id: &str) -> Result<(Kind, Phase, Vec<u8>)> {
-        let row =
-            sqlx::query("UPDATE executions SET updated_ms = updated_ms WHERE id = $1 RETURNING kind, phase, status")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
-        let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
-        let phase = Phase::from_proto(row.try_get("phase")?);
-        Ok((kind, phase, row.try_get("status")?))
+        let mut found = Self::touch_all(tx, &[id]).await?;
+        found.remove(id).ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))
+    }
+
+    /// `touch` for many executions in one statement; the ids not found are missing from the map.
+    async fn touch_all(tx: &mut DB::Connection, ids: &[&str]) -> Result<HashMap<String, (Kind, Phase, Vec<u8>)>> {
+        let sql = format!(
+            "UPDATE executions SET updated_ms = updated_ms WHERE id IN ({}) RETURNING id, kind, phase, status",
+            (1..=ids.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut query = sqlx::query(&sql).persistent(ids.len() == 1);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let mut found = HashMap::with_capacity(ids.len());
+        for row in query.fetch_all(&mut *tx).await? {
+            let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
+            found.insert(row.try_get("id")?, (kind, Phase::from_proto(row.try_get("phase")?), row.try_get("status")?));
+        }
+        Ok(found)
     }
 
     /// Execution `id`'s callback, without the token.
@@ -769,4 +878,22 @@ where
             due_ms: row.try_get::<Option<i64>, _>("due_ms")?.unwrap_or_else(now_ms),
         })
     }
+}
+
+/// `rows` parenthesised rows of `columns` placeholders each, numbered from `$first`: the rows of a
+/// `VALUES` list (whose columns both dialects name column1, column2, ...).
+fn values(rows: usize, columns: usize, first: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let start = first + row * columns;
+            let cells: Vec<String> = (start..start + columns).map(|n| format!("${n}")).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn all_distinct<'a>(ids: impl Iterator<Item = &'a str>) -> bool {
+    let mut seen = HashSet::new();
+    ids.into_iter().all(|id| seen.insert(id))
 }
