@@ -175,7 +175,8 @@ class Bench:
         """Settle every pending activity from a separate process; returns its (wall, CPU) seconds.
 
         The raw path's tokens go to that process through a pipe, never through a file or a log."""
-        listing = "".join(f"{c.key} {self.callers.raw_tokens[c.key].hex() if path == 'raw' else ''}\n" for c in calls)
+        by_token = path in ("raw", "direct")
+        listing = "".join(f"{c.key} {self.callers.raw_tokens[c.key].hex() if by_token else ''}\n" for c in calls)
         done = subprocess.run(
             [sys.executable, "-m", "stigmer_handshake.bench.settle", path, self.store, self.server.url,
              str(concurrency)],
@@ -187,18 +188,18 @@ class Bench:
     async def settle_throughput(self, path: str, n: int, concurrency: int) -> tuple[float, float]:
         """N pending activities settled from one process: (settles per second, CPU ms per settle)."""
         task_queue = f"b2-{path}-{uuid.uuid4()}"
-        mode = "raw" if path == "raw" else "handshake"
-        calls = [Call(f"b2-{path}-{i}-{uuid.uuid4().hex[:6]}", mode) for i in range(n)]
+        by_token = path in ("raw", "direct")
+        calls = [Call(f"b2-{path}-{i}-{uuid.uuid4().hex[:6]}", "raw" if by_token else "handshake") for i in range(n)]
         async with self.worker(task_queue, 200):
             handles = await self.fan_out(calls, task_queue)
-            await self.wait_all_pending(calls, raw=path == "raw")
+            await self.wait_all_pending(calls, raw=by_token)
             wall, cpu = await self.settle_all(calls, path, concurrency)
             await asyncio.gather(*(h.result() for h in handles))
         return n / wall, 1000 * cpu / n
 
     async def b2_b4_throughput(self, n: int, concurrency: int, postgres: Bench | None) -> dict[str, float]:
         figures: dict[str, float] = {"n": n, "concurrency": concurrency}
-        paths = [("raw", self), ("sqlite", self)] + ([("postgres", postgres)] if postgres else [])
+        paths = [("raw", self), ("direct", self), ("sqlite", self)] + ([("postgres", postgres)] if postgres else [])
         for path, bench in paths:
             per_s, cpu_ms = await bench.settle_throughput(path, n, concurrency)
             figures[f"{path}_per_s"], figures[f"{path}_cpu_ms_per_settle"] = per_s, cpu_ms
@@ -304,6 +305,10 @@ def table(results: dict[str, dict[str, float]]) -> str:
                  f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms", f"{b2['cpu_ratio_postgres_to_raw']:.2f} of raw",
                  "<= 0.5")
             )  # fmt: skip
+        rows.append(
+            ("", "the same RPC from this library, no store", f"{b2['direct_cpu_ms_per_settle']:.2f} ms",
+             f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms", f"{b2['cpu_ratio_direct_to_raw']:.2f} of raw", "")
+        )  # fmt: skip
     if b5:
         rows.append(
             ("B5 scale", f"{b5['n']:.0f} pending, one runner process",
