@@ -72,6 +72,20 @@ fn direct(id: &str) -> NewExecution {
     }
 }
 
+/// Create all of `news` at once (so the writer batches them) and check each answer.
+async fn create_at_once(store: &Store, news: Vec<NewExecution>, expected: Vec<Created>) {
+    let tasks: Vec<_> = news
+        .into_iter()
+        .map(|new| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create(new).await.unwrap() })
+        })
+        .collect();
+    for (task, expected) in tasks.into_iter().zip(expected) {
+        assert_eq!(task.await.unwrap(), expected);
+    }
+}
+
 fn status_token(record: &store::ExecutionRecord) -> Vec<u8> {
     AgentExecutionStatus::decode(record.status.as_slice()).unwrap().callback_token
 }
@@ -263,12 +277,26 @@ on_both_stores! {
         // A burst is written set-based (a few statements for all): each execution must still get its own
         // outcome, payloads and state, and the odd ones out (settled twice, already ended, direct) their
         // own answers.
+        let armed = |id: &str, parent: &str, attempt: i32| NewExecution {
+            token: Some(token_attempt(parent, attempt)),
+            ..direct(id)
+        };
+        let news: Vec<NewExecution> = (0..12)
+            .map(|i| armed(&format!("e{i}"), &format!("b{i}"), 1))
+            .chain([direct("direct"), armed("ended", "ended", 1)])
+            .collect();
+        let expected = news.iter().map(|new| Created::New(new.id.clone())).collect();
+        create_at_once(&store, news, expected).await;
         for i in 0..12 {
-            let new = NewExecution { token: Some(token(&format!("b{i}"))), ..direct(&format!("e{i}")) };
-            store.create(new).await.unwrap();
+            let record = store.get(&format!("e{i}"), true).await.unwrap();
+            assert_eq!(record.callback.as_ref().unwrap().activity_id, format!("b{i}"));
+            assert_eq!(status_token(&record), token(&format!("b{i}")).secret_bytes(), "e{i} has its own token");
         }
-        store.create(direct("direct")).await.unwrap();
-        store.create(NewExecution { token: Some(token("ended")), ..direct("ended") }).await.unwrap();
+        // A burst with a retried parent among new ones: the retry re-binds, the others are new.
+        let retry = vec![armed("e12", "b12", 1), armed("e5-retry", "b5", 2), armed("e13", "b13", 1)];
+        let expected = vec![Created::New("e12".into()), Created::Rebound("e5".into()), Created::New("e13".into())];
+        create_at_once(&store, retry, expected).await;
+        assert_eq!(store.get("e5", false).await.unwrap().callback.unwrap().attempt, 2);
         store.settle("ended", &Outcome::Cancel { details: None }, None, 0).await.unwrap();
         let outcome = |i: usize| {
             let mine = Some(format!("payload {i}").into_bytes());

@@ -306,8 +306,8 @@ pub enum Written {
 /// Where the batched writer answers a queued write, once its transaction's commit is known.
 type Answer = oneshot::Sender<Result<Written>>;
 
-/// At most this many writes share one transaction (and one statement: 8 bound values a row keeps it far
-/// below SQLite's 32,766 and PostgreSQL's 65,535).
+/// At most this many writes share one transaction (and one statement: 11 bound values a row at most keeps
+/// it far below SQLite's 32,766 and PostgreSQL's 65,535).
 const MAX_WRITE_BATCH: usize = 256;
 
 #[derive(Clone)]

@@ -93,11 +93,7 @@ where
     /// None when another attempt of the same parent activity stored its child first (PostgreSQL; SQLite's
     /// write lock orders them): in a new transaction, this one finds the winner's row and re-binds to it.
     async fn create(&self, tx: &mut DB::Connection, new: &NewExecution) -> Result<Option<Created>> {
-        check_spec(new.kind, &new.spec)?;
-        let status = edit_status(new.kind, new.status.as_deref().unwrap_or_default(), |s| {
-            s.set_phase(Phase::Pending);
-        })?;
-        let now = now_ms();
+        let status = pending_status(new)?;
         if let Some(token) = &new.token {
             // A write first, so the lookup and the swap happen under the row's (SQLite: the database's) lock.
             let existing = sqlx::query(
@@ -134,19 +130,75 @@ where
                 return Ok(Some(Created::Rebound(id)));
             }
         }
-        let inserted = sqlx::query(
-            "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(new.id.as_str())
-        .bind(new.kind.as_str())
-        .bind(Phase::Pending.to_proto())
-        .bind(new.spec.as_slice())
-        .bind(status.as_slice())
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        if let Err(sqlx::Error::Database(db)) = &inserted {
+        Ok(self.insert_all(tx, &[(new, status)]).await?.then(|| Created::New(new.id.clone())))
+    }
+
+    /// Store new executions (see `create`). A burst takes three statements in all: look for parents that
+    /// already have a child, insert the executions, insert their callbacks. When a parent among them
+    /// already has one (a retried parent activity, rare) or an id or a parent repeats, they go one at a
+    /// time through `create`. None as for `create`.
+    async fn create_all(&self, tx: &mut DB::Connection, news: &[&NewExecution]) -> Result<Option<Vec<Created>>> {
+        let parents: Vec<&TaskToken> = news.iter().filter_map(|new| new.token.as_ref()).collect();
+        let together = news.len() > 1
+            && all_distinct(news.iter().map(|new| new.id.as_str()))
+            && all_distinct(
+                parents.iter().map(|t| (t.workflow_id.as_str(), t.run_id.as_str(), t.activity_id.as_str())),
+            )
+            && !Self::any_bound(tx, &parents).await?;
+        if !together {
+            let mut created = Vec::with_capacity(news.len());
+            for new in news {
+                let Some(one) = self.create(tx, new).await? else { return Ok(None) };
+                created.push(one);
+            }
+            return Ok(Some(created));
+        }
+        let rows = news.iter().map(|new| Ok((*new, pending_status(new)?))).collect::<Result<Vec<_>>>()?;
+        if !self.insert_all(tx, &rows).await? {
+            return Ok(None);
+        }
+        Ok(Some(news.iter().map(|new| Created::New(new.id.clone())).collect()))
+    }
+
+    /// Whether any of these parents already has a child, locking its callback (see `create`).
+    async fn any_bound(tx: &mut DB::Connection, parents: &[&TaskToken]) -> Result<bool> {
+        if parents.is_empty() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE (workflow_id, run_id, activity_id) IN \
+             (VALUES {}) RETURNING execution_id",
+            values(parents.len(), 3, 1)
+        );
+        let mut query = sqlx::query(&sql).persistent(false);
+        for token in parents {
+            query = query.bind(token.workflow_id.as_str()).bind(token.run_id.as_str()).bind(token.activity_id.as_str());
+        }
+        Ok(!query.fetch_all(&mut *tx).await?.is_empty())
+    }
+
+    /// Insert new executions, each with its PENDING status, and the armed callbacks of those with a token.
+    /// False when another attempt of one of their parents stored its child first (roll back, try again).
+    async fn insert_all(&self, tx: &mut DB::Connection, rows: &[(&NewExecution, Vec<u8>)]) -> Result<bool> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms) VALUES {}",
+            values(rows.len(), 7, 1)
+        );
+        let mut query = sqlx::query(&sql).persistent(rows.len() == 1);
+        for (new, status) in rows {
+            query = query
+                .bind(new.id.as_str())
+                .bind(new.kind.as_str())
+                .bind(Phase::Pending.to_proto())
+                .bind(new.spec.as_slice())
+                .bind(status.as_slice())
+                .bind(now)
+                .bind(now);
+        }
+        let inserted = query.execute(&mut *tx).await;
+        // One execution: say which id is taken. Several: the batch runs again one by one, which says it.
+        if let (Err(sqlx::Error::Database(db)), [(new, _)]) = (&inserted, rows) {
             if db.is_unique_violation() {
                 return Err(Error::InvalidState {
                     id: new.id.clone(),
@@ -156,33 +208,43 @@ where
             }
         }
         inserted?;
-        if let Some(token) = &new.token {
-            let (sealed, key_id) = self.keyring.seal(&new.id, token.secret_bytes())?;
-            let inserted = sqlx::query(
-                "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
-                 state, created_ms, heartbeat_timeout_ms, token_key_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'armed', $8, $9, $10)",
-            )
-            .bind(new.id.as_str())
-            .bind(sealed)
-            .bind(token.fingerprint())
-            .bind(token.workflow_id.as_str())
-            .bind(token.run_id.as_str())
-            .bind(token.activity_id.as_str())
-            .bind(i64::from(token.attempt))
-            .bind(now)
-            .bind(new.heartbeat_timeout_ms)
-            .bind(key_id.as_deref())
-            .execute(&mut *tx)
-            .await;
-            if let Err(sqlx::Error::Database(db)) = &inserted {
-                if db.is_unique_violation() {
-                    return Ok(None);
-                }
-            }
-            inserted?;
+        let armed: Vec<(&NewExecution, &TaskToken)> =
+            rows.iter().filter_map(|(new, _)| new.token.as_ref().map(|token| (*new, token))).collect();
+        if armed.is_empty() {
+            return Ok(true);
         }
-        Ok(Some(Created::New(new.id.clone())))
+        let sealed = armed
+            .iter()
+            .map(|(new, token)| self.keyring.seal(&new.id, token.secret_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let sql = format!(
+            "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
+             state, created_ms, heartbeat_timeout_ms, token_key_id) VALUES {}",
+            values(armed.len(), 11, 1)
+        );
+        let mut query = sqlx::query(&sql).persistent(armed.len() == 1);
+        for ((new, token), (sealed, key_id)) in armed.iter().zip(&sealed) {
+            query = query
+                .bind(new.id.as_str())
+                .bind(sealed.as_slice())
+                .bind(token.fingerprint())
+                .bind(token.workflow_id.as_str())
+                .bind(token.run_id.as_str())
+                .bind(token.activity_id.as_str())
+                .bind(i64::from(token.attempt))
+                .bind(CallbackState::Armed.as_str())
+                .bind(now)
+                .bind(new.heartbeat_timeout_ms)
+                .bind(key_id.as_deref());
+        }
+        let inserted = query.execute(&mut *tx).await;
+        if let Err(sqlx::Error::Database(db)) = &inserted {
+            if db.is_unique_violation() {
+                return Ok(false);
+            }
+        }
+        inserted?;
+        Ok(true)
     }
 
     /// Re-bind execution `id`'s callback to a newer attempt's token.
@@ -354,20 +416,17 @@ where
     /// With `lease_ms > 0` a callback is claimed for the caller to deliver at once; if the caller dies,
     /// the lease runs out and `claim_due` hands it to someone else. However many jobs there are, this is
     /// three statements (lock and read, end the executions, arm the callbacks for delivery): a burst of
-    /// settles costs about what one does. Jobs for the same execution run one after another, so the
-    /// second finds the first's end.
+    /// settles costs about what one does. A repeated execution's second job runs in a second round, which
+    /// finds the first's end.
     async fn settle_all(&self, tx: &mut DB::Connection, jobs: &[&SettleJob]) -> Result<Vec<Settled>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        if !all_distinct(jobs.iter().map(|job| job.id.as_str())) {
-            let mut settled = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                settled.extend(self.settle_distinct(tx, &[job]).await?);
+        let mut settled: Vec<Option<Settled>> = jobs.iter().map(|_| None).collect();
+        for round in rounds(jobs.iter().map(|job| job.id.as_str())) {
+            let these: Vec<&SettleJob> = round.iter().map(|&i| jobs[i]).collect();
+            for (i, one) in round.into_iter().zip(self.settle_distinct(tx, &these).await?) {
+                settled[i] = Some(one);
             }
-            return Ok(settled);
         }
-        self.settle_distinct(tx, jobs).await
+        Ok(settled.into_iter().map(|s| s.expect("every job settled")).collect())
     }
 
     /// `settle_all` for jobs of distinct executions.
@@ -552,16 +611,14 @@ where
 
     /// Record what delivering claimed callbacks did, in one statement. A callback that reached its end
     /// (delivered, gone, dead) has its token cleared. Only the claim that sent a token can record: if the
-    /// callback was re-bound to a newer attempt meanwhile, the stale result is dropped. Records of the same
-    /// callback run one after another (the first one's claim wins).
+    /// callback was re-bound to a newer attempt meanwhile, the stale result is dropped. A repeated
+    /// callback's second record runs in a second round (the first one's claim wins).
     async fn record_all(tx: &mut DB::Connection, records: &[(&ClaimedCallback, &DeliveryResult)]) -> Result<()> {
-        if !all_distinct(records.iter().map(|(claimed, _)| claimed.execution_id.as_str())) {
-            for record in records {
-                Self::record_distinct(tx, std::slice::from_ref(record)).await?;
-            }
-            return Ok(());
+        for round in rounds(records.iter().map(|(claimed, _)| claimed.execution_id.as_str())) {
+            let these: Vec<(&ClaimedCallback, &DeliveryResult)> = round.iter().map(|&i| records[i]).collect();
+            Self::record_distinct(tx, &these).await?;
         }
-        Self::record_distinct(tx, records).await
+        Ok(())
     }
 
     /// `record_all` for callbacks of distinct executions.
@@ -643,30 +700,30 @@ where
 
     /// Writes in the caller's transaction, answered in their order; None when a create lost a race (roll
     /// back and try again). Creates run first, then settles, then delivery records, the order in which
-    /// they can depend on each other; the settles and the records each take a few statements in all.
+    /// they can depend on each other; each kind takes a few statements in all.
     async fn write(&self, tx: &mut DB::Connection, ops: &[&WriteOp]) -> Result<Option<Vec<Written>>> {
         let mut written: Vec<Option<Written>> = ops.iter().map(|_| None).collect();
-        let (mut settles, mut records) = (Vec::new(), Vec::new());
+        let (mut to_create, mut to_settle, mut to_record) = (Vec::new(), Vec::new(), Vec::new());
         for (i, op) in ops.iter().enumerate() {
             match op {
-                WriteOp::Create(new) => match self.create(tx, new).await? {
-                    Some(created) => written[i] = Some(Written::Created(created)),
-                    None => return Ok(None),
-                },
-                WriteOp::Settle(job) => settles.push((i, job)),
-                WriteOp::Record(claimed, result) => records.push((i, (claimed, result))),
+                WriteOp::Create(new) => to_create.push((i, new)),
+                WriteOp::Settle(job) => to_settle.push((i, job)),
+                WriteOp::Record(claimed, result) => to_record.push((i, (claimed, result))),
             }
         }
-        let jobs: Vec<&SettleJob> = settles.iter().map(|(_, job)| *job).collect();
-        for ((i, _), settled) in settles.iter().zip(self.settle_all(tx, &jobs).await?) {
-            written[*i] = Some(Written::Settled(Box::new(settled)));
+        let news: Vec<&NewExecution> = to_create.iter().map(|(_, new)| *new).collect();
+        let Some(created) = self.create_all(tx, &news).await? else { return Ok(None) };
+        for ((i, _), one) in to_create.iter().zip(created) {
+            written[*i] = Some(Written::Created(one));
         }
-        if !records.is_empty() {
-            let all: Vec<(&ClaimedCallback, &DeliveryResult)> = records.iter().map(|(_, r)| *r).collect();
-            Self::record_all(tx, &all).await?;
-            for (i, _) in &records {
-                written[*i] = Some(Written::Recorded);
-            }
+        let jobs: Vec<&SettleJob> = to_settle.iter().map(|(_, job)| *job).collect();
+        for ((i, _), one) in to_settle.iter().zip(self.settle_all(tx, &jobs).await?) {
+            written[*i] = Some(Written::Settled(Box::new(one)));
+        }
+        let records: Vec<(&ClaimedCallback, &DeliveryResult)> = to_record.iter().map(|(_, r)| *r).collect();
+        Self::record_all(tx, &records).await?;
+        for (i, _) in &to_record {
+            written[*i] = Some(Written::Recorded);
         }
         Ok(Some(written.into_iter().map(|w| w.expect("every write answered")).collect()))
     }
@@ -893,7 +950,28 @@ fn values(rows: usize, columns: usize, first: usize) -> String {
         .join(", ")
 }
 
-fn all_distinct<'a>(ids: impl Iterator<Item = &'a str>) -> bool {
+/// The indices of `ids` in rounds in which no id repeats: an id's n-th occurrence goes in round n.
+fn rounds<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, id) in ids.enumerate() {
+        let n = seen.entry(id).or_insert(0);
+        if rounds.len() == *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(i);
+        *n += 1;
+    }
+    rounds
+}
+
+fn all_distinct<T: Eq + std::hash::Hash>(items: impl Iterator<Item = T>) -> bool {
     let mut seen = HashSet::new();
-    ids.into_iter().all(|id| seen.insert(id))
+    items.into_iter().all(|item| seen.insert(item))
+}
+
+/// A new execution's first status: the one given (checked against its kind's spec), PENDING.
+fn pending_status(new: &NewExecution) -> Result<Vec<u8>> {
+    check_spec(new.kind, &new.spec)?;
+    edit_status(new.kind, new.status.as_deref().unwrap_or_default(), |s| s.set_phase(Phase::Pending))
 }
