@@ -125,16 +125,19 @@ impl Core {
         &self.pump
     }
 
-    /// Heartbeat the parent of `id` from now on (when it has one and Temporal is connected).
-    async fn pump_execution(self: &Arc<Self>, id: &str) -> Result<()> {
-        if self.temporal.is_none() {
+    /// Heartbeat the parents of these executions from now on (those that have one, when Temporal is
+    /// connected), looked up in one query.
+    async fn pump_executions(self: &Arc<Self>, ids: &[String]) -> Result<()> {
+        if self.temporal.is_none() || ids.is_empty() {
             return Ok(());
         }
-        if let Some((token, heartbeat_timeout_ms)) = self.store.armed_callback(id).await? {
-            self.pump_started.get_or_init(|| {
-                pyo3_async_runtimes::tokio::get_runtime().spawn(pump::run(Arc::downgrade(self)));
-            });
-            self.pump.track(id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+        for (id, armed) in self.store.armed_callbacks(ids).await? {
+            if let Some((token, heartbeat_timeout_ms)) = armed {
+                self.pump_started.get_or_init(|| {
+                    pyo3_async_runtimes::tokio::get_runtime().spawn(pump::run(Arc::downgrade(self)));
+                });
+                self.pump.track(&id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+            }
         }
         Ok(())
     }
@@ -761,9 +764,7 @@ impl PyCore {
         spawn(py, async move {
             let records = core.store.claim(kind, limit, lease_ms).await?;
             // From now on this process heartbeats their parents: its liveness is theirs.
-            for record in &records {
-                core.pump_execution(&record.id).await?;
-            }
+            core.pump_executions(&records.iter().map(|r| r.id.clone()).collect::<Vec<_>>()).await?;
             Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }

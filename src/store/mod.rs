@@ -12,6 +12,7 @@ mod sql;
 mod sqlite;
 mod status;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
@@ -461,6 +462,10 @@ impl Store {
 
     pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
         on_db!(self, db => db.armed_callback(id).await)
+    }
+
+    pub async fn armed_callbacks(&self, ids: &[String]) -> Result<HashMap<String, Option<(TaskToken, Option<i64>)>>> {
+        on_db!(self, db => db.armed_callbacks(ids).await)
     }
 }
 

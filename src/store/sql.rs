@@ -318,30 +318,48 @@ where
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
+        // The PENDING ones start now: IN_PROGRESS, with their start time, in one statement.
         let mut ids = Vec::with_capacity(rows.len());
+        let mut starting = Vec::new();
         for row in rows {
             let id: String = row.try_get("id")?;
             if Phase::from_proto(row.try_get("phase")?) == Phase::Pending {
-                let status: Vec<u8> = row.try_get("status")?;
-                let status = edit_status(kind, &status, |s| {
+                let status = edit_status(kind, &row.try_get::<Vec<u8>, _>("status")?, |s| {
                     s.set_phase(Phase::InProgress);
                     s.mark_started(timestamp(now));
                 })?;
-                sqlx::query("UPDATE executions SET phase = $1, status = $2 WHERE id = $3")
-                    .bind(Phase::InProgress.to_proto())
-                    .bind(status)
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                starting.push((id.clone(), status));
             }
             ids.push(id);
         }
-        tx.commit().await?;
-        let mut claimed = Vec::with_capacity(ids.len());
-        for id in ids {
-            claimed.push(self.get(&id, false).await?);
+        if !starting.is_empty() {
+            let sql = format!(
+                "UPDATE executions SET phase = $1, status = v.column2 FROM (VALUES {}) AS v WHERE executions.id = v.column1",
+                values(starting.len(), 2, 2)
+            );
+            let mut query = sqlx::query(&sql).persistent(starting.len() == 1).bind(Phase::InProgress.to_proto());
+            for (id, status) in &starting {
+                query = query.bind(id.as_str()).bind(status.as_slice());
+            }
+            query.execute(&mut *tx).await?;
         }
+        let claimed = Self::records(&mut tx, &ids).await?;
+        tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// The executions with these ids, oldest first (without tokens).
+    async fn records(tx: &mut DB::Connection, ids: &[String]) -> Result<Vec<ExecutionRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
+             WHERE e.id IN ({}) ORDER BY e.created_ms, e.id",
+            DB::ids_in_json("$1")
+        );
+        let rows = sqlx::query(&sql).bind(json_ids(ids)?).fetch_all(&mut *tx).await?;
+        rows.iter().map(|row| Self::record_from_row(row, None)).collect()
     }
 
     /// Extend a runner's leases on running executions, all in one statement.
@@ -349,11 +367,11 @@ where
         if ids.is_empty() {
             return Ok(());
         }
-        let ids = serde_json::to_string(ids).map_err(|e| Error::Store(e.to_string()))?;
         let sql = format!(
             "UPDATE executions SET claim_until_ms = $1 + claim_lease_ms WHERE phase = $2 AND id IN ({})",
             DB::ids_in_json("$3")
         );
+        let ids = json_ids(ids)?;
         sqlx::query(&sql).bind(now_ms()).bind(Phase::InProgress.to_proto()).bind(ids).execute(&self.pool).await?;
         Ok(())
     }
@@ -815,18 +833,35 @@ where
     /// A running execution's armed callback, for heartbeats: its token and the parent's heartbeat timeout.
     /// None for a direct execution or once the callback is due; `ExecutionNotFound` for an unknown id.
     pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
-        let row = sqlx::query(
-            "SELECT c.token, c.token_key_id, c.heartbeat_timeout_ms FROM executions e \
-             LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' WHERE e.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let row = row.ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
-        let token: Option<Vec<u8>> = row.try_get("token")?;
-        let Some(token) = token else { return Ok(None) };
-        let token = self.keyring.open(id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
-        Ok(Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?)))
+        let mut found = self.armed_callbacks(&[id.to_owned()]).await?;
+        found.remove(id).ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))
+    }
+
+    /// `armed_callback` of many executions in one query; the ids not found are missing from the map.
+    pub async fn armed_callbacks(&self, ids: &[String]) -> Result<HashMap<String, Option<(TaskToken, Option<i64>)>>> {
+        let sql = format!(
+            "SELECT e.id, c.token, c.token_key_id, c.heartbeat_timeout_ms FROM executions e \
+             LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' WHERE e.id IN ({})",
+            DB::ids_in_json("$1")
+        );
+        let rows = sqlx::query(&sql).bind(json_ids(ids)?).fetch_all(&self.pool).await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let armed = match row.try_get::<Option<Vec<u8>>, _>("token")? {
+                Some(sealed) => {
+                    let token = self.keyring.open(
+                        &id,
+                        &sealed,
+                        row.try_get::<Option<String>, _>("token_key_id")?.as_deref(),
+                    )?;
+                    Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?))
+                }
+                None => None,
+            };
+            found.insert(id, armed);
+        }
+        Ok(found)
     }
 
     /// Take the write lock on an execution (an UPDATE first: SQLite's writers queue on its lock instead of
@@ -968,6 +1003,11 @@ fn rounds<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
 fn all_distinct<T: Eq + std::hash::Hash>(items: impl Iterator<Item = T>) -> bool {
     let mut seen = HashSet::new();
     items.into_iter().all(|item| seen.insert(item))
+}
+
+/// Ids as a JSON array, bound as one value (see `Backend::ids_in_json`): no limit on how many.
+fn json_ids(ids: &[String]) -> Result<String> {
+    serde_json::to_string(ids).map_err(|e| Error::Store(e.to_string()))
 }
 
 /// A new execution's first status: the one given (checked against its kind's spec), PENDING.
