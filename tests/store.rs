@@ -90,6 +90,22 @@ fn status_token(record: &store::ExecutionRecord) -> Vec<u8> {
     AgentExecutionStatus::decode(record.status.as_slice()).unwrap().callback_token
 }
 
+#[tokio::test]
+async fn a_claim_larger_than_one_statement_can_bind_starts_every_execution() {
+    // 2 bound values per started execution: 16,500 of them in one statement would pass SQLite's 32,766.
+    let store = store::open("sqlite::memory:").await.unwrap();
+    let n = 16_500;
+    for first in (0..n).step_by(1_000) {
+        let news: Vec<NewExecution> = (first..(first + 1_000).min(n)).map(|i| direct(&format!("e{i}"))).collect();
+        let expected = news.iter().map(|new| Created::New(new.id.clone())).collect();
+        create_at_once(&store, news, expected).await;
+    }
+    let claimed = store.claim(Kind::Agent, 20_000, 60_000).await.unwrap();
+    assert_eq!(claimed.len(), n);
+    assert!(claimed.iter().all(|record| record.phase == Phase::InProgress));
+    assert!(store.claim(Kind::Agent, 1, 60_000).await.unwrap().is_empty(), "nothing left to claim");
+}
+
 /// Runs each test once on SQLite (in memory) and once on PostgreSQL (a fresh schema).
 macro_rules! on_both_stores {
     ($(async fn $name:ident($store:ident) $body:block)*) => {

@@ -307,9 +307,9 @@ pub enum Written {
 /// Where the batched writer answers a queued write, once its transaction's commit is known.
 type Answer = oneshot::Sender<Result<Written>>;
 
-/// At most this many writes share one transaction (and one statement: 11 bound values a row at most keeps
-/// it far below SQLite's 32,766 and PostgreSQL's 65,535).
-const MAX_WRITE_BATCH: usize = 256;
+/// At most this many writes share one transaction (no more than `sql::ROWS_PER_STATEMENT`: a batch's
+/// writes of one kind are one statement).
+const MAX_WRITE_BATCH: usize = sql::ROWS_PER_STATEMENT;
 
 #[derive(Clone)]
 enum Db {

@@ -23,6 +23,9 @@ use crate::token::TaskToken;
 const RECORD_COLUMNS: &str =
     "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, c.state, c.fingerprint, c.workflow_id, \
      c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token, c.token_key_id";
+/// Rows in one multi-row statement at most: with at most 11 bound values a row, far below SQLite's 32,766
+/// and PostgreSQL's 65,535. The writer's batches are no larger (`MAX_WRITE_BATCH`).
+pub(super) const ROWS_PER_STATEMENT: usize = 256;
 /// After a token this process cannot open, wait this long before offering the callback again.
 const KEY_RETRY_MS: i64 = 5_000;
 const OUTCOME_COLUMNS: &str =
@@ -332,13 +335,14 @@ where
             }
             ids.push(id);
         }
-        if !starting.is_empty() {
+        // A claim has no upper limit; a statement has one on its bound values.
+        for chunk in starting.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "UPDATE executions SET phase = $1, status = v.column2 FROM (VALUES {}) AS v WHERE executions.id = v.column1",
-                values(starting.len(), 2, 2)
+                values(chunk.len(), 2, 2)
             );
-            let mut query = sqlx::query(&sql).persistent(starting.len() == 1).bind(Phase::InProgress.to_proto());
-            for (id, status) in &starting {
+            let mut query = sqlx::query(&sql).persistent(chunk.len() == 1).bind(Phase::InProgress.to_proto());
+            for (id, status) in chunk {
                 query = query.bind(id.as_str()).bind(status.as_slice());
             }
             query.execute(&mut *tx).await?;
