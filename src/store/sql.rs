@@ -879,14 +879,10 @@ where
     async fn touch_all(tx: &mut DB::Connection, ids: &[&str]) -> Result<HashMap<String, (Kind, Phase, Vec<u8>)>> {
         let sql = format!(
             "UPDATE executions SET updated_ms = updated_ms WHERE id IN ({}) RETURNING id, kind, phase, status",
-            (1..=ids.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+            DB::ids_in_json("$1")
         );
-        let mut query = sqlx::query(&sql).persistent(ids.len() == 1);
-        for id in ids {
-            query = query.bind(*id);
-        }
         let mut found = HashMap::with_capacity(ids.len());
-        for row in query.fetch_all(&mut *tx).await? {
+        for row in sqlx::query(&sql).bind(json_ids(ids)?).fetch_all(&mut *tx).await? {
             let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
             found.insert(row.try_get("id")?, (kind, Phase::from_proto(row.try_get("phase")?), row.try_get("status")?));
         }
@@ -1010,8 +1006,9 @@ fn all_distinct<T: Eq + std::hash::Hash>(items: impl Iterator<Item = T>) -> bool
 }
 
 /// Ids as a JSON array, bound as one value (see `Backend::ids_in_json`): no limit on how many.
-fn json_ids(ids: &[String]) -> Result<String> {
-    serde_json::to_string(ids).map_err(|e| Error::Store(e.to_string()))
+fn json_ids(ids: &[impl AsRef<str>]) -> Result<String> {
+    let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+    serde_json::to_string(&ids).map_err(|e| Error::Store(e.to_string()))
 }
 
 /// A new execution's first status: the one given (checked against its kind's spec), PENDING.
