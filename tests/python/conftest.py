@@ -29,6 +29,7 @@ from flows import (
     PatientParent,
     PipelineParent,
     QuickParent,
+    RetriedAgentParent,
     RetryingParent,
 )
 
@@ -60,6 +61,15 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the rest keep their order
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @dataclass
@@ -137,6 +147,7 @@ async def env(temporal_server: DevServer, temporal_client: Client, store_url: st
             FanOutParent,
             PatientParent,
             RetryingParent,
+            RetriedAgentParent,
             InstantParent,
         ],
         activities=[

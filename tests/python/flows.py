@@ -28,6 +28,8 @@ class AgentRequest:
     prompt: str
     start_to_close_seconds: float = 300
     heartbeat_timeout_seconds: float = 0  # 0: the parent declares no heartbeat timeout
+    maximum_attempts: int = 1  # RetriedAgentParent's retry policy
+    retry_interval_seconds: float = 0.1
 
 
 def expected_answer(prompt: str) -> AgentAnswer:
@@ -180,6 +182,26 @@ class RetryingParent:
             request,
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=3),
+        )
+
+
+@workflow.defn
+class RetriedAgentParent:
+    """Retries its caller activity: `maximum_attempts` attempts, `retry_interval_seconds` apart."""
+
+    @workflow.run
+    async def run(self, request: AgentRequest) -> AgentAnswer:
+        return await workflow.execute_activity_method(
+            CallerActivities.run_agent,
+            request,
+            start_to_close_timeout=timedelta(seconds=request.start_to_close_seconds),
+            heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_seconds) or None,
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=request.retry_interval_seconds),
+                backoff_coefficient=1.0,
+                maximum_attempts=request.maximum_attempts,
+            ),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
 
 

@@ -2,7 +2,8 @@
 
     python tests/python/runner.py STORE_URL TEMPORAL_URL MODE EXECUTION_ID [JSON]
 
-MODE is succeed (JSON result), fail (JSON {message, type, non_retryable, details}), cancel (heartbeat
+MODE is succeed (JSON result), hold_then_succeed (JSON {"seconds", "answer"}: claim, watch the parent's
+signals for that long, then succeed), fail (JSON {message, type, non_retryable, details}), cancel (heartbeat
 until the parent asks to cancel, then report it), hold (claim and wait to be killed) or timed (JSON
 {"ids", "pause"}: succeed each id in turn, a pause apart, and report when each settle had returned) or
 metrics (JSON {"ids"}: succeed each with its answer, try one unknown id, then report what this process's
@@ -54,6 +55,18 @@ async def main(store: str, temporal: str, mode: str, execution_id: str, arg: str
             reply = await asyncio.to_thread(urllib.request.urlopen, server.url)
             report["content_type"] = reply.headers["Content-Type"]
             report["metrics"] = reply.read().decode()
+    elif mode == "hold_then_succeed":  # JSON {"seconds", "answer"}: claim, let the pump keep it, then succeed
+        spec = json.loads(arg)
+        [claimed] = await hs.claim("agent")
+        assert claimed.metadata.id == execution_id, claimed.metadata.id
+        gone_seen, deadline = False, time.monotonic() + spec["seconds"]
+        while time.monotonic() < deadline:
+            signals = hs.parent_signals(execution_id)
+            gone_seen = gone_seen or (signals is not None and signals.parent_gone)
+            await asyncio.sleep(0.1)
+        report["parent_gone_seen"] = gone_seen
+        settlement = await hs.succeed(execution_id, spec["answer"])
+        report["reason"] = settlement.reason
     elif mode == "hold":  # claim it, so this process heartbeats its parent, and wait to be killed
         [claimed] = await hs.claim("agent", lease=1.0)
         print(json.dumps({"pid": os.getpid(), "claimed": claimed.metadata.id}), flush=True)

@@ -161,8 +161,9 @@ async def test_reconcile_once_and_as_a_loop_delivers_what_is_due(env: Env) -> No
         assert (await asyncio.wait_for(second_handle.result(), timeout=30)).answer == "B"
         assert loop.poll() is None, "the loop keeps running"
     finally:
-        loop.send_signal(signal.SIGINT)
+        loop.send_signal(signal.SIGTERM)  # a graceful stop: the pass finishes, exit 0
         out, _ = loop.communicate(timeout=30)
+    assert loop.returncode == 0
     assert '"delivered": 1' in out
     bad = await cli(env, "reconcile", "--every", "-1")
     assert bad.returncode == 2

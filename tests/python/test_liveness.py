@@ -145,6 +145,7 @@ async def test_killing_the_runner_lets_the_heartbeat_timeout_fire_and_marks_the_
 
     report = await env.hs.reconcile()
     assert report.orphaned == 1
+    assert (await env.hs.reconcile()).orphaned == 0, "a second pass counted the same orphan again"
     execution = await env.hs.get(request.execution_id)
     assert execution.status.orphaned
     assert execution.status.phase == pb.ExecutionPhase.EXECUTION_PHASE_IN_PROGRESS
