@@ -3,8 +3,10 @@
     python tests/python/chaos_runner.py STORE_URL TEMPORAL_URL [both|runner|reconciler]
 
 A runner claims with a short lease so a dead runner's work is taken over quickly, and answers each prompt
-with `expected_answer`; a reconciler runs the reconciler at start-up, then every 0.5 s. "both" (the
-default) is one process doing both.
+with `expected_answer`, or as its first word says: "flaky" fails retryably unless the execution retries
+one that failed, "fatal" fails for good (type FATAL), "cancel" waits for the parent to ask and cancels,
+"hold" holds the child for 5 s (the pump heartbeats its parent meanwhile) before it answers; a reconciler
+runs the reconciler at start-up, then every 0.5 s. "both" (the default) is one process doing both.
 """
 
 from __future__ import annotations
@@ -19,9 +21,21 @@ from flows import expected_answer
 
 
 async def run(hs: Handshake, execution: pb.AgentExecution) -> None:
+    execution_id, prompt = execution.metadata.id, execution.spec.message
     await asyncio.sleep(random.uniform(0, 0.2))
-    await hs.heartbeat(execution.metadata.id)
-    await hs.succeed(execution.metadata.id, expected_answer(execution.spec.message))
+    await hs.heartbeat(execution_id)
+    how = prompt.split(" ", 1)[0]
+    if how == "flaky" and (await hs.inspect(execution_id)).retry_of is None:
+        await hs.fail(execution_id, f"{prompt}: try again", type="FLAKY")
+    elif how == "fatal":
+        await hs.fail(execution_id, f"{prompt}: cannot", type="FATAL", non_retryable=True)
+    elif how == "cancel":
+        await hs.cancellation(execution_id)
+        await hs.cancel(execution_id, "stopped on request")
+    else:
+        if how == "hold":
+            await asyncio.sleep(5)
+        await hs.succeed(execution_id, expected_answer(prompt))
 
 
 async def main(store: str, temporal: str, role: str) -> None:
