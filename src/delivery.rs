@@ -204,11 +204,7 @@ async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<G
         Ok(None) => GoneReason::ParentWorkflowClosed,
         Ok(Some(state)) if state.closed_as.is_some() => GoneReason::ParentWorkflowClosed,
         Ok(Some(state)) => {
-            let retried = state
-                .pending_activities
-                .iter()
-                .any(|(id, attempt)| *id == token.activity_id && *attempt > token.attempt);
-            if retried {
+            if state.retried(token) {
                 GoneReason::StaleAttempt
             } else {
                 // The workflow runs and the attempt is no longer pending: its timeout ended it.

@@ -51,6 +51,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Temporal could not be reached (or is restarting): waiting and trying again may mend it.
+    pub fn is_unreachable(&self) -> bool {
+        use tonic::Code;
+        match self {
+            Error::Connect { .. } => true,
+            Error::Rpc { code, .. } => matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown),
+            _ => false,
+        }
+    }
+
     /// The Python exception class this error is raised as (also the `type` label of the error metric).
     pub fn type_name(&self) -> &'static str {
         match self {

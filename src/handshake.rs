@@ -14,7 +14,7 @@ use crate::pump::{self, Pump, Signals};
 use crate::reconcile::{self, ReconcileReport};
 use crate::secrets::{self, Keyring};
 use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Store};
-use crate::temporal::{HeartbeatFlags, Target, Temporal};
+use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
 use crate::token::TaskToken;
 
 /// Temporal's default limit on a payload (the server refuses larger blobs).
@@ -27,7 +27,8 @@ const WAIT_RECHECK: Duration = Duration::from_secs(5);
 /// The shared state behind every clone of a handshake.
 pub struct Core {
     store: Store,
-    temporal: Option<Temporal>,
+    /// None: store only (settles are recorded as due; another process delivers them).
+    temporal: Option<LazyTemporal>,
     pid: u32,
     /// Stops the background reconciler, when one runs.
     reconciler: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
@@ -51,6 +52,9 @@ pub struct Options {
     pub capability_key: Option<Vec<u8>>,
     /// Results (and details) over this size are never sent; the parent gets RESULT_TOO_LARGE.
     pub max_result_bytes: usize,
+    /// None: connect to Temporal at once if it answers, else on first use (settles are recorded meanwhile).
+    /// Some: wait up to this long for Temporal at connect, then fail with `Connect`.
+    pub wait_for_temporal: Option<Duration>,
 }
 
 impl Core {
@@ -67,7 +71,18 @@ impl Core {
         let store = Store::open(store_url, keyring).await?;
         let temporal = match temporal {
             Some(target) => {
-                Some(Temporal::connect(target, &options.namespaces, &options.identity, options.max_result_bytes).await?)
+                let lazy = LazyTemporal::new(target, &options.namespaces, &options.identity, options.max_result_bytes)?;
+                match options.wait_for_temporal {
+                    Some(patience) => drop(lazy.wait(patience).await?),
+                    // Unreachable now (an outage, a restart): start anyway, as temporalio's lazy clients do.
+                    None => match lazy.get().await {
+                        Err(err) if err.is_unreachable() => {
+                            tracing::warn!(error = %err, "Temporal is not reachable yet; settles are recorded and delivered once it is");
+                        }
+                        other => drop(other?),
+                    },
+                }
+                Some(lazy)
             }
             None => None,
         };
@@ -117,8 +132,14 @@ impl Core {
         &self.store
     }
 
-    pub fn temporal_connection(&self) -> Option<&Temporal> {
-        self.temporal.as_ref()
+    /// Whether this handshake has a Temporal connection made (false while Temporal has not answered yet).
+    pub fn temporal_connected(&self) -> bool {
+        self.temporal.as_ref().is_some_and(|t| t.connected().is_some())
+    }
+
+    /// The default interval of the pump, for parents without a heartbeat timeout.
+    pub fn default_heartbeat_interval(&self) -> Duration {
+        self.default_heartbeat_interval
     }
 
     pub fn pump(&self) -> &Pump {
@@ -142,6 +163,45 @@ impl Core {
         Ok(())
     }
 
+    /// Store a new execution; with a token, arm its callback or re-bind a retried parent activity to its
+    /// child. A re-bound child that had already ended has its outcome delivered to the new attempt at once,
+    /// and one this process pumps is heartbeated with the new token from now on.
+    pub async fn create(&self, new: NewExecution) -> Result<Created> {
+        if let (Some(token), Some(lazy)) = (&new.token, &self.temporal) {
+            // A token of a namespace this handshake does not serve could never be settled: refuse it now
+            // (while Temporal cannot be reached, its delivery checks it).
+            if let Ok(temporal) = lazy.get().await {
+                temporal.for_token(token)?;
+            }
+        }
+        let (token, heartbeat_timeout_ms) = (new.token.clone(), new.heartbeat_timeout_ms);
+        let created = self.store.create(new).await?;
+        if let (Created::Rebound(id), Some(token)) = (&created, token) {
+            self.pump.rebind(id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+            self.deliver_if_due(id);
+        }
+        Ok(created)
+    }
+
+    /// Deliver `id`'s callback in the background if its outcome is due (a re-bound child that had ended);
+    /// if this fails, the callback stays due for the reconciler.
+    fn deliver_if_due(&self, id: &str) {
+        let Some(lazy) = self.temporal.clone() else { return };
+        let (store, id) = (self.store.clone(), id.to_owned());
+        tokio::spawn(async move {
+            let delivered = async {
+                let temporal = lazy.get().await?;
+                if let Some(claimed) = store.claim_due_one(&id, delivery::DELIVERY_LEASE_MS).await? {
+                    delivery::deliver(&store, temporal, claimed).await?;
+                }
+                Ok::<(), Error>(())
+            };
+            if let Err(err) = delivered.await {
+                tracing::warn!(execution = %id, error = %err, "could not deliver at re-bind; the reconciler will");
+            }
+        });
+    }
+
     pub async fn settle(
         &self,
         id: &str,
@@ -157,9 +217,21 @@ impl Core {
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
         let span =
             tracing::info_span!("settle", execution = %id, outcome = outcome.name(), result = tracing::field::Empty);
-        let settled = delivery::settle(&self.store, self.temporal.as_ref(), id, &outcome, status.as_deref(), wait)
+        // Temporal unreachable: the outcome is recorded as due (no delivery lease), for the reconciler.
+        let (temporal, unreachable) = match &self.temporal {
+            None => (None, None),
+            Some(lazy) => match lazy.get().await {
+                Ok(temporal) => (Some(temporal), None),
+                Err(err) => (None, Some(err)),
+            },
+        };
+        let settled = delivery::settle(&self.store, temporal, id, &outcome, status.as_deref(), wait)
             .instrument(span.clone())
-            .await;
+            .await
+            .map(|settled| match (settled, unreachable) {
+                (SettleOutcome::Recorded, Some(err)) => SettleOutcome::Retrying(err.to_string()),
+                (settled, _) => settled,
+            });
         match &settled {
             Ok(result) => span.record("result", result.name()),
             Err(err) => span.record("result", err.type_name()),
@@ -182,7 +254,7 @@ impl Core {
             // A direct execution, or one already settled: there is no parent to heartbeat.
             return Ok(HeartbeatFlags::default());
         };
-        self.temporal()?.heartbeat(&Target::Token(token), details.as_deref()).await
+        self.temporal().await?.heartbeat(&Target::Token(token), details.as_deref()).await
     }
 
     pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ExecutionRecord> {
@@ -211,7 +283,12 @@ impl Core {
         }
     }
 
-    fn temporal(&self) -> Result<&Temporal> {
+    /// The Temporal connection, made now if it is not yet (`Connect` while Temporal is unreachable).
+    pub async fn temporal(&self) -> Result<&Temporal> {
+        self.lazy_temporal()?.get().await
+    }
+
+    fn lazy_temporal(&self) -> Result<&LazyTemporal> {
         self.temporal.as_ref().ok_or_else(|| {
             Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
         })
@@ -360,6 +437,8 @@ pub struct PyExecution {
     delivery_attempts: i64,
     last_error: Option<String>,
     gone_reason: Option<String>,
+    /// The execution this one retries (its parent activity was retried after that one's failure).
+    retry_of: Option<String>,
     /// When it was stored and last written, in seconds since the Unix epoch.
     created_at: f64,
     updated_at: f64,
@@ -386,6 +465,7 @@ impl PyExecution {
             delivery_attempts: c.map_or(0, |c| c.attempts),
             last_error: c.and_then(|c| c.last_error.clone()),
             gone_reason: c.and_then(|c| c.gone_reason.clone()),
+            retry_of: record.retry_of,
             created_at: ms_to_seconds(record.created_ms),
             updated_at: ms_to_seconds(record.updated_ms),
         }
@@ -633,6 +713,7 @@ impl PyCore {
     #[pyo3(signature = (
         store, temporal=None, namespaces=vec!["default".to_owned()], identity="stigmer-handshake",
         heartbeat_interval=30.0, token_keys=Vec::new(), capability_key=None, max_result_bytes=DEFAULT_MAX_RESULT_BYTES,
+        wait_for_temporal=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature
     fn connect<'py>(
@@ -645,12 +726,14 @@ impl PyCore {
         token_keys: Vec<(String, Vec<u8>)>,
         capability_key: Option<Vec<u8>>,
         max_result_bytes: i64,
+        wait_for_temporal: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let interval =
             Duration::from_millis(u64::try_from(seconds_to_ms(heartbeat_interval, "heartbeat_interval")?).unwrap_or(0));
         let max_result_bytes = usize::try_from(max_result_bytes).ok().filter(|n| *n > 0).ok_or_else(|| {
             Error::InvalidArgument(format!("max_result_bytes must be positive, not {max_result_bytes}"))
         })?;
+        let wait_for_temporal = wait_for_temporal.map(|t| patience(t, "wait_for_temporal")).transpose()?;
         let options = Options {
             namespaces,
             identity: identity.to_owned(),
@@ -658,6 +741,7 @@ impl PyCore {
             token_keys,
             capability_key,
             max_result_bytes,
+            wait_for_temporal,
         };
         spawn(py, async move {
             let core = Core::connect(&store, temporal.as_deref(), options).await?;
@@ -694,10 +778,6 @@ impl PyCore {
         let id = execution_id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
         check_execution_id(&id)?;
         let core = self.core()?;
-        if let (Some(token), Some(temporal)) = (&token, &core.temporal) {
-            // A token of a namespace this handshake does not serve could never be settled: refuse it now.
-            temporal.for_token(token)?;
-        }
         // Deferring (with a token) starts the pending gap; settle and deliver spans name the same token
         // fingerprint at its other end. Going pending is the normal path, logged at INFO, never as an error.
         let span = if let Some(t) = &token {
@@ -709,7 +789,7 @@ impl PyCore {
             py,
             async move {
                 let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms };
-                let created = match core.store.create(new).await? {
+                let created = match core.create(new).await? {
                     Created::New(id) => (id, false),
                     Created::Rebound(id) => (id, true),
                 };
@@ -782,6 +862,11 @@ impl PyCore {
         let core = self.core()?;
         let text = py.detach(|| pyo3_async_runtimes::tokio::get_runtime().block_on(core.metrics_text()))?;
         Ok(text)
+    }
+
+    /// Whether the Temporal connection is made (false with no Temporal, or while it has not answered yet).
+    fn temporal_connected(&self) -> PyResult<bool> {
+        Ok(self.core()?.temporal_connected())
     }
 
     /// The pump's counters: (executions tracked, heartbeats sent, heartbeats failed).
@@ -885,7 +970,7 @@ impl PyCore {
     fn reconcile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = self.core()?;
         spawn(py, async move {
-            Ok(PyReconcileReport::from(reconcile::reconcile_once(&core.store, core.temporal()?).await?))
+            Ok(PyReconcileReport::from(reconcile::reconcile_once(&core.store, core.temporal().await?).await?))
         })
     }
 
@@ -893,7 +978,7 @@ impl PyCore {
     fn start_reconciler(&self, interval: f64) -> PyResult<()> {
         let interval = Duration::from_millis(u64::try_from(seconds_to_ms(interval, "interval")?).unwrap_or(0).max(10));
         let core = self.core()?;
-        core.temporal()?;
+        core.lazy_temporal()?;
         let mut running = core.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?;
         if running.is_some() {
             return Err(Error::InvalidArgument("a reconciler is already running for this handshake".into()).into());
@@ -922,13 +1007,7 @@ impl PyCore {
         execution_id: ExecutionId,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let timeout = timeout
-            .map(|t| {
-                Duration::try_from_secs_f64(t).map_err(|_| {
-                    Error::InvalidArgument(format!("timeout must be a non-negative number of seconds, not {t}"))
-                })
-            })
-            .transpose()?;
+        let timeout = timeout.map(|t| patience(t, "timeout")).transpose()?;
         let core = self.core()?;
         spawn(py, async move {
             let record = core.wait(&execution_id, timeout).await?;
@@ -952,7 +1031,7 @@ impl PyCore {
         crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
         let core = self.core()?;
         spawn(py, async move {
-            core.temporal()?.respond(&target, &outcome).await?;
+            core.temporal().await?.respond(&target, &outcome).await?;
             Ok(())
         })
     }
@@ -972,7 +1051,7 @@ impl PyCore {
         let details = optional_bytes(details, "details")?;
         let core = self.core()?;
         spawn(py, async move {
-            let flags = core.temporal()?.heartbeat(&target, details.as_deref()).await?;
+            let flags = core.temporal().await?.heartbeat(&target, details.as_deref()).await?;
             Ok(PyHeartbeatReply::from(flags))
         })
     }
@@ -988,6 +1067,12 @@ fn seconds_to_ms(seconds: f64, what: &str) -> Result<i64> {
     }
     #[allow(clippy::cast_possible_truncation)]
     Ok((seconds * 1000.0).round() as i64)
+}
+
+/// How long to wait, from seconds: zero or more, finite.
+fn patience(seconds: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| Error::InvalidArgument(format!("{what} must be a non-negative number of seconds, not {seconds}")))
 }
 
 fn parse_phase(name: &str) -> Result<Phase> {

@@ -4,6 +4,10 @@
 //! Temporal does not heartbeat async-completing activities for you (temporalio/sdk-go#703). The pump
 //! runs in the runner's process on purpose: if the runner dies, the heartbeats stop, the parent's
 //! heartbeat timeout fires and its retry policy takes over (re-binding to the same child).
+//!
+//! A re-bind gives the parent a new token, in whatever process the retried caller activity runs: the pump
+//! follows the store's current token (at a re-bind in this process, and whenever the server no longer
+//! knows the token it beats with), and calls a parent gone only when no retry of it is pending.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -72,10 +76,7 @@ pub struct PumpStats {
 impl Pump {
     /// Start heartbeating `id` (idempotent: a re-claim keeps the latest details and signals).
     pub fn track(&self, id: &str, token: TaskToken, heartbeat_timeout_ms: Option<i64>, default_interval: Duration) {
-        let interval = heartbeat_timeout_ms
-            .and_then(|ms| u64::try_from(ms).ok())
-            .map_or(default_interval, |ms| Duration::from_millis(ms) / TIMEOUT_FRACTION)
-            .max(MIN_INTERVAL);
+        let interval = interval(heartbeat_timeout_ms, default_interval);
         // A heartbeat timeout runs from the attempt's start: beat at once. Without one, the first beat can
         // wait an interval (a claim of hundreds then costs no burst of heartbeats).
         let first_at = Instant::now() + if heartbeat_timeout_ms.is_some() { Duration::ZERO } else { interval };
@@ -91,6 +92,18 @@ impl Pump {
         });
         entry.token = token;
         entry.interval = interval;
+    }
+
+    /// Heartbeat `id` with a re-bound attempt's token from now on, at once (its heartbeat timeout runs
+    /// from its start); a no-op when `id` is not pumped here.
+    pub fn rebind(&self, id: &str, token: TaskToken, heartbeat_timeout_ms: Option<i64>, default_interval: Duration) {
+        let changed = self.lock().get_mut(id).is_some_and(|entry| {
+            entry.follow(token, interval(heartbeat_timeout_ms, default_interval));
+            true
+        });
+        if changed {
+            self.changed.notify_waiters();
+        }
     }
 
     pub fn untrack(&self, id: &str) {
@@ -144,6 +157,58 @@ impl Pump {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts/removes).
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How often to heartbeat a parent with this heartbeat timeout (or none).
+fn interval(heartbeat_timeout_ms: Option<i64>, default_interval: Duration) -> Duration {
+    heartbeat_timeout_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map_or(default_interval, |ms| Duration::from_millis(ms) / TIMEOUT_FRACTION)
+        .max(MIN_INTERVAL)
+}
+
+impl Entry {
+    /// Beat with `token` (a newer attempt's) from now on, starting at once.
+    fn follow(&mut self, token: TaskToken, interval: Duration) {
+        self.token = token;
+        self.interval = interval;
+        self.next_at = Instant::now();
+        self.signals.gone = false;
+    }
+}
+
+/// What became of a parent whose token the server no longer knows.
+enum Parent {
+    /// Retried and re-bound: the store holds a newer attempt's token (and its heartbeat timeout).
+    Rebound(TaskToken, Option<i64>),
+    /// Its retry is pending and has not re-bound yet: keep looking.
+    Retrying,
+    Gone,
+    /// The store or Temporal could not say now: ask again later.
+    Unknown,
+}
+
+/// Ask the store for `id`'s current token, and Temporal whether a retry of the parent is pending.
+async fn follow_parent(core: &Core, id: &str, token: &TaskToken) -> Parent {
+    match core.store().armed_callback(id).await {
+        Ok(Some((current, heartbeat_timeout_ms))) if current.secret_bytes() != token.secret_bytes() => {
+            Parent::Rebound(current, heartbeat_timeout_ms)
+        }
+        Ok(Some(_)) => {
+            let described = match core.temporal().await.and_then(|t| t.for_token(token)) {
+                Ok(temporal) => temporal.describe_workflow(&token.workflow_id, &token.run_id).await,
+                Err(err) => Err(err),
+            };
+            match described {
+                Ok(Some(state)) if state.retried(token) => Parent::Retrying,
+                Ok(_) => Parent::Gone,
+                Err(_) => Parent::Unknown,
+            }
+        }
+        // Settled or no longer armed (or deleted): nobody is left to heartbeat.
+        Ok(None) | Err(Error::ExecutionNotFound(_)) => Parent::Gone,
+        Err(_) => Parent::Unknown,
     }
 }
 
@@ -202,10 +267,16 @@ pub async fn run(core: Weak<Core>) {
 }
 
 async fn beat(core: &Core, id: &str, token: &TaskToken, details: Option<&[u8]>) {
-    let Some(temporal) = core.temporal_connection() else { return };
-    let reply = temporal.heartbeat(&Target::Token(token.clone()), details).await;
+    let reply = match core.temporal().await {
+        Ok(temporal) => temporal.heartbeat(&Target::Token(token.clone()), details).await,
+        Err(err) => Err(err),
+    };
     let counter = if reply.is_ok() { &core.pump().sent } else { &core.pump().failed };
     counter.fetch_add(1, Ordering::Relaxed);
+    let parent = match &reply {
+        Err(Error::ActivityGone { .. }) => Some(follow_parent(core, id, token).await),
+        _ => None,
+    };
     let (changed, newly_cancelled) = {
         let mut entries = core.pump().lock();
         let Some(entry) = entries.get_mut(id) else { return };
@@ -216,8 +287,20 @@ async fn beat(core: &Core, id: &str, token: &TaskToken, details: Option<&[u8]>) 
                 entry.signals.flags = *flags;
                 entry.next_at = Instant::now() + entry.interval;
             }
-            // Kept (not heartbeated any more) so the runner learns it; untracked when it settles.
-            Err(Error::ActivityGone { .. }) => entry.signals.gone = true,
+            Err(Error::ActivityGone { .. }) => match parent {
+                // Unless the store was re-bound again meanwhile (this process's `rebind` already moved on).
+                Some(Parent::Rebound(current, heartbeat_timeout_ms))
+                    if entry.token.secret_bytes() == token.secret_bytes() =>
+                {
+                    entry.follow(current, interval(heartbeat_timeout_ms, core.default_heartbeat_interval()));
+                }
+                Some(Parent::Retrying | Parent::Unknown) => {
+                    entry.next_at = Instant::now() + RETRY_INTERVAL.min(entry.interval);
+                }
+                // Kept (not heartbeated any more) so the runner learns it; untracked when it settles.
+                Some(Parent::Gone) => entry.signals.gone = true,
+                _ => entry.next_at = Instant::now(),
+            },
             Err(err) => {
                 tracing::warn!(execution = id, token = %token.fingerprint(), error = %err, "heartbeat failed; retrying");
                 entry.next_at = Instant::now() + RETRY_INTERVAL.min(entry.interval);

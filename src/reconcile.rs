@@ -68,8 +68,8 @@ async fn mark_orphans(store: &Store, temporal: &Temporal) -> Result<usize> {
                 state.closed_as.is_none() && state.pending_activities.iter().any(|(id, _)| *id == token.activity_id)
             }
         };
-        if !waiting {
-            store.mark(&execution_id, |s| s.set_orphaned(true)).await?;
+        // Counted once: a later pass finds it marked already (or ended meanwhile) and changes nothing.
+        if !waiting && store.mark(&execution_id, |s| s.set_orphaned(true)).await? {
             orphaned += 1;
         }
     }
@@ -81,10 +81,13 @@ async fn mark_orphans(store: &Store, temporal: &Temporal) -> Result<usize> {
 pub async fn run(core: Weak<Core>, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let Some(core) = core.upgrade() else { return };
-        if let Some(temporal) = core.temporal_connection() {
-            if let Err(err) = reconcile_once(core.store(), temporal).await {
-                tracing::warn!(error = %err, "reconcile pass failed; next pass in {interval:?}");
-            }
+        // An outage fails the pass (Temporal unreachable, or the store); the next one tries again.
+        let passed = match core.temporal().await {
+            Ok(temporal) => reconcile_once(core.store(), temporal).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = passed {
+            tracing::warn!(error = %err, "reconcile pass failed; next pass in {interval:?}");
         }
         drop(core);
         tokio::select! {

@@ -29,6 +29,8 @@ use crate::token::TaskToken;
 
 /// How long to wait for the TCP (and TLS) connection before giving up with a typed error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed connection attempt, calls fail at once for this long instead of each trying again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 /// Which activity a call is for.
 #[derive(Clone, Debug)]
@@ -59,6 +61,14 @@ pub struct WorkflowState {
     pub pending_activities: Vec<(String, i32)>,
 }
 
+impl WorkflowState {
+    /// Whether the workflow runs and has retried the attempt `token` names (a newer attempt is pending).
+    pub fn retried(&self, token: &TaskToken) -> bool {
+        self.closed_as.is_none()
+            && self.pending_activities.iter().any(|(id, attempt)| *id == token.activity_id && *attempt > token.attempt)
+    }
+}
+
 /// How an activity ended, as its workflow's history records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActivityEnd {
@@ -68,6 +78,103 @@ pub enum ActivityEnd {
     TimedOut,
     /// No closing event: the activity is still open (or its workflow closed around it).
     Open,
+}
+
+/// Check that `target` is a URL with a host and an http(s) scheme.
+fn parse_target(target: &str) -> Result<url::Url> {
+    let url = url::Url::parse(target).map_err(|e| {
+        Error::InvalidArgument(format!("the Temporal address {target:?} is not a URL ({e}); use http://host:port"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "the Temporal address {target:?} must look like http://host:port (or https://)"
+        )));
+    }
+    Ok(url)
+}
+
+/// The Temporal connection of a handshake, made on first use and tried again after a failure: a runner or
+/// reconciler starts while Temporal is down, records its settles, and delivers them once Temporal answers.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct LazyTemporal(Arc<LazyState>);
+
+struct LazyState {
+    target: String,
+    namespaces: Vec<String>,
+    identity: String,
+    max_payload_bytes: usize,
+    connected: tokio::sync::OnceCell<Temporal>,
+    /// When the last attempt failed, and why: in an outage callers fail fast (`RECONNECT_PAUSE`).
+    last_failure: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+}
+
+impl LazyTemporal {
+    /// Check the address now; connect later (`get`).
+    pub fn new(target: &str, namespaces: &[String], identity: &str, max_payload_bytes: usize) -> Result<Self> {
+        parse_target(target)?;
+        Ok(Self(Arc::new(LazyState {
+            target: target.to_owned(),
+            namespaces: namespaces.to_vec(),
+            identity: identity.to_owned(),
+            max_payload_bytes,
+            connected: tokio::sync::OnceCell::new(),
+            last_failure: std::sync::Mutex::new(None),
+        })))
+    }
+
+    /// The connection if it is made already.
+    pub fn connected(&self) -> Option<&Temporal> {
+        self.0.connected.get()
+    }
+
+    /// The connection, made now if it is not yet. While Temporal is unreachable this is a `Connect` error,
+    /// at once when an attempt failed less than `RECONNECT_PAUSE` ago.
+    pub async fn get(&self) -> Result<&Temporal> {
+        if let Some(temporal) = self.0.connected.get() {
+            return Ok(temporal);
+        }
+        let state = &self.0;
+        let recent = state
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < RECONNECT_PAUSE)
+            .map(|(_, message)| message.clone());
+        if let Some(message) = recent {
+            return Err(Error::Connect { target: state.target.clone(), message });
+        }
+        let made = state
+            .connected
+            .get_or_try_init(|| {
+                Temporal::connect(&state.target, &state.namespaces, &state.identity, state.max_payload_bytes)
+            })
+            .await;
+        if let Err(err) = &made {
+            let message = match err {
+                Error::Connect { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            *state.last_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((tokio::time::Instant::now(), message));
+        }
+        made
+    }
+
+    /// The connection, trying until `patience` has passed while Temporal is unreachable; an error that
+    /// waiting cannot mend (no such namespace) comes back at once.
+    pub async fn wait(&self, patience: Duration) -> Result<&Temporal> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.get().await {
+                Err(err) if err.is_unreachable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(RECONNECT_PAUSE.min(deadline - tokio::time::Instant::now())).await;
+                }
+                done => return done,
+            }
+        }
+    }
 }
 
 /// A Temporal client bound to a namespace, that also serves a few more; cheap to clone.
@@ -91,14 +198,7 @@ impl Temporal {
         identity: &str,
         max_payload_bytes: usize,
     ) -> Result<Self> {
-        let url = url::Url::parse(target).map_err(|e| {
-            Error::InvalidArgument(format!("the Temporal address {target:?} is not a URL ({e}); use http://host:port"))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "the Temporal address {target:?} must look like http://host:port (or https://)"
-            )));
-        }
+        let url = parse_target(target)?;
         let Some(namespace) = namespaces.first() else {
             return Err(Error::InvalidArgument("at least one Temporal namespace is needed".into()));
         };

@@ -421,6 +421,48 @@ on_both_stores! {
         assert!(matches!(store.create(stale).await, Err(Error::InvalidState { .. })), "attempt 1 cannot take it back");
     }
 
+    async fn a_retry_after_a_delivered_failure_gets_a_new_child_and_the_settled_row_keeps_no_token(store) {
+        seed(&store, "e1", true).await;
+        let failure = Outcome::Fail {
+            message: "overloaded".into(),
+            failure_type: "OVERLOADED".into(),
+            non_retryable: false,
+            details: None,
+        };
+        let Settled::Now { claimed: Some(claimed), .. } = store.settle("e1", &failure, None, 60_000).await.unwrap()
+        else {
+            panic!("claimed");
+        };
+        store.record_delivery(&claimed, &DeliveryResult::Delivered).await.unwrap();
+
+        // Attempt 2 asks for the same id, which is taken: its child is e1-attempt-2, linked to e1.
+        assert_eq!(store.create(retried("e1")).await.unwrap(), Created::New("e1-attempt-2".into()));
+        let first = store.get("e1", true).await.unwrap();
+        let callback = first.callback.as_ref().unwrap();
+        assert_eq!((callback.state, callback.attempt), (CallbackState::Delivered, 1), "the first keeps its record");
+        assert!(status_token(&first).is_empty(), "no token in a settled row");
+        let second = store.get("e1-attempt-2", true).await.unwrap();
+        assert_eq!(second.retry_of.as_deref(), Some("e1"));
+        assert_eq!((second.phase, second.callback.as_ref().unwrap().state), (Phase::Pending, CallbackState::Armed));
+        assert_eq!(status_token(&second), token_attempt("1", 2).secret_bytes());
+        assert_eq!(first.retry_of, None);
+
+        // The same attempt deferring again is idempotent; attempt 3 re-binds to the new child.
+        assert_eq!(store.create(retried("e1")).await.unwrap(), Created::Rebound("e1-attempt-2".into()));
+        let third = NewExecution { token: Some(token_attempt("1", 3)), ..direct("e1") };
+        assert_eq!(store.create(third).await.unwrap(), Created::Rebound("e1-attempt-2".into()));
+        // A fresh id is kept as it is.
+        let Settled::Now { claimed: Some(claimed), .. } =
+            store.settle("e1-attempt-2", &failure, None, 60_000).await.unwrap()
+        else {
+            panic!("claimed");
+        };
+        store.record_delivery(&claimed, &DeliveryResult::Delivered).await.unwrap();
+        let fourth = NewExecution { token: Some(token_attempt("1", 4)), ..direct("fresh") };
+        assert_eq!(store.create(fourth).await.unwrap(), Created::New("fresh".into()));
+        assert_eq!(store.get("fresh", false).await.unwrap().retry_of.as_deref(), Some("e1-attempt-2"));
+    }
+
     async fn a_gone_outcome_is_redelivered_to_the_next_attempt(store) {
         seed(&store, "e1", true).await;
         let Settled::Now { claimed: Some(claimed), .. } =

@@ -191,6 +191,7 @@ class Handshake:
         token_keys: Mapping[str, bytes] | None = None,
         capability_key: bytes | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        wait_for_temporal: float | None = None,
     ) -> Handshake:
         """Open the store and connect to Temporal.
 
@@ -199,8 +200,13 @@ class Handshake:
         callbacks); the schema is migrated at connect.
 
         ``temporal=None`` opens the store only: settles are recorded as due and another process
-        delivers them (``deliver_due``). ``data_converter`` must match the parent worker's, so the
-        parent decodes results into its declared types; the default is temporalio's (JSON).
+        delivers them (``reconcile``). When Temporal does not answer (an outage, a restart), connect
+        still succeeds, as temporalio's ``Client.connect(lazy=True)`` does: the connection is made on first
+        use, settles meanwhile are recorded and come back ``retrying``, and the reconciler delivers them
+        once Temporal is back. ``wait_for_temporal`` (seconds) instead waits that long for Temporal and
+        then raises ``ConnectError``; an error waiting cannot mend (no such namespace) is raised at once.
+        ``data_converter`` must match the parent worker's, so the parent decodes results into its
+        declared types; the default is temporalio's (JSON).
         Executions a runner claims are heartbeated by this process (the pump) at a third of the parent's
         heartbeat timeout, or every ``heartbeat_interval`` seconds when the parent declared none.
         ``reconcile_every`` (seconds) runs the reconciler in this process: at once, for whatever a crash
@@ -228,7 +234,10 @@ class Handshake:
             keys,
             capability_key if capability_key is not None else _env_bytes("STIGMER_HANDSHAKE_CAPABILITY_KEY"),
             max_result_bytes,
+            wait_for_temporal,
         )
+        if temporal is not None and not core.temporal_connected():
+            _log.warning("Temporal at %s is not reachable yet: settles are recorded and delivered once it is", temporal)
         if reconcile_every is not None:
             core.start_reconciler(reconcile_every)
         return cls(core, data_converter or DataConverter.default)
@@ -241,7 +250,10 @@ class Handshake:
         Call it as the last line of an ``async`` activity. Complete-async is raised only after the
         token is durably stored, so a crash before that fails the attempt normally (and it retries).
         A retried attempt of the same activity re-binds to the child the first attempt made (no second
-        child); the child's result reaches whichever attempt is current when it ends.
+        child); the child's result reaches whichever attempt is current when it ends. A retry that Temporal
+        makes after the child's (retryable) failure reached the parent runs a new child instead: its
+        ``retry_of`` names the failed one, and its id is ``execution_id`` or, when that one is taken,
+        ``<execution_id>-attempt-<N>``.
         """
         token = _current_activity_token()
         timeout = activity.info().heartbeat_timeout
@@ -277,7 +289,7 @@ class Handshake:
         token = _current_activity_token()
         execution_id = execution_id or f"workflow-{uuid.uuid4()}"
         child_id = workflow_id or execution_id
-        execution_id, rebound = await self._core.create(
+        created_id, rebound = await self._core.create(
             "workflow",
             spec.SerializeToString(),
             execution_id,
@@ -286,6 +298,13 @@ class Handshake:
         )
         if rebound:  # a retried attempt: its child already exists and settles through the stored token
             activity.raise_complete_async()
+        if created_id != execution_id and workflow_id is None:
+            # A retry after a delivered failure runs a new child under a new id (see ``defer``): so does its
+            # child workflow, recorded before it starts, as for the first.
+            child_id = created_id
+            status = pb.WorkflowExecutionStatus(temporal_workflow_id=child_id)
+            await self._core.update_status(created_id, status.SerializeToString())
+        execution_id = created_id
         callback = Callback(execution_id=execution_id, callback_token=base64.b64encode(token).decode())
         try:
             await (client or activity.client()).start_workflow(

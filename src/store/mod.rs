@@ -133,6 +133,7 @@ impl CallbackState {
 }
 
 /// What a caller asks to create.
+#[derive(Clone)]
 pub struct NewExecution {
     pub id: String,
     pub kind: Kind,
@@ -200,6 +201,8 @@ pub struct ExecutionRecord {
     /// When the execution was stored, and last written (ms since the Unix epoch).
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// The execution this one retries: its parent activity was retried after that one's failure reached it.
+    pub retry_of: Option<String>,
     pub callback: Option<CallbackInfo>,
 }
 
@@ -258,7 +261,8 @@ impl DeliveryResult {
 pub enum Created {
     New(String),
     /// A retried parent activity (same workflow run and activity id, newer attempt) was bound to its
-    /// existing child: the new token replaced the old one, and no second child was made.
+    /// existing child: the new token replaced the old one, and no second child was made. (A retry after
+    /// its child's failure was delivered is `New`: it runs a new child, whose `retry_of` names the old.)
     Rebound(String),
 }
 
@@ -280,6 +284,11 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// A delivery record that ends the callback, and so clears its token (see `SqlStore::record_all`).
+    fn clears_token(&self) -> bool {
+        matches!(self, WriteOp::Record(_, result) if !matches!(result, DeliveryResult::Retry { .. }))
+    }
+
     fn execution_id(&self) -> &str {
         match self {
             WriteOp::Create(new) => &new.id,
@@ -428,6 +437,10 @@ impl Store {
         on_db!(self, db => db.claim_due(limit, lease_ms).await)
     }
 
+    pub async fn claim_due_one(&self, id: &str, lease_ms: i64) -> Result<Option<ClaimedCallback>> {
+        on_db!(self, db => db.claim_due_one(id, lease_ms).await)
+    }
+
     /// Record what delivering a claimed callback did; returns once that is committed.
     pub async fn record_delivery(&self, claimed: &ClaimedCallback, result: &DeliveryResult) -> Result<()> {
         self.write(WriteOp::Record(claimed.clone(), result.clone())).await.map(drop)
@@ -448,7 +461,7 @@ impl Store {
         on_db!(self, db => db.armed_children(limit).await)
     }
 
-    pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn StatusFields)) -> Result<()> {
+    pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn StatusFields)) -> Result<bool> {
         on_db!(self, db => db.mark(id, edit).await)
     }
 
@@ -478,9 +491,20 @@ async fn write_in_batches(db: Db, mut queue: mpsc::UnboundedReceiver<(WriteOp, A
             let Ok(job) = queue.try_recv() else { break };
             jobs.push(job);
         }
-        match &db {
-            Db::Sqlite(db) => db.write_batch(jobs).await,
-            Db::Postgres(db) => db.write_batch(jobs).await,
+        let (ops, answers): (Vec<WriteOp>, Vec<Answer>) = jobs.into_iter().unzip();
+        let written = match &db {
+            Db::Sqlite(db) => {
+                let written = db.write_batch(&ops).await;
+                // Before the answers: a settle that returns has left no cleared token on disk.
+                if ops.iter().any(WriteOp::clears_token) {
+                    sqlite::forget_cleared_tokens(db.pool()).await;
+                }
+                written
+            }
+            Db::Postgres(db) => db.write_batch(&ops).await,
+        };
+        for (answer, written) in answers.into_iter().zip(written) {
+            let _ = answer.send(written);
         }
     }
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use sqlx::database::HasStatementCache;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::status::{check_spec, edit_status, started_at, timestamp};
+use super::status::{check_spec, edit_status, edit_status_if_changed, started_at, timestamp};
 use super::{
-    now_ms, Answer, CallbackInfo, CallbackState, ClaimedCallback, Created, DeliveryResult, ExecutionRecord, Kind,
-    NewExecution, Outcome, Phase, SettleJob, Settled, WriteOp, Written,
+    now_ms, CallbackInfo, CallbackState, ClaimedCallback, Created, DeliveryResult, ExecutionRecord, Kind, NewExecution,
+    Outcome, Phase, SettleJob, Settled, WriteOp, Written,
 };
 use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::commons::v1::ExecutionError;
@@ -21,7 +21,7 @@ use crate::secrets::Keyring;
 use crate::token::TaskToken;
 
 const RECORD_COLUMNS: &str =
-    "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, c.state, c.fingerprint, c.workflow_id, \
+    "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, e.retry_of, c.state, c.fingerprint, c.workflow_id, \
      c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token, c.token_key_id";
 /// Rows in one multi-row statement at most: with at most 11 bound values a row, far below SQLite's 32,766
 /// and PostgreSQL's 65,535. The writer's batches are no larger (`MAX_WRITE_BATCH`).
@@ -101,7 +101,7 @@ where
             // A write first, so the lookup and the swap happen under the row's (SQLite: the database's) lock.
             let existing = sqlx::query(
                 "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE workflow_id = $1 AND run_id = $2 \
-                 AND activity_id = $3 RETURNING execution_id, attempt, state",
+                 AND activity_id = $3 AND superseded_by IS NULL RETURNING execution_id, attempt, state",
             )
             .bind(token.workflow_id.as_str())
             .bind(token.run_id.as_str())
@@ -123,6 +123,10 @@ where
                         why: format!("attempt {} of the parent activity is stale", token.attempt),
                     });
                 }
+                if state == CallbackState::Delivered {
+                    // The parent was told (a retryable failure) and retried: the retry runs a new child.
+                    return self.create_retry(tx, new, &id, status).await;
+                }
                 let state = match state {
                     // The child ended and its delivery found the old attempt gone (or failed): deliver the
                     // recorded outcome to the new attempt.
@@ -134,6 +138,41 @@ where
             }
         }
         Ok(self.insert_all(tx, &[(new, status)]).await?.then(|| Created::New(new.id.clone())))
+    }
+
+    /// Store the new child of a parent activity retried after its child `previous`'s outcome was delivered:
+    /// `previous`'s callback is superseded (kept, no longer the parent's), and the new execution names it in
+    /// `retry_of`. Its id is the one asked for, or `<id>-attempt-<N>` when that one is taken (a caller that
+    /// names its executions asks for the same id on every attempt).
+    async fn create_retry(
+        &self,
+        tx: &mut DB::Connection,
+        new: &NewExecution,
+        previous: &str,
+        status: Vec<u8>,
+    ) -> Result<Option<Created>> {
+        let taken = sqlx::query("SELECT id FROM executions WHERE id = $1")
+            .bind(new.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        let attempt = new.token.as_ref().map_or(0, |token| token.attempt);
+        let id = if taken { format!("{}-attempt-{attempt}", new.id) } else { new.id.clone() };
+        sqlx::query("UPDATE callbacks SET superseded_by = $1 WHERE execution_id = $2")
+            .bind(id.as_str())
+            .bind(previous)
+            .execute(&mut *tx)
+            .await?;
+        let retry = NewExecution { id: id.clone(), ..new.clone() };
+        if !self.insert_all(tx, &[(&retry, status)]).await? {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE executions SET retry_of = $1 WHERE id = $2")
+            .bind(previous)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Ok(Some(Created::New(id)))
     }
 
     /// Store new executions (see `create`). A burst takes three statements in all: look for parents that
@@ -169,8 +208,8 @@ where
             return Ok(false);
         }
         let sql = format!(
-            "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE (workflow_id, run_id, activity_id) IN \
-             (VALUES {}) RETURNING execution_id",
+            "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE superseded_by IS NULL AND \
+             (workflow_id, run_id, activity_id) IN (VALUES {}) RETURNING execution_id",
             values(parents.len(), 3, 1)
         );
         let mut query = sqlx::query(&sql).persistent(false);
@@ -609,8 +648,26 @@ where
             DB::SKIP_LOCKED
         );
         let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
+        self.opened(&rows, now).await
+    }
+
+    /// Claim `id`'s callback for delivery if its outcome is due, whatever its backoff (a re-bind made it
+    /// due for a new attempt, which waits for it now).
+    pub async fn claim_due_one(&self, id: &str, lease_ms: i64) -> Result<Option<ClaimedCallback>> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE callbacks SET state = 'delivering', lease_until_ms = $1 WHERE execution_id = $2 AND state = 'due' \
+             RETURNING {OUTCOME_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql).bind(now + lease_ms).bind(id).fetch_all(&self.pool).await?;
+        Ok(self.opened(&rows, now).await?.pop())
+    }
+
+    /// The callbacks in claimed rows, with their tokens opened; one this process cannot open (another key)
+    /// goes back to due, for a process that can.
+    async fn opened(&self, rows: &[DB::Row], now: i64) -> Result<Vec<ClaimedCallback>> {
         let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             match Self::claimed_from_row(row, &self.keyring) {
                 Ok(callback) => claimed.push(callback),
                 // A token this process cannot open (another key): back to due, for one that can.
@@ -684,23 +741,22 @@ where
     /// Run queued writes in one transaction, so that a burst of writes costs one commit (group commit),
     /// and answer each once that commit is known. If any of them fails, the transaction is rolled back
     /// and each runs again alone: one bad write never undoes or fails the others.
-    pub async fn write_batch(&self, jobs: Vec<(WriteOp, Answer)>) {
-        if jobs.len() > 1 {
-            if let Ok(written) = self.write_together(&jobs).await {
-                for ((_, answer), written) in jobs.into_iter().zip(written) {
-                    let _ = answer.send(Ok(written));
-                }
-                return;
+    pub async fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<Written>> {
+        if ops.len() > 1 {
+            if let Ok(written) = self.write_together(ops).await {
+                return written.into_iter().map(Ok).collect();
             }
         }
-        for (op, answer) in jobs {
-            let _ = answer.send(self.write_alone(&op).await);
+        let mut written = Vec::with_capacity(ops.len());
+        for op in ops {
+            written.push(self.write_alone(op).await);
         }
+        written
     }
 
-    async fn write_together(&self, jobs: &[(WriteOp, Answer)]) -> Result<Vec<Written>> {
+    async fn write_together(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
         let mut tx = self.pool.begin().await?;
-        let ops: Vec<&WriteOp> = jobs.iter().map(|(op, _)| op).collect();
+        let ops: Vec<&WriteOp> = ops.iter().collect();
         // A lost race (None) is retried alone, in a transaction that sees the winner.
         let written =
             self.write(&mut tx, &ops).await?.ok_or_else(|| Error::Store("a concurrent writer won a race".into()))?;
@@ -773,13 +829,14 @@ where
     }
 
     /// Change flags in a running execution's status (cancel requested, orphaned); ended ones are final.
-    pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn super::StatusFields)) -> Result<()> {
+    /// Returns whether the status changed (false: ended, or the flags were set already).
+    pub async fn mark(&self, id: &str, edit: impl FnOnce(&mut dyn super::StatusFields)) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let (kind, phase, current) = Self::touch(&mut tx, id).await?;
         if phase.is_terminal() {
-            return Ok(());
+            return Ok(false);
         }
-        let blob = edit_status(kind, &current, edit)?;
+        let Some(blob) = edit_status_if_changed(kind, &current, edit)? else { return Ok(false) };
         sqlx::query("UPDATE executions SET status = $1, updated_ms = $2 WHERE id = $3")
             .bind(blob)
             .bind(now_ms())
@@ -787,7 +844,7 @@ where
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Running executions whose runner's claim ran out (it stopped heartbeating) and whose callback is
@@ -939,6 +996,7 @@ where
             status,
             created_ms: row.try_get("created_ms")?,
             updated_ms: row.try_get("updated_ms")?,
+            retry_of: row.try_get("retry_of")?,
             callback: Self::callback_from_row(row)?,
         })
     }

@@ -4,8 +4,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::Sqlite;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Sqlite};
 
 use super::sql::{Backend, SqlStore};
 use crate::errors::{Error, Result};
@@ -20,6 +20,8 @@ impl Backend for Sqlite {
     }
 }
 
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Open (creating if missing) and migrate `sqlite:///path.db`, `sqlite:relative.db` or `sqlite::memory:`.
 pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> {
     let in_memory = url == "sqlite::memory:" || url.contains("mode=memory");
@@ -28,9 +30,11 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> 
         .create_if_missing(true)
         .foreign_keys(true)
         // Several processes (worker, runners) share one file: wait for the write lock rather than fail.
-        .busy_timeout(Duration::from_secs(30))
+        .busy_timeout(BUSY_TIMEOUT)
         .journal_mode(if in_memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
-        .synchronous(SqliteSynchronous::Full);
+        .synchronous(SqliteSynchronous::Full)
+        // A cleared token (or any deleted content) is overwritten with zeros, not left in free space.
+        .pragma("secure_delete", "on");
     // An in-memory database lives in one connection: keep exactly one, forever.
     let pool_options = if in_memory {
         SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
@@ -42,4 +46,24 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> 
     let pool = pool_options.connect_with(options).await?;
     super::migrate(&sqlx::migrate!("migrations/sqlite"), &pool).await?;
     Ok(SqlStore::new(pool, keyring))
+}
+
+/// Checkpoint the WAL into the database file and truncate it, after writes that cleared tokens: the WAL
+/// keeps the page images of earlier writes, which held those tokens, until it is checkpointed (the database
+/// file itself overwrites them, `secure_delete`). Never waits: while another connection holds the WAL (a
+/// reader of an older snapshot, another process's write) it is skipped, and the next write that clears a
+/// token checkpoints again.
+pub async fn forget_cleared_tokens(pool: &Pool<Sqlite>) {
+    async fn checkpoint(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        sqlx::query("PRAGMA busy_timeout = 0").execute(&mut *conn).await?;
+        let done = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut *conn).await.map(drop);
+        sqlx::query(&format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis())).execute(&mut *conn).await?;
+        done
+    }
+    let Ok(mut conn) = pool.acquire().await else { return };
+    if let Err(err) = checkpoint(&mut conn).await {
+        // Its busy timeout may not be back: this connection is not used again.
+        conn.close_on_drop();
+        tracing::debug!(error = %err, "WAL checkpoint skipped");
+    }
 }

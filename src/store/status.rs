@@ -113,19 +113,46 @@ status_fields!(WorkflowExecutionStatus, error);
 /// The token is always cleared before `edit` runs, so a stored blob never carries it; an edit that
 /// needs it in the output (an opt-in read) sets it back.
 pub fn edit_status(kind: Kind, bytes: &[u8], edit: impl FnOnce(&mut dyn StatusFields)) -> Result<Vec<u8>> {
-    fn apply<S: Message + Default + StatusFields>(
+    edit_encoded(kind, bytes, edit, false).map(|(_, encoded)| encoded)
+}
+
+/// `edit_status`, or None when the edit changes nothing (compared as messages, so the order a map was
+/// encoded in does not count).
+pub fn edit_status_if_changed(
+    kind: Kind,
+    bytes: &[u8],
+    edit: impl FnOnce(&mut dyn StatusFields),
+) -> Result<Option<Vec<u8>>> {
+    edit_encoded(kind, bytes, edit, true).map(|(changed, encoded)| changed.then_some(encoded))
+}
+
+/// The edited status, encoded, and (with `compare`, else true) whether `edit` changed it; the token is
+/// cleared either way.
+fn edit_encoded(
+    kind: Kind,
+    bytes: &[u8],
+    edit: impl FnOnce(&mut dyn StatusFields),
+    compare: bool,
+) -> Result<(bool, Vec<u8>)> {
+    fn apply<S: Message + Default + PartialEq + StatusFields>(
         bytes: &[u8],
         edit: impl FnOnce(&mut dyn StatusFields),
-    ) -> Result<Vec<u8>> {
-        let mut status =
-            S::decode(bytes).map_err(|e| Error::InvalidArgument(format!("malformed status bytes: {e}")))?;
-        status.set_token(Vec::new());
+        compare: bool,
+    ) -> Result<(bool, Vec<u8>)> {
+        let decode = || {
+            let mut status =
+                S::decode(bytes).map_err(|e| Error::InvalidArgument(format!("malformed status bytes: {e}")))?;
+            status.set_token(Vec::new());
+            Ok::<S, Error>(status)
+        };
+        let mut status = decode()?;
         edit(&mut status);
-        Ok(status.encode_to_vec())
+        let changed = !compare || status != decode()?;
+        Ok((changed, status.encode_to_vec()))
     }
     match kind {
-        Kind::Agent => apply::<AgentExecutionStatus>(bytes, edit),
-        Kind::Workflow => apply::<WorkflowExecutionStatus>(bytes, edit),
+        Kind::Agent => apply::<AgentExecutionStatus>(bytes, edit, compare),
+        Kind::Workflow => apply::<WorkflowExecutionStatus>(bytes, edit, compare),
     }
 }
 

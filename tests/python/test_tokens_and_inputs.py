@@ -116,9 +116,14 @@ async def test_store_and_argument_errors_are_typed(tmp_path: Path) -> None:
         await Handshake.connect(store=sqlite_url(tmp_path, "other.db"), temporal="not a url")
 
 
-async def test_unreachable_temporal_is_connect_error(tmp_path: Path) -> None:
+async def test_unreachable_temporal_is_connect_error_when_connect_waits_for_it(tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConnectError):
-        await Handshake.connect(store=sqlite_url(tmp_path), temporal=f"http://127.0.0.1:{free_port()}")
+        await Handshake.connect(store=sqlite_url(tmp_path), temporal=down, wait_for_temporal=0.2)
+    # Without waiting, connect succeeds and calls that need Temporal say it is unreachable.
+    hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=down)
+    with pytest.raises(ConnectError):
+        await hs.heartbeat_activity(workflow_id="w", activity_id="1")
 
 
 def test_raw_field_numbers_decode_into_callback_token() -> None:
