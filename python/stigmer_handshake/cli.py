@@ -3,6 +3,7 @@
 Exit codes: 0 done; 1 an unexpected error; 2 bad arguments or input (nothing was changed); 3 no such
 execution, or its phase does not allow it; 4 the store or Temporal cannot be reached (or refused us);
 5 settled, but the parent activity was not told (it is gone, or the callback was dead-lettered).
+`reconcile --every` keeps running through failed passes and exits 0 on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +46,10 @@ $STIGMER_HANDSHAKE_TEMPORAL, else sqlite:///stigmer-handshake.db and http://127.
 """
 
 OK, FAILED, USAGE, NOT_FOUND, UNAVAILABLE, NOT_TOLD = 0, 1, 2, 3, 4, 5
+#: TemporalRpcError codes that mean "cannot be reached" (exit 4), as temporalio's client retries them.
+UNREACHABLE_CODES = ("Unavailable", "DeadlineExceeded")
+#: A failing reconcile loop waits at most this long between passes.
+MAX_LOOP_BACKOFF = 10.0
 
 
 class UsageError(Exception):
@@ -130,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(args, NOT_FOUND, type(err).__name__, str(err))
     except (_core.StoreUnavailable, _core.StoreAuthError, _core.SchemaMismatch, _core.ConnectError) as err:
         return fail(args, UNAVAILABLE, type(err).__name__, str(err))
+    except _core.TemporalRpcError as err:  # Unavailable: Temporal went away during the call
+        code = UNAVAILABLE if getattr(err, "code", "") in UNREACHABLE_CODES else FAILED
+        return fail(args, code, type(err).__name__, str(err))
     except _core.HandshakeError as err:
         return fail(args, FAILED, type(err).__name__, str(err))
     except KeyboardInterrupt:
@@ -233,6 +244,7 @@ def describe(e: _core.Execution) -> dict[str, Any]:
         "parent_attempt": e.parent_attempt,
         "callback_outcome": e.callback_outcome,
         "gone_reason": e.gone_reason,
+        "retry_of": e.retry_of,
         "delivery_attempts": e.delivery_attempts,
         "last_error": e.last_error,
         "age_seconds": round(now - e.created_at, 3),
@@ -308,24 +320,40 @@ async def settle(hs: Handshake, args: argparse.Namespace) -> int:
 
 
 async def reconcile(hs: Handshake, args: argparse.Namespace) -> int:
-    if args.every is not None and args.every <= 0:
+    """One pass (its errors exit as usual), or with --every a loop that outlives failed passes (an outage:
+    logged, then passes back off up to MAX_LOOP_BACKOFF) and stops on SIGTERM or SIGINT after its pass."""
+    if args.every is not None and not (math.isfinite(args.every) and args.every > 0):
         raise UsageError("--every must be a positive number of seconds")
-    while True:
-        report = await with_progress(hs, quiet=args.json)
-        emit(
-            args,
-            {
-                "delivered": report.delivered,
-                "gone": report.gone,
-                "dead_lettered": report.dead_lettered,
-                "retrying": report.retrying,
-                "children_failed": report.children_failed,
-                "orphaned": report.orphaned,
-            },
-        )
-        if args.every is None:
-            return OK
-        await asyncio.sleep(args.every)
+    if args.every is None:
+        emit(args, report_fields(await with_progress(hs, quiet=args.json)))
+        return OK
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    pause = args.every
+    while not stop.is_set():
+        try:
+            emit(args, report_fields(await with_progress(hs, quiet=args.json)))
+            pause = args.every
+        except _core.HandshakeError as err:
+            pause = min(pause * 2, max(MAX_LOOP_BACKOFF, args.every))
+            print(f"stigmer-handshake: reconcile pass failed ({type(err).__name__}: {err}); next pass in "
+                  f"{pause:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+        sys.stdout.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=pause)
+    return OK
+
+
+def report_fields(report: _core.ReconcileReport) -> dict[str, Any]:
+    return {
+        "delivered": report.delivered,
+        "gone": report.gone,
+        "dead_lettered": report.dead_lettered,
+        "retrying": report.retrying,
+        "children_failed": report.children_failed,
+        "orphaned": report.orphaned,
+    }
 
 
 async def owed(hs: Handshake) -> int:

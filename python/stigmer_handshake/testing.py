@@ -21,7 +21,7 @@ import sysconfig
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -107,8 +107,25 @@ class _ExitedEarly(DevServerError):
     pass
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the Linux kernel SIGKILL the child when the thread that started it dies
+    (a test run that is SIGKILLed or SIGTERMed runs no cleanup of its own). None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return arm
+
+
 class DevServer:
-    """A real `temporal server start-dev` on free ports, stopped by its pid."""
+    """A real `temporal server start-dev` on free ports, stopped by its pid, and killed by the kernel if the
+    thread that started it dies first (start it from a thread that lives as long as it should)."""
 
     def __init__(
         self,
@@ -133,6 +150,11 @@ class DevServer:
     def address(self) -> str:
         """host:port, as temporalio's Client.connect takes it."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (it was started and not stopped), else None."""
+        return None if self._process is None else self._process.pid
 
     @property
     def url(self) -> str:
@@ -170,7 +192,9 @@ class DevServer:
             args += ["--db-filename", self.db_filename]
         log_path = self._log_file or os.path.join(tempfile.gettempdir(), f"temporal-dev-{self.port}.log")
         with open(log_path, "ab") as log:
-            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent()
+            )
         deadline = time.monotonic() + self.start_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
