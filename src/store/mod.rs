@@ -316,6 +316,11 @@ pub enum Written {
 /// Where the batched writer answers a queued write, once its transaction's commit is known.
 type Answer = oneshot::Sender<Result<Written>>;
 
+/// On SQLite, a token that a write cleared is gone from the WAL this long after, at the latest (unless
+/// another process holds the WAL then: the next checkpoint forgets it). One checkpoint per interval, however
+/// many settles: it costs the store a fsync of the database file.
+const FORGET_WITHIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// At most this many writes share one transaction (no more than `sql::ROWS_PER_STATEMENT`: a batch's
 /// writes of one kind are one statement).
 const MAX_WRITE_BATCH: usize = sql::ROWS_PER_STATEMENT;
@@ -485,7 +490,24 @@ impl Store {
 /// The writer: runs whatever writes are queued in one transaction, then the next batch; it ends when
 /// the last `Store` clone is dropped.
 async fn write_in_batches(db: Db, mut queue: mpsc::UnboundedReceiver<(WriteOp, Answer)>) {
-    while let Some(first) = queue.recv().await {
+    // SQLite: when the WAL must be checkpointed to forget tokens that writes cleared (see `FORGET_WITHIN`).
+    let mut forget_at: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match forget_at {
+            Some(at) => tokio::time::timeout_at(at, queue.recv()).await.ok(),
+            None => Some(queue.recv().await),
+        };
+        if let (Some(at), Db::Sqlite(sqlite)) = (forget_at, &db) {
+            if at <= tokio::time::Instant::now() || matches!(next, Some(None)) {
+                sqlite::forget_cleared_tokens(sqlite.pool()).await;
+                forget_at = None;
+            }
+        }
+        let first = match next {
+            Some(Some(first)) => first,
+            Some(None) => return, // every `Store` is dropped
+            None => continue,     // the checkpoint's time came with nothing queued
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_WRITE_BATCH {
             let Ok(job) = queue.try_recv() else { break };
@@ -493,16 +515,12 @@ async fn write_in_batches(db: Db, mut queue: mpsc::UnboundedReceiver<(WriteOp, A
         }
         let (ops, answers): (Vec<WriteOp>, Vec<Answer>) = jobs.into_iter().unzip();
         let written = match &db {
-            Db::Sqlite(db) => {
-                let written = db.write_batch(&ops).await;
-                // Before the answers: a settle that returns has left no cleared token on disk.
-                if ops.iter().any(WriteOp::clears_token) {
-                    sqlite::forget_cleared_tokens(db.pool()).await;
-                }
-                written
-            }
+            Db::Sqlite(db) => db.write_batch(&ops).await,
             Db::Postgres(db) => db.write_batch(&ops).await,
         };
+        if matches!(db, Db::Sqlite(_)) && ops.iter().any(WriteOp::clears_token) {
+            forget_at.get_or_insert_with(|| tokio::time::Instant::now() + FORGET_WITHIN);
+        }
         for (answer, written) in answers.into_iter().zip(written) {
             let _ = answer.send(written);
         }

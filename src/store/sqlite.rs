@@ -48,11 +48,11 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> 
     Ok(SqlStore::new(pool, keyring))
 }
 
-/// Checkpoint the WAL into the database file and truncate it, after writes that cleared tokens: the WAL
-/// keeps the page images of earlier writes, which held those tokens, until it is checkpointed (the database
-/// file itself overwrites them, `secure_delete`). Never waits: while another connection holds the WAL (a
-/// reader of an older snapshot, another process's write) it is skipped, and the next write that clears a
-/// token checkpoints again.
+/// Checkpoint the WAL into the database file and truncate it, soon after writes that cleared tokens
+/// (`FORGET_WITHIN`): the WAL keeps the page images of earlier writes, which held those tokens, until it is
+/// checkpointed (the database file itself overwrites them, `secure_delete`). Never waits: while another
+/// connection holds the WAL (a reader of an older snapshot, another process's write) it is skipped, and
+/// the next write that clears a token checkpoints again.
 pub async fn forget_cleared_tokens(pool: &Pool<Sqlite>) {
     async fn checkpoint(conn: &mut SqliteConnection) -> sqlx::Result<()> {
         sqlx::query("PRAGMA busy_timeout = 0").execute(&mut *conn).await?;
