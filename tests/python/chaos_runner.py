@@ -15,12 +15,24 @@ import asyncio
 import random
 import sys
 
-from stigmer_handshake import Handshake, pb
+from stigmer_handshake import Handshake, HandshakeError, pb
 
 from flows import expected_answer
 
 
 async def run(hs: Handshake, execution: pb.AgentExecution) -> None:
+    """Work on one execution until it is settled: an error (Temporal down for a heartbeat, the store busy)
+    is said and the work starts again, as a runner that holds a claim must (its pump keeps the claim)."""
+    while True:
+        try:
+            await work(hs, execution)
+            return
+        except HandshakeError as err:
+            print(f"chaos runner: {execution.metadata.id}: {type(err).__name__}; again", file=sys.stderr, flush=True)
+            await asyncio.sleep(1)
+
+
+async def work(hs: Handshake, execution: pb.AgentExecution) -> None:
     execution_id, prompt = execution.metadata.id, execution.spec.message
     await asyncio.sleep(random.uniform(0, 0.2))
     await hs.heartbeat(execution_id)

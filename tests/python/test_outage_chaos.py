@@ -39,11 +39,13 @@ MIN_KILLS = 4
 
 def request_for(kind: str, n: int) -> AgentRequest:
     prompt = f"{kind} {n} {uuid.uuid4().hex[:6]}"
-    # Parents that rely on the pump declare a heartbeat timeout; all retry (a new attempt re-binds).
-    beats = kind in ("hold", "cancel")
+    # Parents that rely on the pump declare a heartbeat timeout; all retry (a new attempt re-binds). Temporal
+    # does not retry an activity it was asked to cancel, so a cancelled parent's heartbeat timeout leaves a
+    # killed runner's successor the time to take over (a lease of 2 s, a process start).
+    heartbeat_timeout = {"hold": 3, "cancel": 15}.get(kind, 0)
     return AgentRequest(
         f"chaos-{kind}-{n}-{uuid.uuid4().hex[:6]}", prompt, start_to_close_seconds=300,
-        heartbeat_timeout_seconds=3 if beats else 0, maximum_attempts=20, retry_interval_seconds=0.5,
+        heartbeat_timeout_seconds=heartbeat_timeout, maximum_attempts=20, retry_interval_seconds=0.5,
     )  # fmt: skip
 
 
@@ -136,6 +138,13 @@ async def test_retries_outages_restarts_and_kills_end_every_parent_once(tmp_path
                 runner.wait()
                 kills += 1
                 runner = processes.runner()
+            # The cancels end before the outage: after one, a cancelled parent's overdue heartbeat timeout
+            # would fire, and Temporal retries no activity it was asked to cancel.
+            cancels = {r.execution_id for r in requests if r.prompt.startswith("cancel")}
+            deadline = time.monotonic() + 60
+            while {r.id for r in await caller.list(phase="CANCELLED", limit=1000)} != cancels:
+                assert time.monotonic() < deadline, "the runners never acknowledged the cancels"
+                await asyncio.sleep(0.2)
             await asyncio.sleep(2)
 
         # The outage: Temporal down longer than its client retries; a runner and the reconciler restart in it.
@@ -155,7 +164,13 @@ async def test_retries_outages_restarts_and_kills_end_every_parent_once(tmp_path
         client = await Client.connect(server.address)
         async with worker(client):
             fresh = [client.get_workflow_handle(h.id, result_type=AgentAnswer) for h in handles]
-            outcomes = await asyncio.wait_for(asyncio.gather(*(outcome_of(h) for h in fresh)), timeout=150)
+            waiting = [asyncio.ensure_future(outcome_of(h)) for h in fresh]
+            await asyncio.wait(waiting, timeout=150)
+            stuck = [r for r, w in zip(requests, waiting, strict=True) if not w.done()]
+            for w in waiting:
+                w.cancel()
+            assert not stuck, f"parents still waiting: {[await caller.inspect(r.execution_id) for r in stuck]}"
+            outcomes = [w.result() for w in waiting]
             histories = [await h.fetch_history() for h in fresh]
 
         reconciler.send_signal(signal.SIGTERM)
