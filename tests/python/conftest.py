@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -31,6 +32,7 @@ from flows import (
     QuickParent,
     RetriedAgentParent,
     RetryingParent,
+    SameActivityIdParent,
 )
 
 RUNNER = Path(__file__).parent / "runner.py"
@@ -61,6 +63,36 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the rest keep their order
+
+
+def _field(number: int, value: bytes | int) -> bytes:
+    """One protobuf field: a varint for ints, length-delimited for bytes."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def task_token(namespace_id: str, workflow_id: str) -> bytes:
+    """A well-formed task token of a workflow the server does not have (its delivery finds the parent gone)."""
+    return b"".join([
+        _field(1, namespace_id.encode()), _field(2, workflow_id.encode()), _field(3, str(uuid.uuid4()).encode()),
+        _field(4, 5), _field(5, 1), _field(6, b"1"), _field(7, b"AgentParent"), _field(8, b"run_agent"),
+    ])  # fmt: skip
+
+
+async def namespace_id_of(client: Client, namespace: str = "default") -> str:
+    """The id the server gave a namespace (what task tokens carry)."""
+    reply = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+    return reply.namespace_info.id
 
 
 def alive(pid: int) -> bool:
@@ -148,6 +180,7 @@ async def env(temporal_server: DevServer, temporal_client: Client, store_url: st
             PatientParent,
             RetryingParent,
             RetriedAgentParent,
+            SameActivityIdParent,
             InstantParent,
         ],
         activities=[

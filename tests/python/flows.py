@@ -206,6 +206,25 @@ class RetriedAgentParent:
 
 
 @workflow.defn
+class SameActivityIdParent:
+    """Calls the caller activity once per request, one after the other, always with activity id "ask"."""
+
+    @workflow.run
+    async def run(self, requests: list[AgentRequest]) -> list[AgentAnswer]:
+        answers = []
+        for request in requests:
+            answer = await workflow.execute_activity_method(
+                CallerActivities.run_agent,
+                request,
+                activity_id="ask",
+                start_to_close_timeout=timedelta(seconds=request.start_to_close_seconds),
+                retry_policy=NO_RETRY,
+            )
+            answers.append(answer)
+        return answers
+
+
+@workflow.defn
 class InstantParent:
     @workflow.run
     async def run(self, request: AgentRequest) -> AgentAnswer:
