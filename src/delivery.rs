@@ -219,10 +219,7 @@ async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<G
 /// refuse them): a non-retryable RESULT_TOO_LARGE failure naming the execution. The full outcome stays in
 /// the store (`result()` reads it). None when the outcome fits.
 fn sent_instead(claimed: &ClaimedCallback, limit: usize) -> Option<Outcome> {
-    let size = match &claimed.outcome {
-        Outcome::Complete { result } => result.as_ref().map_or(0, Vec::len),
-        Outcome::Fail { details, .. } | Outcome::Cancel { details } => details.as_ref().map_or(0, Vec::len),
-    };
+    let size = claimed.outcome.payloads().map_or(0, <[u8]>::len);
     (size > limit).then(|| Outcome::Fail {
         message: format!(
             "the {} of execution {:?} is {size} bytes, over the {limit}-byte limit; it is kept in the store",

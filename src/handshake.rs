@@ -153,6 +153,12 @@ impl Core {
             return Ok(());
         }
         for (id, armed) in self.store.armed_callbacks(ids).await? {
+            let armed = armed.transpose().unwrap_or_else(|err| {
+                // Not this process's key: the runner still gets the execution (a claim never strands), and
+                // its parent is heartbeated by no one here; its settle is delivered by a process with the key.
+                tracing::warn!(execution = %id, error = %err, "cannot heartbeat the parent: its token cannot be opened");
+                None
+            });
             if let Some((token, heartbeat_timeout_ms)) = armed {
                 self.pump_started.get_or_init(|| {
                     pyo3_async_runtimes::tokio::get_runtime().spawn(pump::run(Arc::downgrade(self)));
@@ -214,7 +220,7 @@ impl Core {
             self.check_capability(id, &outcome, capability)?;
         }
         // Payloads are checked before anything is stored: a malformed result must not end the execution.
-        crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
+        crate::temporal::decode_payloads(outcome.payloads())?;
         let span =
             tracing::info_span!("settle", execution = %id, outcome = outcome.name(), result = tracing::field::Empty);
         // Temporal unreachable: the outcome is recorded as due (no delivery lease), for the reconciler.
@@ -292,13 +298,6 @@ impl Core {
         self.temporal.as_ref().ok_or_else(|| {
             Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
         })
-    }
-}
-
-fn outcome_payloads(outcome: &Outcome) -> Option<&[u8]> {
-    match outcome {
-        Outcome::Complete { result } => result.as_deref(),
-        Outcome::Fail { details, .. } | Outcome::Cancel { details } => details.as_deref(),
     }
 }
 
@@ -432,6 +431,8 @@ pub struct PyExecution {
     parent_activity_id: Option<String>,
     parent_attempt: Option<i64>,
     callback_outcome: Option<String>,
+    /// How it ended: complete, fail or cancel (with a callback or without); None while it runs.
+    outcome: Option<String>,
     /// The recorded result (or failure/cancel details) as encoded `Payloads`, kept after delivery.
     result: Option<Py<PyBytes>>,
     delivery_attempts: i64,
@@ -461,7 +462,8 @@ impl PyExecution {
             parent_activity_id: c.map(|c| c.activity_id.clone()),
             parent_attempt: c.map(|c| c.attempt),
             callback_outcome: c.and_then(|c| c.outcome.clone()),
-            result: c.and_then(|c| c.payloads.as_deref()).map(|p| PyBytes::new(py, p).unbind()),
+            outcome: record.ended.as_ref().map(|(outcome, _)| outcome.clone()),
+            result: record.ended.as_ref().and_then(|(_, p)| p.as_deref()).map(|p| PyBytes::new(py, p).unbind()),
             delivery_attempts: c.map_or(0, |c| c.attempts),
             last_error: c.and_then(|c| c.last_error.clone()),
             gone_reason: c.and_then(|c| c.gone_reason.clone()),
@@ -662,7 +664,9 @@ where
 /// hand-offs finish first closes that window.
 #[pyfunction]
 pub fn drain(py: Python<'_>, timeout: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 10.0));
+    // Any float: NaN waits not at all (clamp keeps NaN, which `Duration` refuses with a panic).
+    let timeout = if timeout.is_nan() { 0.0 } else { timeout.clamp(0.0, 10.0) };
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout);
     py.detach(|| {
         while IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
@@ -1028,7 +1032,7 @@ impl PyCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id.to_owned(), activity_id)?;
         let outcome = outcome.0.clone();
-        crate::temporal::decode_payloads(outcome_payloads(&outcome))?;
+        crate::temporal::decode_payloads(outcome.payloads())?;
         let core = self.core()?;
         spawn(py, async move {
             core.temporal().await?.respond(&target, &outcome).await?;

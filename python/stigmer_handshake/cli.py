@@ -169,8 +169,11 @@ async def run(args: argparse.Namespace) -> int:
         await bench.main(args)
         return OK
     needs_temporal = args.command in ("settle", "reconcile")
+    # Bad arguments are refused before anything is opened.
     if args.command == "settle":
-        outcome_args(args)  # bad JSON is refused before anything is opened
+        outcome_args(args)
+    if args.command == "reconcile" and args.every is not None and not (math.isfinite(args.every) and args.every > 0):
+        raise UsageError("--every must be a positive number of seconds")
     hs = await Handshake.connect(
         store=args.store, temporal=args.temporal if needs_temporal else None, namespace=args.namespace
     )
@@ -242,6 +245,7 @@ def describe(e: _core.Execution) -> dict[str, Any]:
         "parent_run_id": e.parent_run_id,
         "parent_activity_id": e.parent_activity_id,
         "parent_attempt": e.parent_attempt,
+        "outcome": e.outcome,
         "callback_outcome": e.callback_outcome,
         "gone_reason": e.gone_reason,
         "retry_of": e.retry_of,
@@ -322,8 +326,6 @@ async def settle(hs: Handshake, args: argparse.Namespace) -> int:
 async def reconcile(hs: Handshake, args: argparse.Namespace) -> int:
     """One pass (its errors exit as usual), or with --every a loop that outlives failed passes (an outage:
     logged, then passes back off up to MAX_LOOP_BACKOFF) and stops on SIGTERM or SIGINT after its pass."""
-    if args.every is not None and not (math.isfinite(args.every) and args.every > 0):
-        raise UsageError("--every must be a positive number of seconds")
     if args.every is None:
         emit(args, report_fields(await with_progress(hs, quiet=args.json)))
         return OK

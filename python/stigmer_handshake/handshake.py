@@ -469,9 +469,9 @@ class Handshake:
 
     async def result(self, execution_id: str, type_hint: type[Any] | None = None) -> Any:
         """The result an execution ended with, decoded by the data converter (kept even when its parent
-        activity was gone). Raises ``InvalidState`` when it has not completed."""
+        activity was gone, and for a direct execution). Raises ``InvalidState`` when it has not completed."""
         record = await self._core.get(execution_id, False)
-        if record.callback_outcome != "complete" or record.result is None:
+        if record.outcome != "complete" or record.result is None:
             raise _core.InvalidState(f"execution {execution_id!r} has no recorded result (phase {record.phase})")
         payloads = temporalio.api.common.v1.Payloads.FromString(record.result).payloads
         [value] = await self._converter.decode(payloads, None if type_hint is None else [type_hint])

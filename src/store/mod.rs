@@ -19,7 +19,7 @@ use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::{Database, Pool, Postgres, Sqlite};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use sql::SqlStore;
+pub use sql::{Armed, SqlStore};
 pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, Phase, StatusFields};
 
 use crate::errors::{Error, Result};
@@ -69,6 +69,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The payloads it carries: the result of a completion, the details of a failure or cancellation.
+    pub fn payloads(&self) -> Option<&[u8]> {
+        match self {
+            Outcome::Complete { result } => result.as_deref(),
+            Outcome::Fail { details, .. } | Outcome::Cancel { details } => details.as_deref(),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Complete { .. } => "complete",
@@ -203,6 +211,9 @@ pub struct ExecutionRecord {
     pub updated_ms: i64,
     /// The execution this one retries: its parent activity was retried after that one's failure reached it.
     pub retry_of: Option<String>,
+    /// How it ended (complete, fail, cancel) and the payloads it ended with (result or details): its
+    /// callback's, or a direct execution's own. None while it runs.
+    pub ended: Option<(String, Option<Vec<u8>>)>,
     pub callback: Option<CallbackInfo>,
 }
 
@@ -482,7 +493,7 @@ impl Store {
         on_db!(self, db => db.armed_callback(id).await)
     }
 
-    pub async fn armed_callbacks(&self, ids: &[String]) -> Result<HashMap<String, Option<(TaskToken, Option<i64>)>>> {
+    pub async fn armed_callbacks(&self, ids: &[String]) -> Result<HashMap<String, Option<Result<Armed>>>> {
         on_db!(self, db => db.armed_callbacks(ids).await)
     }
 }

@@ -21,9 +21,10 @@ use crate::secrets::Keyring;
 use crate::token::TaskToken;
 
 const RECORD_COLUMNS: &str =
-    "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, e.retry_of, c.state, c.fingerprint, c.workflow_id, \
+    "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, e.retry_of, e.outcome AS e_outcome, \
+     e.payloads AS e_payloads, c.state, c.fingerprint, c.workflow_id, \
      c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token, c.token_key_id";
-/// Rows in one multi-row statement at most: with at most 11 bound values a row, far below SQLite's 32,766
+/// Rows in one multi-row statement at most: with at most 12 bound values a row, far below SQLite's 32,766
 /// and PostgreSQL's 65,535. The writer's batches are no larger (`MAX_WRITE_BATCH`).
 pub(super) const ROWS_PER_STATEMENT: usize = 256;
 /// After a token this process cannot open, wait this long before offering the callback again.
@@ -31,6 +32,9 @@ const KEY_RETRY_MS: i64 = 5_000;
 const OUTCOME_COLUMNS: &str =
     "execution_id, token, token_key_id, outcome, payloads, failure_message, failure_type, non_retryable, attempts, \
      due_ms";
+
+/// An armed callback's token and its parent's heartbeat timeout (ms), if it has one.
+pub type Armed = (TaskToken, Option<i64>);
 
 /// What differs between the SQL dialects.
 pub trait Backend: Database + HasStatementCache {
@@ -101,7 +105,8 @@ where
             // A write first, so the lookup and the swap happen under the row's (SQLite: the database's) lock.
             let existing = sqlx::query(
                 "UPDATE callbacks SET lease_until_ms = lease_until_ms WHERE workflow_id = $1 AND run_id = $2 \
-                 AND activity_id = $3 AND superseded_by IS NULL RETURNING execution_id, attempt, state",
+                 AND activity_id = $3 AND superseded_by IS NULL RETURNING execution_id, attempt, state, \
+                 scheduled_event_id",
             )
             .bind(token.workflow_id.as_str())
             .bind(token.run_id.as_str())
@@ -112,6 +117,12 @@ where
                 let id: String = row.try_get("execution_id")?;
                 let attempt: i64 = row.try_get("attempt")?;
                 let state = CallbackState::parse(&row.try_get::<String, _>("state")?)?;
+                let scheduled: Option<i64> = row.try_get("scheduled_event_id")?;
+                if scheduled.is_some_and(|event| event != token.scheduled_event_id) {
+                    // The workflow scheduled this activity id again (the first call ended): a new call, not a
+                    // retry (a retry keeps its scheduled event), gets a child of its own.
+                    return self.create_successor(tx, new, &id, status, false).await;
+                }
                 if i64::from(token.attempt) <= attempt {
                     // The same attempt deferring twice is idempotent; an older one is refused.
                     if i64::from(token.attempt) == attempt {
@@ -125,7 +136,7 @@ where
                 }
                 if state == CallbackState::Delivered {
                     // The parent was told (a retryable failure) and retried: the retry runs a new child.
-                    return self.create_retry(tx, new, &id, status).await;
+                    return self.create_successor(tx, new, &id, status, true).await;
                 }
                 let state = match state {
                     // The child ended and its delivery found the old attempt gone (or failed): deliver the
@@ -140,38 +151,45 @@ where
         Ok(self.insert_all(tx, &[(new, status)]).await?.then(|| Created::New(new.id.clone())))
     }
 
-    /// Store the new child of a parent activity retried after its child `previous`'s outcome was delivered:
-    /// `previous`'s callback is superseded (kept, no longer the parent's), and the new execution names it in
-    /// `retry_of`. Its id is the one asked for, or `<id>-attempt-<N>` when that one is taken (a caller that
-    /// names its executions asks for the same id on every attempt).
-    async fn create_retry(
+    /// Store a new child for a parent activity whose current callback, `previous`'s, answers no more: a
+    /// `retry` after `previous`'s outcome was delivered (the new execution names it in `retry_of`), or a new
+    /// call of the same activity id. `previous`'s callback is superseded (kept, no longer the parent's). The
+    /// id is the one asked for or, when that one is taken (a caller that names its executions asks for the
+    /// same id every time), `<id>-attempt-<N>` for a retry and `<id>-call-<scheduled event>` for a call.
+    async fn create_successor(
         &self,
         tx: &mut DB::Connection,
         new: &NewExecution,
         previous: &str,
         status: Vec<u8>,
+        retry: bool,
     ) -> Result<Option<Created>> {
-        let taken = sqlx::query("SELECT id FROM executions WHERE id = $1")
+        let id_taken = sqlx::query("SELECT id FROM executions WHERE id = $1")
             .bind(new.id.as_str())
             .fetch_optional(&mut *tx)
             .await?
             .is_some();
-        let attempt = new.token.as_ref().map_or(0, |token| token.attempt);
-        let id = if taken { format!("{}-attempt-{attempt}", new.id) } else { new.id.clone() };
+        let id = match (id_taken, &new.token) {
+            (true, Some(token)) if retry => format!("{}-attempt-{}", new.id, token.attempt),
+            (true, Some(token)) => format!("{}-call-{}", new.id, token.scheduled_event_id),
+            _ => new.id.clone(),
+        };
         sqlx::query("UPDATE callbacks SET superseded_by = $1 WHERE execution_id = $2")
             .bind(id.as_str())
             .bind(previous)
             .execute(&mut *tx)
             .await?;
-        let retry = NewExecution { id: id.clone(), ..new.clone() };
-        if !self.insert_all(tx, &[(&retry, status)]).await? {
+        let successor = NewExecution { id: id.clone(), ..new.clone() };
+        if !self.insert_all(tx, &[(&successor, status)]).await? {
             return Ok(None);
         }
-        sqlx::query("UPDATE executions SET retry_of = $1 WHERE id = $2")
-            .bind(previous)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        if retry {
+            sqlx::query("UPDATE executions SET retry_of = $1 WHERE id = $2")
+                .bind(previous)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         Ok(Some(Created::New(id)))
     }
 
@@ -261,8 +279,8 @@ where
             .collect::<Result<Vec<_>>>()?;
         let sql = format!(
             "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
-             state, created_ms, heartbeat_timeout_ms, token_key_id) VALUES {}",
-            values(armed.len(), 11, 1)
+             state, created_ms, heartbeat_timeout_ms, token_key_id, scheduled_event_id) VALUES {}",
+            values(armed.len(), 12, 1)
         );
         let mut query = sqlx::query(&sql).persistent(armed.len() == 1);
         for ((new, token), (sealed, key_id)) in armed.iter().zip(&sealed) {
@@ -277,7 +295,8 @@ where
                 .bind(CallbackState::Armed.as_str())
                 .bind(now)
                 .bind(new.heartbeat_timeout_ms)
-                .bind(key_id.as_deref());
+                .bind(key_id.as_deref())
+                .bind(token.scheduled_event_id);
         }
         let inserted = query.execute(&mut *tx).await;
         if let Err(sqlx::Error::Database(db)) = &inserted {
@@ -503,7 +522,10 @@ where
                 current.remove(job.id.as_str()).ok_or_else(|| Error::ExecutionNotFound(job.id.clone()))?;
             if phase.is_terminal() {
                 let callback = Self::callback(tx, &job.id).await?;
-                let outcome = callback.as_ref().and_then(|c| c.outcome.clone());
+                let outcome = match &callback {
+                    Some(callback) => callback.outcome.clone(),
+                    None => Self::direct_outcome(tx, &job.id).await?,
+                };
                 settled.push(Some(Settled::Already { outcome, callback, kind }));
             } else {
                 ending.push((i, *job, kind, Self::final_status(kind, &status, job, now)?));
@@ -512,6 +534,9 @@ where
         }
         if !ending.is_empty() {
             let mut stored = self.end_all(tx, &ending, now).await?;
+            let direct: Vec<&SettleJob> =
+                ending.iter().map(|(_, job, _, _)| *job).filter(|job| !stored.contains_key(job.id.as_str())).collect();
+            Self::keep_direct_outcomes(tx, &direct).await?;
             for (i, job, kind, _) in &ending {
                 settled[*i] = Some(self.settled_now(tx, job, *kind, stored.remove(job.id.as_str()), now).await?);
             }
@@ -569,12 +594,12 @@ where
         );
         let mut query = sqlx::query(&sql).persistent(ending.len() == 1).bind(now);
         for (_, job, _, _) in ending {
-            let (payloads, message, failure_type, non_retryable) = match &job.outcome {
-                Outcome::Complete { result } => (result.as_deref(), None, None, false),
-                Outcome::Fail { message, failure_type, non_retryable, details } => {
-                    (details.as_deref(), Some(message.as_str()), Some(failure_type.as_str()), *non_retryable)
+            let payloads = job.outcome.payloads();
+            let (message, failure_type, non_retryable) = match &job.outcome {
+                Outcome::Fail { message, failure_type, non_retryable, .. } => {
+                    (Some(message.as_str()), Some(failure_type.as_str()), *non_retryable)
                 }
-                Outcome::Cancel { details } => (details.as_deref(), None, None, false),
+                Outcome::Complete { .. } | Outcome::Cancel { .. } => (None, None, false),
             };
             let (state, lease_until_ms) = if job.lease_ms > 0 {
                 (CallbackState::Delivering, now + job.lease_ms)
@@ -598,6 +623,30 @@ where
             }
         }
         Ok(stored)
+    }
+
+    /// Record how direct executions (no callback to hold it) ended, and their results, in one statement.
+    async fn keep_direct_outcomes(tx: &mut DB::Connection, jobs: &[&SettleJob]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE executions SET outcome = v.column2, payloads = v.column3 FROM (VALUES {}) AS v \
+             WHERE executions.id = v.column1",
+            values(jobs.len(), 3, 1)
+        );
+        let mut query = sqlx::query(&sql).persistent(jobs.len() == 1);
+        for job in jobs {
+            query = query.bind(job.id.as_str()).bind(job.outcome.name()).bind(job.outcome.payloads());
+        }
+        query.execute(&mut *tx).await?;
+        Ok(())
+    }
+
+    /// How a direct execution ended (see `keep_direct_outcomes`).
+    async fn direct_outcome(tx: &mut DB::Connection, id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT outcome FROM executions WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+        Ok(row.map(|row| row.try_get("outcome")).transpose()?.flatten())
     }
 
     /// What ending `job` did, given its armed callback's sealed token (None: it had none).
@@ -895,11 +944,12 @@ where
     /// None for a direct execution or once the callback is due; `ExecutionNotFound` for an unknown id.
     pub async fn armed_callback(&self, id: &str) -> Result<Option<(TaskToken, Option<i64>)>> {
         let mut found = self.armed_callbacks(&[id.to_owned()]).await?;
-        found.remove(id).ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))
+        found.remove(id).ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?.transpose()
     }
 
-    /// `armed_callback` of many executions in one query; the ids not found are missing from the map.
-    pub async fn armed_callbacks(&self, ids: &[String]) -> Result<HashMap<String, Option<(TaskToken, Option<i64>)>>> {
+    /// `armed_callback` of many executions in one query, each with its own answer (a token this process
+    /// cannot open fails only its execution); the ids not found are missing from the map.
+    pub async fn armed_callbacks(&self, ids: &[String]) -> Result<HashMap<String, Option<Result<Armed>>>> {
         let sql = format!(
             "SELECT e.id, c.token, c.token_key_id, c.heartbeat_timeout_ms FROM executions e \
              LEFT JOIN callbacks c ON c.execution_id = e.id AND c.state = 'armed' WHERE e.id IN ({})",
@@ -911,12 +961,10 @@ where
             let id: String = row.try_get("id")?;
             let armed = match row.try_get::<Option<Vec<u8>>, _>("token")? {
                 Some(sealed) => {
-                    let token = self.keyring.open(
-                        &id,
-                        &sealed,
-                        row.try_get::<Option<String>, _>("token_key_id")?.as_deref(),
-                    )?;
-                    Some((TaskToken::parse(&token)?, row.try_get("heartbeat_timeout_ms")?))
+                    let key_id: Option<String> = row.try_get("token_key_id")?;
+                    let heartbeat_timeout_ms: Option<i64> = row.try_get("heartbeat_timeout_ms")?;
+                    let token = self.keyring.open(&id, &sealed, key_id.as_deref());
+                    Some(token.and_then(|token| Ok((TaskToken::parse(&token)?, heartbeat_timeout_ms))))
                 }
                 None => None,
             };
@@ -988,6 +1036,15 @@ where
                 status = edit_status(kind, &status, |s| s.set_token(token))?;
             }
         }
+        let callback = Self::callback_from_row(row)?;
+        // A direct execution keeps how it ended itself (see `keep_direct_outcomes`).
+        let ended = match &callback {
+            Some(callback) => callback.outcome.clone().map(|outcome| (outcome, callback.payloads.clone())),
+            None => match row.try_get::<Option<String>, _>("e_outcome")? {
+                Some(outcome) => Some((outcome, row.try_get("e_payloads")?)),
+                None => None,
+            },
+        };
         Ok(ExecutionRecord {
             id: row.try_get("id")?,
             kind,
@@ -997,7 +1054,8 @@ where
             created_ms: row.try_get("created_ms")?,
             updated_ms: row.try_get("updated_ms")?,
             retry_of: row.try_get("retry_of")?,
-            callback: Self::callback_from_row(row)?,
+            ended,
+            callback,
         })
     }
 

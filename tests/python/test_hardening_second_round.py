@@ -1,0 +1,89 @@
+"""Hardening, second round: what an adversarial probe broke, one test per defect, on both stores where the
+store is involved. Real dev server, real stores."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stigmer_handshake import Handshake, TokenKeyError, _core, pb
+from stigmer_handshake.testing import sqlite_url
+
+from conftest import BOTH_STORES, Env, namespace_id_of, task_token
+from flows import AgentRequest, SameActivityIdParent, expected_answer
+
+STORE_BACKENDS = BOTH_STORES
+KEY = {"k1": bytes(range(32))}
+OTHER_KEY = {"k2": bytes(32)}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4()}"
+
+
+@pytest.mark.timeout(90)
+async def test_the_same_activity_id_scheduled_again_gets_a_child_of_its_own(env: Env) -> None:
+    requests = [AgentRequest(new_id("first"), "first call"), AgentRequest(new_id("second"), "second call")]
+    handle = await env.client.start_workflow(
+        SameActivityIdParent.run, requests, id=new_id("parent"), task_queue=env.task_queue
+    )
+    await env.wait_for_execution(requests[0].execution_id)
+    assert (await env.hs.succeed(requests[0].execution_id, expected_answer("first call"))).outcome == "delivered"
+    # The workflow schedules activity "ask" again: a new call (a new scheduled event), not a retry.
+    await env.wait_for_execution(requests[1].execution_id, timeout=10)
+    second = await env.hs.inspect(requests[1].execution_id)
+    assert (second.phase, second.callback_state, second.retry_of) == ("PENDING", "armed", None)
+    assert (await env.hs.succeed(requests[1].execution_id, expected_answer("second call"))).outcome == "delivered"
+    assert await handle.result() == [expected_answer("first call"), expected_answer("second call")]
+    first = await env.hs.inspect(requests[0].execution_id)
+    assert (first.phase, first.callback_state) == ("COMPLETED", "delivered")
+
+
+async def test_a_direct_execution_keeps_its_result(env: Env) -> None:
+    execution_id = await env.hs.create(pb.AgentExecutionSpec(message="no parent"))
+    assert (await env.hs.succeed(execution_id, {"answer": 42})).outcome == "no_callback"
+    assert await env.hs.result(execution_id) == {"answer": 42}
+    record = await env.hs.inspect(execution_id)
+    assert (record.phase, record.outcome, record.callback_state) == ("COMPLETED", "complete", None)
+    failed = await env.hs.create(pb.AgentExecutionSpec(message="no parent either"))
+    await env.hs.fail(failed, "it broke", type="BROKEN")
+    assert (await env.hs.inspect(failed)).outcome == "fail"
+
+
+async def test_a_runner_without_the_token_key_still_gets_its_claim(env: Env) -> None:
+    sealer = await Handshake.connect(store=env.store, temporal=env.server.url, token_keys=KEY)
+    token = task_token(await namespace_id_of(env.client), new_id("wf"))
+    direct = await sealer.create(pb.AgentExecutionSpec(message="direct"))
+    sealed = await sealer.create(pb.AgentExecutionSpec(message="sealed"), token=token)
+    runner = await Handshake.connect(store=env.store, temporal=env.server.url, token_keys=OTHER_KEY)
+    claimed = await runner.claim("agent", limit=10)
+    assert sorted(e.metadata.id for e in claimed) == sorted([direct, sealed]), "the claim strands nothing"
+    assert all(e.status.phase == pb.ExecutionPhase.EXECUTION_PHASE_IN_PROGRESS for e in claimed)
+    assert runner.pump_stats()["tracked"] == 0, "a parent whose token it cannot open is not heartbeated"
+    assert (await runner.succeed(direct, "done")).outcome == "no_callback"
+    with pytest.raises(TokenKeyError):
+        await runner.succeed(sealed, "done")  # recorded; a process with the key delivers it
+    record = await sealer.inspect(sealed)
+    assert (record.phase, record.callback_state) == ("COMPLETED", "due")
+
+
+def test_drain_takes_any_float_without_a_panic() -> None:
+    for timeout in (float("nan"), float("inf"), -1.0, 0.0):
+        _core.drain(timeout)  # returns (at most 10 s), never a PanicException
+
+
+async def test_reconcile_every_nan_or_infinity_is_a_usage_error(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "stigmer_handshake.cli", "--store", sqlite_url(tmp_path)]
+    for every in ("nan", "inf", "-inf", "0"):
+        done = await asyncio.to_thread(
+            subprocess.run, [*cli, "reconcile", f"--every={every}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, (every, done.returncode, done.stderr)
+        assert "--every must be a positive number of seconds" in done.stderr
+    assert not list(tmp_path.iterdir()), "a refused command opens no store"
