@@ -82,15 +82,31 @@ pub enum ActivityEnd {
 
 /// Check that `target` is a URL with a host and an http(s) scheme.
 fn parse_target(target: &str) -> Result<url::Url> {
+    let shown = redacted(target);
     let url = url::Url::parse(target).map_err(|e| {
-        Error::InvalidArgument(format!("the Temporal address {target:?} is not a URL ({e}); use http://host:port"))
+        Error::InvalidArgument(format!("the Temporal address {shown:?} is not a URL ({e}); use http://host:port"))
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(Error::InvalidArgument(format!(
-            "the Temporal address {target:?} must look like http://host:port (or https://)"
+            "the Temporal address {shown:?} must look like http://host:port (or https://)"
         )));
     }
     Ok(url)
+}
+
+/// `target` as errors and logs may show it: credentials in it (`http://user:secret@host`) become `***`.
+pub fn redacted(target: &str) -> String {
+    match url::Url::parse(target) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            // Only URLs that can have credentials get here, so these cannot fail.
+            let _ = url.set_username("***");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Ok(_) => target.to_owned(),
+        // Not a URL: whatever stands before an `@` may still be a secret.
+        Err(_) => target.rfind('@').map_or_else(|| target.to_owned(), |at| format!("***@{}", &target[at + 1..])),
+    }
 }
 
 /// The Temporal connection of a handshake, made on first use and tried again after a failure: a runner or
@@ -143,7 +159,7 @@ impl LazyTemporal {
             .filter(|(at, _)| at.elapsed() < RECONNECT_PAUSE)
             .map(|(_, message)| message.clone());
         if let Some(message) = recent {
-            return Err(Error::Connect { target: state.target.clone(), message });
+            return Err(Error::Connect { target: redacted(&state.target), message });
         }
         let made = state
             .connected
@@ -209,12 +225,12 @@ impl Temporal {
             ConnectionOptions::new(url).identity(identity.to_owned()).connect_timeout(CONNECT_TIMEOUT).build();
         let connection = Connection::connect(options)
             .await
-            .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
+            .map_err(|e| Error::Connect { target: redacted(target), message: e.to_string() })?;
         let mut served = HashMap::new();
         let mut default = None;
         for name in namespaces {
             let mut client = Client::new(connection.clone(), ClientOptions::new(name.clone()).build())
-                .map_err(|e| Error::Connect { target: target.to_owned(), message: e.to_string() })?;
+                .map_err(|e| Error::Connect { target: redacted(target), message: e.to_string() })?;
             let request = DescribeNamespaceRequest { namespace: name.clone(), ..Default::default() };
             let id = match client.describe_namespace(request.into_request()).await {
                 Ok(reply) => reply.into_inner().namespace_info.map(|info| info.id).unwrap_or_default(),
@@ -491,4 +507,18 @@ pub fn decode_payloads(bytes: Option<&[u8]>) -> Result<Option<Payloads>> {
     bytes
         .map(|b| Payloads::decode(b).map_err(|e| Error::InvalidArgument(format!("malformed payloads: {e}"))))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn credentials_in_an_address_are_never_shown() {
+        assert_eq!(redacted("http://user:secret@host:7233"), "http://***@host:7233/");
+        assert_eq!(redacted("http://token@host:7233/"), "http://***@host:7233/");
+        assert_eq!(redacted("http://host:7233"), "http://host:7233");
+        assert_eq!(redacted("http//user:secret@host"), "***@host");
+        assert_eq!(redacted("not a url"), "not a url");
+    }
 }

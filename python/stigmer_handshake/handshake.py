@@ -10,6 +10,7 @@ import html
 import logging
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -237,7 +238,8 @@ class Handshake:
             wait_for_temporal,
         )
         if temporal is not None and not core.temporal_connected():
-            _log.warning("Temporal at %s is not reachable yet: settles are recorded and delivered once it is", temporal)
+            where = urllib.parse.urlsplit(temporal).netloc.rpartition("@")[2]  # never credentials in a URL
+            _log.warning("Temporal at %s is not reachable yet: settles are recorded and delivered once it is", where)
         if reconcile_every is not None:
             core.start_reconciler(reconcile_every)
         return cls(core, data_converter or DataConverter.default)

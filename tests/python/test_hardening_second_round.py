@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stigmer_handshake import Handshake, TokenKeyError, _core, pb
-from stigmer_handshake.testing import sqlite_url
+from stigmer_handshake import ConnectError, Handshake, InvalidInput, TokenKeyError, _core, pb
+from stigmer_handshake.testing import free_port, sqlite_url
 
 from conftest import BOTH_STORES, Env, namespace_id_of, task_token
 from flows import AgentRequest, SameActivityIdParent, expected_answer
@@ -87,3 +87,19 @@ async def test_reconcile_every_nan_or_infinity_is_a_usage_error(tmp_path: Path) 
         assert done.returncode == 2, (every, done.returncode, done.stderr)
         assert "--every must be a positive number of seconds" in done.stderr
     assert not list(tmp_path.iterdir()), "a refused command opens no store"
+
+
+async def test_credentials_in_the_temporal_url_appear_in_no_error_or_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = f"http://user:s3cr3t-in-url@127.0.0.1:{free_port()}"
+    with pytest.raises(ConnectError) as waited:
+        await Handshake.connect(store=sqlite_url(tmp_path), temporal=down, wait_for_temporal=0.2)
+    hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=down)
+    with pytest.raises(ConnectError) as used:
+        await hs.heartbeat_activity(workflow_id="w", activity_id="1")
+    with pytest.raises(InvalidInput) as malformed:
+        await Handshake.connect(store=sqlite_url(tmp_path), temporal="http//user:s3cr3t-in-url@127.0.0.1:1")
+    shown = [str(waited.value), str(used.value), str(malformed.value), caplog.text]
+    assert "127.0.0.1" in shown[0] and "***" in shown[0], shown[0]
+    assert not [text for text in shown if "s3cr3t" in text], shown
