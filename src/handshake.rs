@@ -386,6 +386,12 @@ impl PyOutcome {
     #[staticmethod]
     #[pyo3(signature = (message, r#type="", non_retryable=false, details=None))]
     fn fail(message: String, r#type: &str, non_retryable: bool, details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        // PostgreSQL's text cannot hold NUL: refused on every store alike, before anything is written.
+        if message.contains('\0') || r#type.contains('\0') {
+            return Err(
+                Error::InvalidArgument("a failure's message and type must not contain NUL characters".into()).into()
+            );
+        }
         Ok(Self(Outcome::Fail {
             message,
             failure_type: r#type.to_owned(),

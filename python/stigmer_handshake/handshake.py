@@ -6,13 +6,14 @@ import asyncio
 import base64
 import binascii
 import builtins
+import contextlib
 import html
 import logging
 import os
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, TypeAlias
 
@@ -561,17 +562,19 @@ class Handshake:
         @activity.defn(name=COMPLETE_EXTERNAL_ACTIVITY)
         async def complete_external_activity(request: ExternalCompletion) -> str:
             await hs._check_callback(request.callback)
-            return (await hs.succeed(request.callback.execution_id, request.result)).outcome
+            with _final_on_bad_input():
+                return (await hs.succeed(request.callback.execution_id, request.result)).outcome
 
         @activity.defn(name=FAIL_EXTERNAL_ACTIVITY)
         async def fail_external_activity(request: ExternalFailure) -> str:
             await hs._check_callback(request.callback)
-            settlement = await hs.fail(
-                request.callback.execution_id,
-                request.message,
-                type=request.type,
-                non_retryable=request.non_retryable,
-            )
+            with _final_on_bad_input():
+                settlement = await hs.fail(
+                    request.callback.execution_id,
+                    request.message,
+                    type=request.type,
+                    non_retryable=request.non_retryable,
+                )
             return settlement.outcome
 
         return [complete_external_activity, fail_external_activity]
@@ -604,6 +607,15 @@ class Handshake:
         except Exception as err:  # the data converter's own errors (TypeError, ...): the caller's value
             raise _core.InvalidInput(f"the data converter cannot encode the value: {err}") from err
         return temporalio.api.common.v1.Payloads(payloads=payloads).SerializeToString()
+
+
+@contextlib.contextmanager
+def _final_on_bad_input() -> Iterator[None]:
+    """In a system activity, bad input fails it for good: retrying the same input cannot help."""
+    try:
+        yield
+    except _core.InvalidInput as err:
+        raise ApplicationError(str(err), type="INVALID_SETTLE", non_retryable=True) from err
 
 
 def _serialize(status: Status | None) -> bytes | None:

@@ -24,7 +24,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Open (creating if missing) and migrate `sqlite:///path.db`, `sqlite:relative.db` or `sqlite::memory:`.
 pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> {
-    let in_memory = url == "sqlite::memory:" || url.contains("mode=memory");
+    // `mode=memory` counts only as a parameter: a folder of that name is a file path like any other.
+    let in_memory = url == "sqlite::memory:"
+        || url.split_once('?').is_some_and(|(_, query)| query.split('&').any(|p| p == "mode=memory"));
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| Error::InvalidArgument(format!("bad SQLite store URL: {e}")))?
         .create_if_missing(true)

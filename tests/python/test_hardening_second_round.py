@@ -4,6 +4,7 @@ store is involved. Real dev server, real stores."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -103,3 +104,22 @@ async def test_credentials_in_the_temporal_url_appear_in_no_error_or_log(
     shown = [str(waited.value), str(used.value), str(malformed.value), caplog.text]
     assert "127.0.0.1" in shown[0] and "***" in shown[0], shown[0]
     assert not [text for text in shown if "s3cr3t" in text], shown
+
+
+async def test_a_nul_in_a_failure_is_refused_on_every_store_and_changes_nothing(env: Env) -> None:
+    execution_id = await env.hs.create(pb.AgentExecutionSpec(message="nul"))
+    for message, kind in (("bad\x00message", ""), ("message", "BAD\x00TYPE")):
+        with pytest.raises(InvalidInput, match="NUL"):
+            await env.hs.fail(execution_id, message, type=kind)
+    assert (await env.hs.inspect(execution_id)).phase == "PENDING"
+    assert (await env.hs.fail(execution_id, "a clean message")).outcome == "no_callback"
+
+
+async def test_a_sqlite_path_with_mode_memory_in_it_keeps_wal(tmp_path: Path) -> None:
+    folder = tmp_path / "mode=memory"
+    folder.mkdir()
+    hs = await Handshake.connect(store=sqlite_url(folder), temporal=None)
+    await hs.create(pb.AgentExecutionSpec(message="durable"))
+    with sqlite3.connect(folder / "handshake.db") as db:
+        [(mode,)] = db.execute("PRAGMA journal_mode").fetchall()
+    assert mode == "wal"
