@@ -576,6 +576,7 @@ pub struct PyReconcileReport {
     retrying: usize,
     children_failed: usize,
     orphaned: usize,
+    skipped: usize,
 }
 
 impl From<ReconcileReport> for PyReconcileReport {
@@ -587,6 +588,7 @@ impl From<ReconcileReport> for PyReconcileReport {
             retrying: r.deliveries.retrying,
             children_failed: r.children_failed,
             orphaned: r.orphaned,
+            skipped: r.skipped,
         }
     }
 }
@@ -595,8 +597,15 @@ impl From<ReconcileReport> for PyReconcileReport {
 impl PyReconcileReport {
     fn __repr__(&self) -> String {
         format!(
-            "ReconcileReport(delivered={}, gone={}, dead_lettered={}, retrying={}, children_failed={}, orphaned={})",
-            self.delivered, self.gone, self.dead_lettered, self.retrying, self.children_failed, self.orphaned
+            "ReconcileReport(delivered={}, gone={}, dead_lettered={}, retrying={}, children_failed={}, orphaned={}, \
+             skipped={})",
+            self.delivered,
+            self.gone,
+            self.dead_lettered,
+            self.retrying,
+            self.children_failed,
+            self.orphaned,
+            self.skipped
         )
     }
 }

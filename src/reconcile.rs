@@ -24,6 +24,9 @@ pub struct ReconcileReport {
     pub children_failed: usize,
     /// Running executions marked orphaned: their runner stopped heartbeating and nobody waits any more.
     pub orphaned: usize,
+    /// Expired claims this pass could not check (a token sealed with a key this process lacks, or of a
+    /// namespace it does not serve): left for a process that can, and logged.
+    pub skipped: usize,
 }
 
 /// One reconciliation pass.
@@ -50,7 +53,7 @@ pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<Reconc
             report.children_failed += 1;
         }
     }
-    report.orphaned = mark_orphans(store, temporal).await?;
+    mark_orphans(store, temporal, &mut report).await?;
     report.deliveries = delivery::deliver_due(store, temporal, BATCH).await?;
     Ok(report)
 }
@@ -59,10 +62,17 @@ pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<Reconc
 /// workflow closed, or the activity is not pending at all (its heartbeat timeout fired with no retry
 /// left). A parent retrying (a newer attempt pending) still wants the child: its retry re-binds.
 /// The parent is only described, never heartbeated: a heartbeat here would keep it alive for a dead runner.
-async fn mark_orphans(store: &Store, temporal: &Temporal) -> Result<usize> {
-    let mut orphaned = 0;
+async fn mark_orphans(store: &Store, temporal: &Temporal, report: &mut ReconcileReport) -> Result<()> {
     for (execution_id, token) in store.expired_claims(BATCH).await? {
-        let waiting = match temporal.for_token(&token)?.describe_workflow(&token.workflow_id, &token.run_id).await? {
+        let bound = token.and_then(|token| Ok((temporal.for_token(&token)?, token)));
+        let (temporal, token) = match bound {
+            Ok(bound) => bound,
+            Err(err) => {
+                skip(report, &execution_id, &err);
+                continue;
+            }
+        };
+        let waiting = match temporal.describe_workflow(&token.workflow_id, &token.run_id).await? {
             None => false,
             Some(state) => {
                 state.closed_as.is_none() && state.pending_activities.iter().any(|(id, _)| *id == token.activity_id)
@@ -70,10 +80,16 @@ async fn mark_orphans(store: &Store, temporal: &Temporal) -> Result<usize> {
         };
         // Counted once: a later pass finds it marked already (or ended meanwhile) and changes nothing.
         if !waiting && store.mark(&execution_id, |s| s.set_orphaned(true)).await? {
-            orphaned += 1;
+            report.orphaned += 1;
         }
     }
-    Ok(orphaned)
+    Ok(())
+}
+
+/// Count and log an execution a pass cannot check; the pass goes on with the others.
+fn skip(report: &mut ReconcileReport, execution_id: &str, err: &crate::errors::Error) {
+    report.skipped += 1;
+    tracing::warn!(execution = execution_id, error = %err, "reconcile skipped an execution it cannot check");
 }
 
 /// Run passes every `interval` (the first at once, for what a crash left behind) until the handshake

@@ -355,6 +355,7 @@ def report_fields(report: _core.ReconcileReport) -> dict[str, Any]:
         "retrying": report.retrying,
         "children_failed": report.children_failed,
         "orphaned": report.orphaned,
+        "skipped": report.skipped,
     }
 
 

@@ -481,7 +481,7 @@ impl Store {
         on_db!(self, db => db.mark(id, edit).await)
     }
 
-    pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, TaskToken)>> {
+    pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, Result<TaskToken>)>> {
         on_db!(self, db => db.expired_claims(limit).await)
     }
 

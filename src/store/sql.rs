@@ -898,7 +898,8 @@ where
 
     /// Running executions whose runner's claim ran out (it stopped heartbeating) and whose callback is
     /// still armed, with their tokens: the reconciler checks whether their parent still waits.
-    pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, TaskToken)>> {
+    /// Each with its own answer: a token this process cannot open fails only its execution.
+    pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, Result<TaskToken>)>> {
         let rows = sqlx::query(
             "SELECT e.id, c.token, c.token_key_id FROM executions e JOIN callbacks c ON c.execution_id = e.id \
              WHERE e.phase = $1 AND e.claim_until_ms > 0 AND e.claim_until_ms < $2 AND c.state = 'armed' LIMIT $3",
@@ -913,9 +914,9 @@ where
             let token: Option<Vec<u8>> = row.try_get("token")?;
             if let Some(token) = token {
                 let id: String = row.try_get("id")?;
-                let token =
-                    self.keyring.open(&id, &token, row.try_get::<Option<String>, _>("token_key_id")?.as_deref())?;
-                expired.push((id, TaskToken::parse(&token)?));
+                let key_id: Option<String> = row.try_get("token_key_id")?;
+                let token = self.keyring.open(&id, &token, key_id.as_deref()).and_then(|t| TaskToken::parse(&t));
+                expired.push((id, token));
             }
         }
         Ok(expired)

@@ -123,3 +123,17 @@ async def test_a_sqlite_path_with_mode_memory_in_it_keeps_wal(tmp_path: Path) ->
     with sqlite3.connect(folder / "handshake.db") as db:
         [(mode,)] = db.execute("PRAGMA journal_mode").fetchall()
     assert mode == "wal"
+
+
+async def test_a_reconcile_pass_skips_an_expired_claim_it_cannot_open_and_says_so(env: Env) -> None:
+    sealer = await Handshake.connect(store=env.store, temporal=None, token_keys=KEY)
+    token = task_token(await namespace_id_of(env.client), new_id("wf"))
+    sealed = await sealer.create(pb.AgentExecutionSpec(message="sealed"), token=token)
+    [claimed] = await sealer.claim("agent", lease=0.05)  # store-only: nobody renews the claim
+    assert claimed.metadata.id == sealed
+    await asyncio.sleep(0.2)
+    reconciler = await Handshake.connect(store=env.store, temporal=env.server.url, token_keys=OTHER_KEY)
+    for _ in range(2):
+        report = await reconciler.reconcile()
+        assert (report.skipped, report.orphaned) == (1, 0), report
+    assert (await reconciler.inspect(sealed)).callback_state == "armed"
