@@ -163,6 +163,10 @@ async fn classify(temporal: &Temporal, claimed: &ClaimedCallback, err: Error) ->
         Error::Rpc { code: Code::InvalidArgument, message } if message.to_lowercase().contains("token") => {
             DeliveryResult::Gone(GoneReason::InvalidToken, message)
         }
+        // A request over the server's message limit is refused the same way every time: not transient.
+        Error::Rpc { code: Code::ResourceExhausted, message } if message.contains("larger than max") => {
+            DeliveryResult::Dead(format!("the request is over Temporal's message limit: {message}"))
+        }
         Error::Rpc {
             code:
                 Code::Unavailable
@@ -215,15 +219,24 @@ async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<G
     })
 }
 
-/// What the parent is told instead of an outcome whose payloads are over `limit` bytes (Temporal would
-/// refuse them): a non-retryable RESULT_TOO_LARGE failure naming the execution. The full outcome stays in
+/// What the parent is told instead of an outcome whose payloads (with a failure's message) are over
+/// `limit` bytes (Temporal would refuse them): a non-retryable RESULT_TOO_LARGE failure naming the execution. The full outcome stays in
 /// the store (`result()` reads it). None when the outcome fits.
 fn sent_instead(claimed: &ClaimedCallback, limit: usize) -> Option<Outcome> {
-    let size = claimed.outcome.payloads().map_or(0, <[u8]>::len);
+    // Everything the request carries that grows with the child's output: a failure's message too.
+    let message = match &claimed.outcome {
+        Outcome::Fail { message, failure_type, .. } => message.len() + failure_type.len(),
+        Outcome::Complete { .. } | Outcome::Cancel { .. } => 0,
+    };
+    let size = claimed.outcome.payloads().map_or(0, <[u8]>::len) + message;
     (size > limit).then(|| Outcome::Fail {
         message: format!(
             "the {} of execution {:?} is {size} bytes, over the {limit}-byte limit; it is kept in the store",
-            if matches!(claimed.outcome, Outcome::Complete { .. }) { "result" } else { "details" },
+            match claimed.outcome {
+                Outcome::Complete { .. } => "result",
+                Outcome::Fail { .. } => "failure",
+                Outcome::Cancel { .. } => "details",
+            },
             claimed.execution_id
         ),
         failure_type: "RESULT_TOO_LARGE".into(),

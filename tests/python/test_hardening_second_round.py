@@ -11,12 +11,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from stigmer_handshake import ConnectError, Handshake, InvalidInput, TokenKeyError, _core, pb
 from stigmer_handshake.testing import free_port, sqlite_url
 
 from conftest import BOTH_STORES, Env, namespace_id_of, task_token
-from flows import AgentRequest, SameActivityIdParent, expected_answer
+from flows import AgentParent, AgentRequest, SameActivityIdParent, expected_answer
 
 STORE_BACKENDS = BOTH_STORES
 KEY = {"k1": bytes(range(32))}
@@ -137,3 +139,20 @@ async def test_a_reconcile_pass_skips_an_expired_claim_it_cannot_open_and_says_s
         report = await reconciler.reconcile()
         assert (report.skipped, report.orphaned) == (1, 0), report
     assert (await reconciler.inspect(sealed)).callback_state == "armed"
+
+
+@pytest.mark.timeout(90)
+async def test_a_failure_message_over_the_payload_limit_reaches_the_parent_as_result_too_large(env: Env) -> None:
+    request = AgentRequest(new_id("big-failure"), "big failure")
+    handle = await env.client.start_workflow(AgentParent.run, request, id=new_id("parent"), task_queue=env.task_queue)
+    await env.wait_for_execution(request.execution_id)
+    settled = await asyncio.wait_for(env.hs.fail(request.execution_id, "x" * (5 * 1024 * 1024)), timeout=30)
+    assert settled.outcome == "result_too_large", settled
+    with pytest.raises(WorkflowFailureError) as caught:
+        await handle.result()
+    assert isinstance(caught.value.cause, ActivityError)
+    failure = caught.value.cause.cause
+    assert isinstance(failure, ApplicationError)
+    assert failure.type == "RESULT_TOO_LARGE" and failure.non_retryable, failure
+    record = await env.hs.inspect(request.execution_id)
+    assert (record.phase, record.callback_state) == ("FAILED", "delivered")
