@@ -288,8 +288,8 @@ def parse_json(text: str | None, option: str) -> Any:
         return None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{option} is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # bad JSON, an integer of too many digits, too deep
+        raise UsageError(f"{option} is not valid JSON: {type(err).__name__}: {str(err)[:200]}") from None
 
 
 def outcome_args(args: argparse.Namespace) -> tuple[Any, Any]:

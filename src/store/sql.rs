@@ -480,6 +480,12 @@ where
                 new_phase.name()
             )));
         }
+        if phase == Phase::InProgress && new_phase == Phase::Pending {
+            // PENDING is what `claim` hands out: a second runner would take it while this one's lease lives.
+            return Err(Error::InvalidArgument(
+                "update_status cannot move a running execution back to PENDING (another runner would claim it)".into(),
+            ));
+        }
         sqlx::query("UPDATE executions SET phase = $1, status = $2, updated_ms = $3 WHERE id = $4")
             .bind(new_phase.to_proto())
             .bind(blob)

@@ -4,6 +4,7 @@ store is involved. Real dev server, real stores."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
@@ -156,3 +157,26 @@ async def test_a_failure_message_over_the_payload_limit_reaches_the_parent_as_re
     assert failure.type == "RESULT_TOO_LARGE" and failure.non_retryable, failure
     record = await env.hs.inspect(request.execution_id)
     assert (record.phase, record.callback_state) == ("FAILED", "delivered")
+
+
+async def test_a_running_execution_cannot_go_back_to_pending(env: Env) -> None:
+    execution_id = await env.hs.create(pb.AgentExecutionSpec(message="run once"))
+    [claimed] = await env.hs.claim("agent")
+    assert claimed.metadata.id == execution_id
+    back = pb.AgentExecutionStatus(phase=pb.ExecutionPhase.EXECUTION_PHASE_PENDING)
+    with pytest.raises(InvalidInput, match="PENDING"):
+        await env.hs.update_status(execution_id, back)
+    assert (await env.hs.inspect(execution_id)).phase == "IN_PROGRESS"
+    assert await env.hs.claim("agent") == [], "a second runner claims nothing while the first one's lease lives"
+
+
+async def test_the_cli_refuses_json_too_deep_or_too_long_with_a_json_error(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "stigmer_handshake.cli", "--store", sqlite_url(tmp_path), "--json"]
+    for value in ("[" * 50_000 + "]" * 50_000, "1" * 5000):
+        done = await asyncio.to_thread(
+            subprocess.run, [*cli, "settle", "some-id", "--result", value],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+        assert json.loads(done.stdout)["exit_code"] == 2
+        assert "Traceback" not in done.stderr
