@@ -333,15 +333,23 @@ fn non_empty(text: &str, what: &str) -> Result<()> {
 /// The longest execution id accepted: ids are keys, and show up in logs and tables.
 const MAX_ID_LEN: usize = 256;
 
-/// Refuse an execution id that is empty, longer than `MAX_ID_LEN` bytes or holds control characters.
+/// Refuse an execution id that is empty, longer than `MAX_ID_LEN` bytes or holds control characters, or
+/// invisible ones that make lookalike ids in listings (bidirectional overrides, zero-width characters,
+/// line and paragraph separators).
 fn check_execution_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control() || is_invisible(c)) {
         return Err(Error::InvalidArgument(format!(
-            "an execution id must be 1 to {MAX_ID_LEN} bytes without control characters (got {} bytes)",
+            "an execution id must be 1 to {MAX_ID_LEN} bytes without control or invisible characters (got {} bytes)",
             id.len()
         )));
     }
     Ok(())
+}
+
+/// Unicode's format characters and separators that show as nothing (or reorder the text around them).
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{AD}' | '\u{61C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// An execution id from Python, checked as it is taken (`check_execution_id`).

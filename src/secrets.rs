@@ -109,6 +109,10 @@ pub fn verify(key: &[u8], capability: &str, execution_id: &str, outcome: &str, n
     else {
         return Err(refuse("malformed capability"));
     };
+    // One spelling per capability: `grant` writes lower-case hex, so nothing else is one.
+    if !signature.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(refuse("malformed capability"));
+    }
     let signature = hex::decode(signature).map_err(|_| refuse("malformed capability"))?;
     mac(key, body)?.verify_slice(&signature).map_err(|_| refuse("capability signature does not match"))?;
     let body = hex::decode(body).map_err(|_| refuse("malformed capability"))?;

@@ -28,7 +28,7 @@ from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Executi
 
 EXAMPLES = """\
 examples:
-  stigmer-handshake inspect-token "$(base64 -w0 token.bin)"
+  base64 -w0 token.bin | stigmer-handshake inspect-token -
   stigmer-handshake inspect-token --file token.bin --json
   stigmer-handshake --store sqlite:///handshake.db list --state armed
   stigmer-handshake --store postgres://app@db:5432/agents list --phase IN_PROGRESS --json
@@ -82,10 +82,14 @@ def parser() -> argparse.ArgumentParser:
 
     inspect = command(
         "inspect-token", "decode a task token (base64 or hex) and print its fields and fingerprint",
-        'stigmer-handshake inspect-token "$(base64 -w0 token.bin)"',
+        'base64 -w0 token.bin | stigmer-handshake inspect-token -',
     )  # fmt: skip
     source = inspect.add_mutually_exclusive_group(required=True)
-    source.add_argument("token", nargs="?", help="the token as base64 or hex; - reads it from standard input")
+    source.add_argument(
+        "token", nargs="?",
+        help="the token as base64 or hex; - reads it from standard input (prefer - or --file: an argument is "
+        "visible to other users of the machine)",
+    )  # fmt: skip
     source.add_argument("--file", type=Path, help="a file holding the token (raw bytes, base64 or hex)")
 
     listing = command("list", "list executions with their callback state and age", "stigmer-handshake list --json")

@@ -51,22 +51,49 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Postgres>
     Ok(SqlStore::new(pool, keyring))
 }
 
+/// The URL parameters sqlx reads (`sqlx-postgres`'s `options/parse.rs`), besides `options[...]`.
+const KNOWN_PARAMETERS: [&str; 18] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
 /// Take our own `schema` parameter out of the URL (sqlx would ignore it with a warning).
 fn split_schema(url: &str) -> Result<(String, Option<String>)> {
     let mut parsed =
         url::Url::parse(url).map_err(|e| Error::InvalidArgument(format!("bad PostgreSQL store URL: {e}")))?;
     let mut schema = None;
-    let kept: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter_map(|(key, value)| {
-            if key == "schema" {
-                schema = Some(value.into_owned());
-                None
-            } else {
-                Some((key.into_owned(), value.into_owned()))
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        if key == "schema" {
+            if schema.replace(value.into_owned()).is_some() {
+                return Err(Error::InvalidArgument("bad PostgreSQL store URL: schema is given twice".into()));
             }
-        })
-        .collect();
+        } else if KNOWN_PARAMETERS.contains(&key.as_ref()) || key.starts_with("options[") {
+            kept.push((key.into_owned(), value.into_owned()));
+        } else {
+            // sqlx would only log it: a misspelt sslmode must not quietly connect without TLS.
+            return Err(Error::InvalidArgument(format!(
+                "bad PostgreSQL store URL: unknown parameter {key:?} (known: schema, {})",
+                KNOWN_PARAMETERS.join(", ")
+            )));
+        }
+    }
     if let Some(name) = &schema {
         let valid = !name.is_empty()
             && name.len() <= 63

@@ -15,7 +15,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from stigmer_handshake import ConnectError, Handshake, InvalidInput, TokenKeyError, _core, pb
+from stigmer_handshake import CapabilityError, ConnectError, Handshake, InvalidInput, TokenKeyError, _core, pb
 from stigmer_handshake.testing import free_port, sqlite_url
 
 from conftest import BOTH_STORES, Env, namespace_id_of, task_token
@@ -180,3 +180,22 @@ async def test_the_cli_refuses_json_too_deep_or_too_long_with_a_json_error(tmp_p
         assert done.returncode == 2, (done.returncode, done.stderr[-500:])
         assert json.loads(done.stdout)["exit_code"] == 2
         assert "Traceback" not in done.stderr
+
+
+async def test_lookalike_ids_upper_case_signatures_and_loose_postgres_urls_are_refused(tmp_path: Path) -> None:
+    hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=None, capability_key=bytes(range(32)))
+    for invisible in ("\u202e", "\u2028", "\u200b", "\ufeff", "\u2066"):
+        with pytest.raises(InvalidInput, match="invisible"):
+            await hs.create(pb.AgentExecutionSpec(message="m"), execution_id=f"agent{invisible}1")
+    execution_id = await hs.create(pb.AgentExecutionSpec(message="m"))
+    capability = hs.grant(execution_id, ["complete"])
+    prefix, body, signature = capability.split(".")
+    with pytest.raises(CapabilityError):
+        await hs.succeed(execution_id, 1, capability=f"{prefix}.{body}.{signature.upper()}")
+    assert (await hs.inspect(execution_id)).phase == "PENDING"
+    for url, why in (
+        ("postgres://u@127.0.0.1:1/db?sslmod=require", "unknown parameter"),
+        ("postgres://u@127.0.0.1:1/db?schema=a&schema=b", "twice"),
+    ):
+        with pytest.raises(InvalidInput, match=why):
+            await Handshake.connect(store=url, temporal=None)
