@@ -50,10 +50,32 @@ def _accepts(hint: Any, value: Any) -> bool:
     if hint is int:  # the core takes 64-bit integers
         return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     if hint is bytes:
-        return isinstance(value, bytes | bytearray | memoryview)
+        if isinstance(value, memoryview):
+            try:
+                value.nbytes  # noqa: B018  (a released view raises here)
+            except ValueError:
+                return False
+            return True
+        return isinstance(value, bytes | bytearray)
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True  # a form not checked here: left to the callee
+
+
+def _not_utf8(value: Any) -> bool:
+    """Whether `value` is, or holds, a str that UTF-8 cannot encode (a lone surrogate): Rust and the
+    stores hold UTF-8 only."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, Mapping):
+        return any(_not_utf8(k) or _not_utf8(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_not_utf8(v) for v in value)
+    return False
 
 
 def _describe(hint: Any) -> str:
@@ -87,7 +109,10 @@ def checked(function: Callable[..., T]) -> Callable[..., T]:
                     raise InvalidInput(
                         f"{function.__name__}(): {name} must be {_describe(hint)}, not {type(each).__name__}"
                         + (" (a finite number)" if hint is float and isinstance(each, float) else "")
+                        + (" (released)" if isinstance(each, memoryview) else "")
                     )
+                if _not_utf8(each):
+                    raise InvalidInput(f"{function.__name__}(): {name} holds a lone surrogate, which is not UTF-8")
 
     if inspect.iscoroutinefunction(function):
 

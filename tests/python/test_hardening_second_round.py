@@ -199,3 +199,21 @@ async def test_lookalike_ids_upper_case_signatures_and_loose_postgres_urls_are_r
     ):
         with pytest.raises(InvalidInput, match=why):
             await Handshake.connect(store=url, temporal=None)
+
+
+async def test_lone_surrogates_and_released_views_are_typed_errors(env: Env) -> None:
+    execution_id = await env.hs.create(pb.AgentExecutionSpec(message="m"))
+    view = memoryview(b"x" * 40)
+    view.release()
+    calls = [
+        env.hs.fail(execution_id, "bad \ud800 message"),
+        env.hs.fail(execution_id, "ok", type="\udfff"),
+        env.hs.inspect("agent-\ud800"),
+        env.hs.create(pb.AgentExecutionSpec(message="m"), execution_id="e\udc00"),
+        env.hs.complete_activity(1, workflow_id="w\ud800", activity_id="1"),
+        env.hs.create(pb.AgentExecutionSpec(message="m"), token=view),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInput):
+            await call
+    assert (await env.hs.inspect(execution_id)).phase == "PENDING"
