@@ -95,7 +95,15 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::WorkerCrashed => Error::StoreUnavailable(text),
             sqlx::Error::Configuration(_) => Error::InvalidArgument(format!("bad store URL: {text}")),
             // PostgreSQL's SQLSTATE classes: 28 refused credentials, 08 connection failures, 57P0x the
-            // server shutting down or starting (a restart). SQLite's codes are plain numbers.
+            // server shutting down or starting (a restart). SQLite's are above.
+            // SQLite's busy and locked (primary codes 5 and 6, extended ones too): another process held the
+            // lock past the busy timeout; nothing was written, trying again may work.
+            sqlx::Error::Database(db) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+                match db.code().and_then(|code| code.parse::<i32>().ok()).map(|code| code & 0xff) {
+                    Some(5 | 6) => Error::StoreUnavailable(text),
+                    _ => Error::Store(text),
+                }
+            }
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some(code) if code.starts_with("28") => Error::StoreAuth(text),
                 Some(code) if code.starts_with("08") || code.starts_with("57P0") => Error::StoreUnavailable(text),

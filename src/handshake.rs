@@ -12,7 +12,7 @@ use crate::delivery::{self, SettleOutcome};
 use crate::errors::{Error, InvalidInput, Result};
 use crate::pump::{self, Pump, Signals};
 use crate::reconcile::{self, ReconcileReport};
-use crate::secrets::{self, Keyring};
+use crate::secrets::{Capabilities, Grant, Keyring};
 use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Store};
 use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
 use crate::token::TaskToken;
@@ -37,8 +37,8 @@ pub struct Core {
     pump_started: std::sync::OnceLock<()>,
     /// The heartbeat interval for parents that declared no heartbeat timeout.
     default_heartbeat_interval: Duration,
-    /// Signs and checks settle capabilities; None: capabilities are not in use.
-    capability_key: Option<Vec<u8>>,
+    /// Signs and checks settle capabilities.
+    capabilities: Capabilities,
 }
 
 /// How a handshake is set up, besides where its store and Temporal are.
@@ -49,7 +49,8 @@ pub struct Options {
     pub default_heartbeat_interval: Duration,
     /// Keys that seal tokens at rest, first one current; empty: stored as they are.
     pub token_keys: Vec<(String, Vec<u8>)>,
-    pub capability_key: Option<Vec<u8>>,
+    /// Keys that sign settle capabilities, first one current; empty: the store's own key.
+    pub capability_keys: Vec<Vec<u8>>,
     /// Results (and details) over this size are never sent; the parent gets RESULT_TOO_LARGE.
     pub max_result_bytes: usize,
     /// None: connect to Temporal at once if it answers, else on first use (settles are recorded meanwhile).
@@ -61,14 +62,17 @@ impl Core {
     pub async fn connect(store_url: &str, temporal: Option<&str>, options: Options) -> Result<Self> {
         // Without keys tokens are stored as they are; the Python side says so once per process.
         let keyring = Keyring::new(options.token_keys)?;
-        if options.capability_key.as_ref().is_some_and(|k| !(16..=1024).contains(&k.len())) {
-            return Err(Error::InvalidArgument("the capability key must be 16 to 1024 bytes".into()));
-        }
+        Capabilities::check_keys(&options.capability_keys)?;
         if options.namespaces.is_empty() || options.namespaces.iter().any(String::is_empty) {
             return Err(Error::InvalidArgument("namespaces must be one or more non-empty names".into()));
         }
         non_empty(&options.identity, "identity")?;
         let store = Store::open(store_url, keyring).await?;
+        let capability_keys = match options.capability_keys {
+            keys if keys.is_empty() => vec![store.own_capability_key().to_vec()],
+            keys => keys,
+        };
+        let capabilities = Capabilities::new(store.id(), capability_keys)?;
         let temporal = match temporal {
             Some(target) => {
                 let lazy = LazyTemporal::new(target, &options.namespaces, &options.identity, options.max_result_bytes)?;
@@ -87,7 +91,6 @@ impl Core {
             None => None,
         };
         let default_heartbeat_interval = options.default_heartbeat_interval;
-        let capability_key = options.capability_key;
         Ok(Self {
             store,
             temporal,
@@ -96,25 +99,19 @@ impl Core {
             pump: Pump::default(),
             pump_started: std::sync::OnceLock::new(),
             default_heartbeat_interval,
-            capability_key,
+            capabilities,
         })
     }
 
     /// A capability to settle `id` with `outcomes` until `expires_ms`, for code that must not hold the
     /// token or the store.
     pub fn grant(&self, id: &str, outcomes: Vec<String>, expires_ms: i64) -> Result<String> {
-        let key = self.capability_key.as_deref().ok_or_else(|| {
-            Error::InvalidArgument("no capability key: connect with capability_key= to grant capabilities".into())
-        })?;
-        secrets::grant(key, &secrets::Grant { execution_id: id.to_owned(), outcomes, expires_ms })
+        self.capabilities.grant(&Grant { execution_id: id.to_owned(), outcomes, expires_ms })
     }
 
     /// Refuse a settle of `id` with `outcome` that `capability` does not allow.
     fn check_capability(&self, id: &str, outcome: &Outcome, capability: &str) -> Result<()> {
-        let key = self.capability_key.as_deref().ok_or_else(|| {
-            Error::Capability("this handshake has no capability key, so it cannot check capabilities".into())
-        })?;
-        secrets::verify(key, capability, id, outcome.name(), store::now_ms()).map(|_| ())
+        self.capabilities.verify(capability, id, outcome.name(), store::now_ms()).map(|_| ())
     }
 
     /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along,
@@ -270,7 +267,15 @@ impl Core {
             // missed (a `Notified` only counts once enabled).
             let mut notified = std::pin::pin!(self.store.settled().notified());
             notified.as_mut().enable();
-            let record = self.store.get(id, false).await?;
+            // A read can queue behind a write that waits for another process's lock: it too is bounded
+            // by the timeout.
+            let read = self.store.get(id, false);
+            let record = match timeout.map(|limit| (limit, limit.saturating_sub(started.elapsed()))) {
+                Some((limit, left)) => {
+                    tokio::time::timeout(left, read).await.map_err(|_| Error::WaitTimeout(limit.as_secs_f64()))??
+                }
+                None => read.await?,
+            };
             if record.phase.is_terminal() {
                 return Ok(record);
             }
@@ -739,7 +744,7 @@ impl PyCore {
     /// are kept in the store and the parent gets RESULT_TOO_LARGE.
     #[pyo3(signature = (
         store, temporal=None, namespaces=vec!["default".to_owned()], identity="stigmer-handshake",
-        heartbeat_interval=30.0, token_keys=Vec::new(), capability_key=None, max_result_bytes=DEFAULT_MAX_RESULT_BYTES,
+        heartbeat_interval=30.0, token_keys=Vec::new(), capability_keys=Vec::new(), max_result_bytes=DEFAULT_MAX_RESULT_BYTES,
         wait_for_temporal=None,
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature
@@ -751,7 +756,7 @@ impl PyCore {
         identity: &str,
         heartbeat_interval: f64,
         token_keys: Vec<(String, Vec<u8>)>,
-        capability_key: Option<Vec<u8>>,
+        capability_keys: Vec<Vec<u8>>,
         max_result_bytes: i64,
         wait_for_temporal: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -766,7 +771,7 @@ impl PyCore {
             identity: identity.to_owned(),
             default_heartbeat_interval: interval,
             token_keys,
-            capability_key,
+            capability_keys,
             max_result_bytes,
             wait_for_temporal,
         };

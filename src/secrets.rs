@@ -83,67 +83,104 @@ pub struct Grant {
 
 const CAPABILITY_PREFIX: &str = "shc1";
 
-/// Sign a grant: `shc1.<hex JSON>.<hex HMAC-SHA256>`.
-pub fn grant(key: &[u8], grant: &Grant) -> Result<String> {
-    for outcome in &grant.outcomes {
-        if !matches!(outcome.as_str(), "complete" | "fail" | "cancel") {
-            return Err(Error::InvalidArgument(format!(
-                "a capability grants \"complete\", \"fail\" or \"cancel\", not {outcome:?}"
+/// The keys capabilities are signed with, and the store they are granted for: the first key signs, every
+/// key verifies (so keys rotate as token keys do), and a capability of another store is refused even
+/// where the stores share a key.
+pub struct Capabilities {
+    store_id: String,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Capabilities {
+    /// `keys` in order of preference, each 16 to 1024 bytes; never empty.
+    pub fn new(store_id: &str, keys: Vec<Vec<u8>>) -> Result<Self> {
+        if keys.is_empty() {
+            return Err(Error::InvalidArgument("capabilities need at least one key".into()));
+        }
+        Self::check_keys(&keys)?;
+        Ok(Self { store_id: store_id.to_owned(), keys })
+    }
+
+    /// Refuse keys too short to sign with (or absurdly long), before anything is opened with them.
+    pub fn check_keys(keys: &[Vec<u8>]) -> Result<()> {
+        if keys.iter().any(|k| !(16..=1024).contains(&k.len())) {
+            return Err(Error::InvalidArgument("a capability key must be 16 to 1024 bytes".into()));
+        }
+        Ok(())
+    }
+
+    /// Sign a grant: `shc1.<hex JSON>.<hex HMAC-SHA256>`.
+    pub fn grant(&self, grant: &Grant) -> Result<String> {
+        for outcome in &grant.outcomes {
+            if !matches!(outcome.as_str(), "complete" | "fail" | "cancel") {
+                return Err(Error::InvalidArgument(format!(
+                    "a capability grants \"complete\", \"fail\" or \"cancel\", not {outcome:?}"
+                )));
+            }
+        }
+        if grant.outcomes.is_empty() {
+            return Err(Error::InvalidArgument("a capability must grant at least one outcome".into()));
+        }
+        let body = serde_json::json!({
+            "s": self.store_id, "e": grant.execution_id, "o": grant.outcomes, "x": grant.expires_ms,
+        })
+        .to_string();
+        let body = hex::encode(body);
+        let signature = hex::encode(mac(&self.keys[0], &body).finalize().into_bytes());
+        Ok(format!("{CAPABILITY_PREFIX}.{body}.{signature}"))
+    }
+
+    /// Check a capability for settling `execution_id` with `outcome` at `now_ms`.
+    pub fn verify(&self, capability: &str, execution_id: &str, outcome: &str, now_ms: i64) -> Result<Grant> {
+        let refuse = |why: &str| Error::Capability(why.to_owned());
+        let mut parts = capability.split('.');
+        let (Some(CAPABILITY_PREFIX), Some(body), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(refuse("malformed capability"));
+        };
+        // One spelling per capability: `grant` writes lower-case hex, so nothing else is one.
+        if !signature.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(refuse("malformed capability"));
+        }
+        let signature = hex::decode(signature).map_err(|_| refuse("malformed capability"))?;
+        if !self.keys.iter().any(|key| mac(key, body).verify_slice(&signature).is_ok()) {
+            return Err(refuse("capability signature does not match"));
+        }
+        let body = hex::decode(body).map_err(|_| refuse("malformed capability"))?;
+        let fields: serde_json::Value = serde_json::from_slice(&body).map_err(|_| refuse("malformed capability"))?;
+        if fields["s"].as_str() != Some(self.store_id.as_str()) {
+            return Err(refuse("the capability was granted for another store"));
+        }
+        let grant = Grant {
+            execution_id: fields["e"].as_str().unwrap_or_default().to_owned(),
+            outcomes: fields["o"]
+                .as_array()
+                .map(|o| o.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            expires_ms: fields["x"].as_i64().unwrap_or_default(),
+        };
+        if grant.execution_id != execution_id {
+            return Err(refuse(&format!(
+                "the capability is for execution {:?}, not {execution_id:?}",
+                grant.execution_id
             )));
         }
+        if !grant.outcomes.iter().any(|o| o == outcome) {
+            return Err(refuse(&format!("the capability does not allow {outcome:?} (it allows {:?})", grant.outcomes)));
+        }
+        if now_ms >= grant.expires_ms {
+            return Err(refuse("the capability has expired"));
+        }
+        Ok(grant)
     }
-    if grant.outcomes.is_empty() {
-        return Err(Error::InvalidArgument("a capability must grant at least one outcome".into()));
-    }
-    let body = serde_json::json!({"e": grant.execution_id, "o": grant.outcomes, "x": grant.expires_ms}).to_string();
-    let body = hex::encode(body);
-    Ok(format!("{CAPABILITY_PREFIX}.{body}.{}", hex::encode(mac(key, &body)?.finalize().into_bytes())))
 }
 
-/// Check a capability for settling `execution_id` with `outcome` at `now_ms`.
-pub fn verify(key: &[u8], capability: &str, execution_id: &str, outcome: &str, now_ms: i64) -> Result<Grant> {
-    let refuse = |why: &str| Error::Capability(why.to_owned());
-    let mut parts = capability.split('.');
-    let (Some(CAPABILITY_PREFIX), Some(body), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(refuse("malformed capability"));
-    };
-    // One spelling per capability: `grant` writes lower-case hex, so nothing else is one.
-    if !signature.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(refuse("malformed capability"));
-    }
-    let signature = hex::decode(signature).map_err(|_| refuse("malformed capability"))?;
-    mac(key, body)?.verify_slice(&signature).map_err(|_| refuse("capability signature does not match"))?;
-    let body = hex::decode(body).map_err(|_| refuse("malformed capability"))?;
-    let fields: serde_json::Value = serde_json::from_slice(&body).map_err(|_| refuse("malformed capability"))?;
-    let grant = Grant {
-        execution_id: fields["e"].as_str().unwrap_or_default().to_owned(),
-        outcomes: fields["o"]
-            .as_array()
-            .map(|o| o.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default(),
-        expires_ms: fields["x"].as_i64().unwrap_or_default(),
-    };
-    if grant.execution_id != execution_id {
-        return Err(refuse(&format!("the capability is for execution {:?}, not {execution_id:?}", grant.execution_id)));
-    }
-    if !grant.outcomes.iter().any(|o| o == outcome) {
-        return Err(refuse(&format!("the capability does not allow {outcome:?} (it allows {:?})", grant.outcomes)));
-    }
-    if now_ms >= grant.expires_ms {
-        return Err(refuse("the capability has expired"));
-    }
-    Ok(grant)
-}
-
-fn mac(key: &[u8], body: &str) -> Result<Hmac<Sha256>> {
-    if key.len() < 16 {
-        return Err(Error::InvalidArgument("the capability key must be at least 16 bytes".into()));
-    }
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+/// HMAC-SHA256 over `body`; `Capabilities::new` checked the key's length.
+fn mac(key: &[u8], body: &str) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(body.as_bytes());
-    Ok(mac)
+    mac
 }
 
 #[cfg(test)]
@@ -166,11 +203,11 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_allow_one_execution_its_outcomes_until_expiry() {
-        let key = [9u8; 32];
+    fn capabilities_allow_one_execution_of_one_store_its_outcomes_until_expiry() {
+        let caps = Capabilities::new("store-a", vec![vec![9u8; 32]]).unwrap();
         let g = Grant { execution_id: "e1".into(), outcomes: vec!["complete".into()], expires_ms: 2_000 };
-        let cap = grant(&key, &g).unwrap();
-        assert_eq!(verify(&key, &cap, "e1", "complete", 1_000).unwrap(), g);
+        let cap = caps.grant(&g).unwrap();
+        assert_eq!(caps.verify(&cap, "e1", "complete", 1_000).unwrap(), g);
         for (cap, id, outcome, now) in [
             (cap.as_str(), "e2", "complete", 1_000),
             (cap.as_str(), "e1", "fail", 1_000),
@@ -178,11 +215,26 @@ mod tests {
             ("shc1.00.00", "e1", "complete", 1_000),
             ("garbage", "e1", "complete", 1_000),
         ] {
-            assert!(matches!(verify(&key, cap, id, outcome, now), Err(Error::Capability(_))), "{cap} {id} {outcome}");
+            assert!(matches!(caps.verify(cap, id, outcome, now), Err(Error::Capability(_))), "{cap} {id} {outcome}");
         }
-        assert!(matches!(verify(&[8u8; 32], &cap, "e1", "complete", 1_000), Err(Error::Capability(_))));
+        let other_key = Capabilities::new("store-a", vec![vec![8u8; 32]]).unwrap();
+        assert!(matches!(other_key.verify(&cap, "e1", "complete", 1_000), Err(Error::Capability(_))));
+        let other_store = Capabilities::new("store-b", vec![vec![9u8; 32]]).unwrap();
+        assert!(matches!(other_store.verify(&cap, "e1", "complete", 1_000), Err(Error::Capability(_))), "same key");
         let mut forged = cap.clone();
         forged.replace_range(5..7, "00");
-        assert!(matches!(verify(&key, &forged, "e1", "complete", 1_000), Err(Error::Capability(_))));
+        assert!(matches!(caps.verify(&forged, "e1", "complete", 1_000), Err(Error::Capability(_))));
+    }
+
+    #[test]
+    fn capability_keys_rotate_the_first_signs_all_verify() {
+        let g = Grant { execution_id: "e1".into(), outcomes: vec!["fail".into()], expires_ms: 2_000 };
+        let old = Capabilities::new("s", vec![vec![1u8; 32]]).unwrap().grant(&g).unwrap();
+        let rotated = Capabilities::new("s", vec![vec![2u8; 32], vec![1u8; 32]]).unwrap();
+        assert!(rotated.verify(&old, "e1", "fail", 1_000).is_ok(), "the old key still verifies");
+        let new = rotated.grant(&g).unwrap();
+        assert!(Capabilities::new("s", vec![vec![2u8; 32]]).unwrap().verify(&new, "e1", "fail", 1_000).is_ok());
+        assert!(Capabilities::new("s", vec![vec![1u8; 32]]).unwrap().verify(&new, "e1", "fail", 1_000).is_err());
+        assert!(Capabilities::new("s", vec![]).is_err() && Capabilities::new("s", vec![vec![0; 15]]).is_err());
     }
 }

@@ -203,7 +203,7 @@ class Core:
         identity: str = "stigmer-handshake",
         heartbeat_interval: float = 30.0,
         token_keys: builtins.list[tuple[str, bytes]] = ...,
-        capability_key: bytes | None = None,
+        capability_keys: builtins.list[bytes] = ...,
         max_result_bytes: int = ...,
         wait_for_temporal: float | None = None,
     ) -> Awaitable[Core]: ...

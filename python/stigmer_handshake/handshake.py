@@ -70,6 +70,8 @@ class Executions(builtins.list[_core.Execution]):
 
 #: Temporal's default limit on one payload: larger results are kept in the store, not sent.
 DEFAULT_MAX_RESULT_BYTES = 2 * 1024 * 1024
+# A child workflow's capability outlives any child: the execution bounds it (settled, it settles nothing).
+_CHILD_CAPABILITY_TTL = 10 * 365 * 86400.0
 _log = logging.getLogger("stigmer_handshake")
 _said: set[str] = set()
 
@@ -81,14 +83,17 @@ def _say_once(message: str) -> None:
         _log.warning(message)
 
 
-def _env_bytes(name: str) -> bytes | None:
-    text = os.environ.get(name)
-    if not text:
-        return None
+def _capability_keys(keys: Sequence[bytes] | None) -> list[bytes]:
+    """The capability keys, first the current one: from the argument, else $STIGMER_HANDSHAKE_CAPABILITY_KEYS."""
+    if keys is not None:
+        if isinstance(keys, (bytes, bytearray, memoryview)):  # one key where a list of them belongs
+            raise _core.InvalidInput("capability_keys must be a list of keys (the first signs), not one key")
+        return list(keys)
+    text = os.environ.get("STIGMER_HANDSHAKE_CAPABILITY_KEYS", "")
     try:
-        return base64.b64decode(text, validate=True)
+        return [base64.b64decode(part.strip(), validate=True) for part in text.split(",") if part.strip()]
     except (binascii.Error, ValueError):
-        raise _core.InvalidInput(f"${name} must be base64") from None
+        raise _core.InvalidInput("$STIGMER_HANDSHAKE_CAPABILITY_KEYS must be base64key[,base64key...]") from None
 
 
 def _token_keys(keys: Mapping[str, bytes] | None) -> list[tuple[str, bytes]]:
@@ -191,7 +196,7 @@ class Handshake:
         reconcile_every: float | None = None,
         heartbeat_interval: float = 30.0,
         token_keys: Mapping[str, bytes] | None = None,
-        capability_key: bytes | None = None,
+        capability_keys: Sequence[bytes] | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         wait_for_temporal: float | None = None,
     ) -> Handshake:
@@ -218,9 +223,11 @@ class Handshake:
         Hardening: ``namespace`` may list several namespaces (the first is the default); a token of any
         other is refused before any RPC (``NamespaceMismatch``). ``token_keys`` (key id -> 32-byte key,
         the first seals new tokens; else ``$STIGMER_HANDSHAKE_TOKEN_KEYS`` as ``id=base64,...``) encrypts
-        tokens at rest with AES-256-GCM. ``capability_key`` (else ``$STIGMER_HANDSHAKE_CAPABILITY_KEY``,
-        base64) signs and checks settle capabilities (``grant``). A result over ``max_result_bytes`` is
-        kept in the store and the parent gets a ``RESULT_TOO_LARGE`` failure naming the execution.
+        tokens at rest with AES-256-GCM. ``capability_keys`` (the first signs, all verify; else
+        ``$STIGMER_HANDSHAKE_CAPABILITY_KEYS`` as ``base64,...``; else a key the store keeps) sign and check
+        settle capabilities (``grant``, and the child workflows of ``defer_to_workflow``). A result over
+        ``max_result_bytes`` is kept in the store and the parent gets a ``RESULT_TOO_LARGE`` failure naming the
+        execution.
         """
         redact_task_tokens()
         namespaces = [namespace] if isinstance(namespace, str) else list(namespace)
@@ -234,7 +241,7 @@ class Handshake:
             f"stigmer-handshake@{os.getpid()}" if identity is None else identity,
             heartbeat_interval,
             keys,
-            capability_key if capability_key is not None else _env_bytes("STIGMER_HANDSHAKE_CAPABILITY_KEY"),
+            _capability_keys(capability_keys),
             max_result_bytes,
             wait_for_temporal,
         )
@@ -299,7 +306,7 @@ class Handshake:
             token,
             pb.WorkflowExecutionStatus(temporal_workflow_id=child_id).SerializeToString(),
         )
-        if rebound:  # a retried attempt: its child already exists and settles through the stored token
+        if rebound:  # a retried attempt: its child already exists, and its capability names this execution
             activity.raise_complete_async()
         if created_id != execution_id and workflow_id is None:
             # A retry after a delivered failure runs a new child under a new id (see ``defer``): so does its
@@ -308,7 +315,8 @@ class Handshake:
             status = pb.WorkflowExecutionStatus(temporal_workflow_id=child_id)
             await self._core.update_status(created_id, status.SerializeToString())
         execution_id = created_id
-        callback = Callback(execution_id=execution_id, callback_token=base64.b64encode(token).decode())
+        capability = self.grant(execution_id, ("complete", "fail"), ttl=_CHILD_CAPABILITY_TTL)
+        callback = Callback(execution_id=execution_id, capability=capability)
         try:
             await (client or activity.client()).start_workflow(
                 workflow, args=[callback, arg], id=child_id, task_queue=task_queue, **start_options
@@ -448,8 +456,9 @@ class Handshake:
     ) -> str:
         """A capability to settle one execution: hand it to code that must not hold the token or the store
         (an untrusted agent). Whoever settles for it passes ``capability=`` to ``succeed``/``fail``/
-        ``cancel``; the core checks the signature, the execution, the outcome and the expiry first
-        (``CapabilityError``). Needs ``capability_key``."""
+        ``cancel``; the core checks the signature, the store, the execution, the outcome and the expiry
+        first (``CapabilityError``). Signed with ``capability_keys``, else with the store's own key (then
+        whoever can read the store can also make capabilities: pass keys to keep the two apart)."""
         return self._core.grant(execution_id, list(outcomes), ttl)
 
     # -- reads ------------------------------------------------------------------------------------
@@ -561,45 +570,23 @@ class Handshake:
 
         @activity.defn(name=COMPLETE_EXTERNAL_ACTIVITY)
         async def complete_external_activity(request: ExternalCompletion) -> str:
-            await hs._check_callback(request.callback)
+            callback = request.callback
             with _final_on_bad_input():
-                return (await hs.succeed(request.callback.execution_id, request.result)).outcome
+                return (await hs.succeed(callback.execution_id, request.result, capability=callback.capability)).outcome
 
         @activity.defn(name=FAIL_EXTERNAL_ACTIVITY)
         async def fail_external_activity(request: ExternalFailure) -> str:
-            await hs._check_callback(request.callback)
             with _final_on_bad_input():
                 settlement = await hs.fail(
                     request.callback.execution_id,
                     request.message,
                     type=request.type,
                     non_retryable=request.non_retryable,
+                    capability=request.callback.capability,
                 )
             return settlement.outcome
 
         return [complete_external_activity, fail_external_activity]
-
-    async def _check_callback(self, callback: Callback) -> None:
-        """Refuse a child whose token is for another parent activity than the execution's.
-
-        The carried token may be an older attempt's (the parent was retried and re-bound): that is the
-        same logical call, and delivery uses the stored, current token.
-        """
-        try:
-            carried = _core.TaskToken(base64.b64decode(callback.callback_token, validate=True))
-        except (ValueError, _core.HandshakeError) as err:
-            raise ApplicationError(
-                "the callback token is not a task token", type="BAD_CALLBACK", non_retryable=True
-            ) from err
-        record = await self._core.get(callback.execution_id, False)
-        stored = (record.parent_workflow_id, record.parent_run_id, record.parent_activity_id)
-        if stored != (carried.workflow_id, carried.run_id, carried.activity_id):
-            raise ApplicationError(
-                f"execution {callback.execution_id!r} belongs to another parent activity than the child's "
-                f"token {carried.fingerprint}",
-                type="FOREIGN_CALLBACK",
-                non_retryable=True,
-            )
 
     async def _encode(self, values: Sequence[Any]) -> bytes:
         try:
@@ -611,11 +598,13 @@ class Handshake:
 
 @contextlib.contextmanager
 def _final_on_bad_input() -> Iterator[None]:
-    """In a system activity, bad input fails it for good: retrying the same input cannot help."""
+    """In a system activity, bad input or a refused capability fails it for good: retrying cannot help."""
     try:
         yield
     except _core.InvalidInput as err:
         raise ApplicationError(str(err), type="INVALID_SETTLE", non_retryable=True) from err
+    except _core.CapabilityError as err:
+        raise ApplicationError(str(err), type="FOREIGN_CALLBACK", non_retryable=True) from err
 
 
 def _serialize(status: Status | None) -> bytes | None:

@@ -25,13 +25,14 @@ _SYSTEM_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximu
 class Callback:
     """What a child workflow needs to settle its parent activity: the first argument of its run method.
 
-    ``callback_token`` is the parent's task token (base64). It is a secret: it is kept out of ``repr``,
-    and the system activity checks it against the stored one, so a child started for an older attempt
-    cannot settle a newer one.
+    ``capability`` lets its holder complete or fail this one execution of this one store, and nothing
+    else (see ``Handshake.grant``). The task token never enters the child's input, so it is not in
+    Temporal's history of the child; the token stays in the store, and delivery uses the current one.
+    The capability is kept out of ``repr`` all the same.
     """
 
     execution_id: str
-    callback_token: str = field(repr=False)
+    capability: str = field(repr=False)
 
 
 @dataclass(frozen=True)

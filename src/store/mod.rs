@@ -285,6 +285,8 @@ pub struct Store {
     settled: Arc<Notify>,
     /// Writes waiting for the writer's next transaction (see `write`).
     writes: mpsc::UnboundedSender<(WriteOp, Answer)>,
+    /// This store's id and its own capability key (see migration `store_identity`).
+    identity: Arc<(String, Vec<u8>)>,
 }
 
 /// A write: in a transaction of its own, or in a batch with others (see `Store::write`).
@@ -371,9 +373,23 @@ impl Store {
                 url.split(':').next().unwrap_or_default()
             )));
         };
+        let identity = Arc::new(match &db {
+            Db::Sqlite(db) => db.identity().await?,
+            Db::Postgres(db) => db.identity().await?,
+        });
         let (writes, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_in_batches(db.clone(), queue));
-        Ok(Self { db, settled, writes })
+        Ok(Self { db, settled, writes, identity })
+    }
+
+    /// This store's id: capabilities name it.
+    pub fn id(&self) -> &str {
+        &self.identity.0
+    }
+
+    /// The key this store signs capabilities with when none is configured.
+    pub fn own_capability_key(&self) -> &[u8] {
+        &self.identity.1
     }
 
     /// Which database this is: "sqlite" or "postgres".

@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::OsRng;
 use sqlx::database::HasStatementCache;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
@@ -859,6 +861,23 @@ where
             written[*i] = Some(Written::Recorded);
         }
         Ok(Some(written.into_iter().map(|w| w.expect("every write answered")).collect()))
+    }
+
+    /// This store's identity, made by the first process to open it: (id, its own capability key).
+    pub async fn identity(&self) -> Result<(String, Vec<u8>)> {
+        let (mut id, mut key) = ([0u8; 16], vec![0u8; 32]);
+        OsRng.fill_bytes(&mut id);
+        OsRng.fill_bytes(&mut key);
+        // Two processes opening a new store at once: the first insert wins, both read it back.
+        sqlx::query(
+            "INSERT INTO store_identity (singleton, id, capability_key) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(hex::encode(id))
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id, capability_key FROM store_identity").fetch_one(&self.pool).await?;
+        Ok((row.try_get("id")?, row.try_get("capability_key")?))
     }
 
     /// Running workflow-path executions with an armed callback, and their child workflow ids: the

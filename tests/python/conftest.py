@@ -26,6 +26,7 @@ from flows import (
     CallerActivities,
     ChildPipeline,
     FanOutParent,
+    ForgedChild,
     InstantParent,
     PatientParent,
     PipelineParent,
@@ -81,11 +82,13 @@ def _field(number: int, value: bytes | int) -> bytes:
     return varint(number << 3 | 2) + varint(len(value)) + value
 
 
-def task_token(namespace_id: str, workflow_id: str) -> bytes:
-    """A well-formed task token of a workflow the server does not have (its delivery finds the parent gone)."""
+def task_token(namespace_id: str, workflow_id: str, run_id: str = "", activity_id: str = "1") -> bytes:
+    """A well-formed task token: by default of a workflow the server does not have (its delivery finds the
+    parent gone); with a real run and activity id, one fabricated from what listings print."""
     return b"".join([
-        _field(1, namespace_id.encode()), _field(2, workflow_id.encode()), _field(3, str(uuid.uuid4()).encode()),
-        _field(4, 5), _field(5, 1), _field(6, b"1"), _field(7, b"AgentParent"), _field(8, b"run_agent"),
+        _field(1, namespace_id.encode()), _field(2, workflow_id.encode()),
+        _field(3, (run_id or str(uuid.uuid4())).encode()), _field(4, 5), _field(5, 1), _field(6, activity_id.encode()),
+        _field(7, b"AgentParent"), _field(8, b"run_agent"),
     ])  # fmt: skip
 
 
@@ -182,6 +185,7 @@ async def env(temporal_server: DevServer, temporal_client: Client, store_url: st
             RetriedAgentParent,
             SameActivityIdParent,
             InstantParent,
+            ForgedChild,
         ],
         activities=[
             activities.run_agent,

@@ -272,3 +272,16 @@ class ChildPipeline:
         await complete_external_activity(
             callback, PipelineResult(total=sum(request.numbers), count=len(request.numbers))
         )
+
+
+@workflow.defn
+class ForgedChild:
+    """A child that was never started for `execution_id`: it tries to fail it with what it carries in place of
+    the real child's second Callback field (something fabricated from ids that listings print)."""
+
+    @workflow.run
+    async def run(self, execution_id: str, carried: str) -> str:
+        try:
+            return await fail_external_activity(Callback(execution_id, carried), "forged", non_retryable=True)
+        except ActivityError as err:
+            return f"refused: {getattr(err.cause, 'type', '')}"

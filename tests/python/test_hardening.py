@@ -107,7 +107,7 @@ def test_without_a_key_the_process_says_so_once() -> None:
 
 async def test_a_capability_settles_one_execution_with_its_outcomes_until_it_expires(env: Env) -> None:
     key = os.urandom(32)
-    service = await Handshake.connect(store=env.store, temporal=env.server.url, capability_key=key)
+    service = await Handshake.connect(store=env.store, temporal=env.server.url, capability_keys=[key])
     request = AgentRequest(f"cap-{uuid.uuid4().hex[:8]}", "capability")
     handle = await env.client.start_workflow(
         AgentParent.run, request, id=f"c-{uuid.uuid4()}", task_queue=env.task_queue
@@ -120,7 +120,7 @@ async def test_a_capability_settles_one_execution_with_its_outcomes_until_it_exp
     expired = service.grant(request.execution_id, ["complete"], ttl=0.001)
     await asyncio.sleep(0.01)
     forged = capability[:-4] + ("0000" if not capability.endswith("0000") else "1111")
-    foreign = (await Handshake.connect(store=env.store, temporal=None, capability_key=os.urandom(32))).grant(
+    foreign = (await Handshake.connect(store=env.store, temporal=None, capability_keys=[os.urandom(32)])).grant(
         request.execution_id, ["complete"], ttl=60
     )
     refused = [
@@ -147,7 +147,8 @@ async def test_a_capability_settles_one_execution_with_its_outcomes_until_it_exp
 
 @pytest.mark.timeout(120)
 async def test_namespaces_are_checked_before_any_rpc_and_one_handshake_serves_several(tmp_path: Path) -> None:
-    async with DevServer(extra_namespaces=["second"]) as server:
+    # Its database stays in tmp_path, so the last test scans its histories for tokens too.
+    async with DevServer(extra_namespaces=["second"], db_filename=str(tmp_path / "temporal.db")) as server:
         store = sqlite_url(tmp_path)
         hs = await Handshake.connect(store=store, temporal=server.url, namespace=["default", "second"])
         default_only = await Handshake.connect(store=store, temporal=server.url)

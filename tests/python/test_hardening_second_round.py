@@ -4,6 +4,7 @@ store is involved. Real dev server, real stores."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 import subprocess
@@ -15,11 +16,31 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from stigmer_handshake import CapabilityError, ConnectError, Handshake, InvalidInput, TokenKeyError, _core, pb
+from stigmer_handshake import (
+    CapabilityError,
+    ConnectError,
+    Handshake,
+    InvalidInput,
+    StoreUnavailable,
+    TokenKeyError,
+    WaitTimeout,
+    _core,
+    pb,
+)
 from stigmer_handshake.testing import free_port, sqlite_url
 
 from conftest import BOTH_STORES, Env, namespace_id_of, task_token
-from flows import AgentParent, AgentRequest, SameActivityIdParent, expected_answer
+from flows import (
+    AgentParent,
+    AgentRequest,
+    ForgedChild,
+    PipelineParent,
+    PipelineRequest,
+    PipelineResult,
+    SameActivityIdParent,
+    expected_answer,
+)
+from token_scan import find_tokens, history_bytes
 
 STORE_BACKENDS = BOTH_STORES
 KEY = {"k1": bytes(range(32))}
@@ -183,7 +204,7 @@ async def test_the_cli_refuses_json_too_deep_or_too_long_with_a_json_error(tmp_p
 
 
 async def test_lookalike_ids_upper_case_signatures_and_loose_postgres_urls_are_refused(tmp_path: Path) -> None:
-    hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=None, capability_key=bytes(range(32)))
+    hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=None, capability_keys=[bytes(range(32))])
     for invisible in ("\u202e", "\u2028", "\u200b", "\ufeff", "\u2066"):
         with pytest.raises(InvalidInput, match="invisible"):
             await hs.create(pb.AgentExecutionSpec(message="m"), execution_id=f"agent{invisible}1")
@@ -217,3 +238,96 @@ async def test_lone_surrogates_and_released_views_are_typed_errors(env: Env) -> 
         with pytest.raises(InvalidInput):
             await call
     assert (await env.hs.inspect(execution_id)).phase == "PENDING"
+
+
+@pytest.mark.timeout(90)
+async def test_the_child_workflow_carries_a_capability_and_its_history_no_token(env: Env) -> None:
+    execution_id = new_id("workflow")
+    result = await env.client.execute_workflow(
+        PipelineParent.run, PipelineRequest(execution_id, [2, 3]), id=new_id("parent"), task_queue=env.task_queue
+    )
+    assert result == PipelineResult(total=5, count=2)
+    token = env.activities.tokens_seen[-1]
+    history = await env.client.get_workflow_handle(execution_id).fetch_history()
+    child_input = history.events[0].workflow_execution_started_event_attributes.input
+    assert "capability" in child_input.payloads[0].data.decode(), "the child's callback is a capability"
+    raw = history_bytes(history)
+    assert token not in raw and not find_tokens(raw.decode("latin-1"), {token}), "the token is not in its history"
+
+
+@pytest.mark.timeout(90)
+async def test_a_callback_fabricated_from_listed_ids_settles_nothing(env: Env) -> None:
+    execution_id, parent_id = new_id("workflow"), new_id("parent")
+    parent = await env.client.start_workflow(
+        PipelineParent.run, PipelineRequest(execution_id, [4], sleep_seconds=4), id=parent_id, task_queue=env.task_queue
+    )  # fmt: skip
+    await env.wait_for_execution(execution_id)
+    # What `list --json` prints of the execution is enough to rebuild a token with the same ids.
+    listed = await env.hs.inspect(execution_id)
+    fabricated = task_token(
+        await namespace_id_of(env.client), listed.parent_workflow_id, listed.parent_run_id, listed.parent_activity_id
+    )
+
+    async def forge(carried: str) -> None:
+        answer = await env.client.execute_workflow(
+            ForgedChild.run, args=[execution_id, carried], id=new_id("forged"), task_queue=env.task_queue
+        )
+        assert answer.startswith("refused"), answer
+        assert (await env.hs.inspect(execution_id)).phase == "PENDING", "nothing was settled"
+
+    await forge(base64.b64encode(fabricated).decode())
+    await forge(env.hs.grant(new_id("other"), ["fail"]))  # a real capability, for another execution
+    assert await parent.result() == PipelineResult(total=4, count=1), "the real child still settles it"
+
+
+async def test_capability_keys_rotate_and_a_capability_is_for_its_own_store(env: Env, tmp_path: Path) -> None:
+    old, new = bytes(range(32)), bytes(range(1, 33))
+    before = await Handshake.connect(store=env.store, temporal=None, capability_keys=[old])
+    after = await Handshake.connect(store=env.store, temporal=None, capability_keys=[new, old])
+    elsewhere = await Handshake.connect(store=sqlite_url(tmp_path, "other.db"), temporal=None, capability_keys=[old])
+    first, second = [await before.create(pb.AgentExecutionSpec(message="m")) for _ in range(2)]
+    granted_before = before.grant(first, ["complete"])
+    with pytest.raises(CapabilityError, match="another store"):
+        await elsewhere.succeed(first, 1, capability=granted_before)  # same key, same id: another store
+    with pytest.raises(CapabilityError, match="signature"):
+        await before.succeed(second, 2, capability=after.grant(second, ["complete"]))  # the new key signs
+    assert (await env.hs.inspect(second)).phase == "PENDING"
+    assert (await after.succeed(first, 1, capability=granted_before)).outcome == "no_callback", "the old verifies"
+    assert (await after.succeed(second, 2, capability=after.grant(second, ["complete"]))).outcome == "no_callback"
+    # Without keys, each store signs with a key of its own, which every process on that store shares.
+    plain = await env.hs.create(pb.AgentExecutionSpec(message="m"))
+    keyless_elsewhere = await Handshake.connect(store=sqlite_url(tmp_path, "third.db"), temporal=None)
+    with pytest.raises(CapabilityError, match="signature"):
+        await keyless_elsewhere.succeed(plain, 1, capability=env.hs.grant(plain, ["complete"]))
+    keyless_here = await Handshake.connect(store=env.store, temporal=None)
+    settled = await keyless_here.succeed(plain, 3, capability=env.hs.grant(plain, ["complete"]))
+    assert settled.outcome == "no_callback"
+
+
+@pytest.mark.timeout(90)
+async def test_while_another_process_holds_the_sqlite_lock_wait_keeps_its_timeout_and_settle_says_unavailable(
+    tmp_path: Path,
+) -> None:
+    hs = await Handshake.connect(store=sqlite_url(tmp_path), temporal=None)
+    execution_id = await hs.create(pb.AgentExecutionSpec(message="m"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time\n"
+         "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+         "c.execute('BEGIN EXCLUSIVE'); print('held', flush=True); time.sleep(60)", str(tmp_path / "handshake.db")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        settle = asyncio.ensure_future(hs.succeed(execution_id, 1))  # waits for the lock, holding the connection
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(WaitTimeout):
+            await hs.wait(execution_id, timeout=1)
+        assert asyncio.get_running_loop().time() - started < 3, "the timeout holds while the store is locked"
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await settle
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (await hs.inspect(execution_id)).phase == "PENDING", "nothing was half written"
+    assert (await hs.succeed(execution_id, 1)).outcome == "no_callback", "once the lock is free, settling works"

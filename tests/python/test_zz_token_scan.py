@@ -1,41 +1,20 @@
 """Runs last: everything the suite logged (every record, at DEBUG), printed, reported and read back from
 its subprocesses holds none of the task tokens its caller activities saw: not as escaped bytes, nor as
-hex or base64, nor any 16-character run of those."""
+hex or base64, nor any 16-character run of those. Nor does Temporal's own history of any workflow the
+suite ran: the session's dev server is asked for every history, and the dev servers that tests ran on
+their own left their databases in the session's temporary folder, which are read whole."""
 
 from __future__ import annotations
 
 import base64
-import re
+from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 
 from conftest import TRANSCRIPT
 from flows import SEEN_TOKENS
-
-# Where a hex or base64 run could be: the characters of those alphabets, 16 or more in a row.
-CANDIDATE = re.compile(r"[0-9A-Za-z+/=_-]{16,}")
-
-
-def find_tokens(text: str, tokens: set[bytes]) -> list[str]:
-    """Token forms found in `text` (their first characters only), in one pass over it."""
-    runs: set[str] = set()
-    escaped: dict[str, list[str]] = {}
-    for token in tokens:
-        for form in (token.hex(), token.hex().upper(), base64.b64encode(token).decode(),
-                     base64.urlsafe_b64encode(token).decode()):  # fmt: skip
-            runs.update(form[i : i + 16] for i in range(len(form) - 15))
-        whole = repr(token)[2:-1]
-        escaped.setdefault(whole[:16], []).append(whole)
-    hits = []
-    for match in CANDIDATE.finditer(text):
-        candidate = match.group()
-        hits += [candidate[i : i + 16] for i in range(len(candidate) - 15) if candidate[i : i + 16] in runs]
-    for prefix, forms in escaped.items():
-        position = text.find(prefix)
-        while position != -1:
-            hits += [form[:16] for form in forms if text.startswith(form, position)]
-            position = text.find(prefix, position + 1)
-    return hits
+from token_scan import find_tokens, history_bytes
 
 
 def test_the_scan_finds_what_it_looks_for() -> None:
@@ -56,3 +35,26 @@ def test_nothing_the_suite_logged_printed_or_raised_holds_a_token() -> None:
     hits = find_tokens(text, tokens)
     print(f"\ntoken scan: {len(tokens)} tokens against {len(text):,} characters of logs and output: {len(hits)} hits")
     assert not hits, f"{len(hits)} token forms found, e.g. {hits[0][:8]}..."
+
+
+@pytest.mark.last
+async def test_no_workflow_history_the_suite_made_holds_a_token(
+    temporal_client: Client, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tokens = set(SEEN_TOKENS)
+    if len(tokens) < 20:
+        pytest.skip(f"only {len(tokens)} tokens seen: this scan runs after the whole suite")
+    histories, texts = 0, []
+    async for listed in temporal_client.list_workflows():
+        history = await temporal_client.get_workflow_handle(listed.id, run_id=listed.run_id).fetch_history()
+        texts.append(history_bytes(history).decode("latin-1"))
+        histories += 1
+    databases = sorted(Path(tmp_path_factory.getbasetemp()).rglob("temporal.db*"))
+    texts += [database.read_bytes().decode("latin-1") for database in databases]
+    text = "\n".join(texts)
+    whole = [token for token in tokens if token.decode("latin-1") in text]
+    hits = find_tokens(text, tokens)
+    print(f"\nhistory scan: {len(tokens)} tokens against {histories} histories and {len(databases)} dev-server "
+          f"databases ({len(text):,} bytes): {len(hits) + len(whole)} hits")  # fmt: skip
+    assert histories >= 20, "the session's dev server ran the suite's workflows"
+    assert not whole and not hits, f"{len(whole)} whole tokens and {len(hits)} token forms found in histories"
