@@ -12,6 +12,7 @@ use crate::delivery::{self, SettleOutcome};
 use crate::errors::{Error, InvalidInput, Result};
 use crate::pump::{self, Pump, Signals};
 use crate::reconcile::{self, ReconcileReport};
+use crate::runtime::{self, spawn};
 use crate::secrets::{Capabilities, Grant, Keyring};
 use crate::store::{self, CallbackInfo, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Store};
 use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
@@ -158,7 +159,7 @@ impl Core {
             });
             if let Some((token, heartbeat_timeout_ms)) = armed {
                 self.pump_started.get_or_init(|| {
-                    pyo3_async_runtimes::tokio::get_runtime().spawn(pump::run(Arc::downgrade(self)));
+                    runtime::get().spawn(pump::run(Arc::downgrade(self)));
                 });
                 self.pump.track(&id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
             }
@@ -373,8 +374,14 @@ impl<'a, 'py> FromPyObject<'a, 'py> for ExecutionId {
 
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         let id: String = obj.extract().map_err(|_| {
-            let type_name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-            PyErr::from(Error::InvalidArgument(format!("an execution id must be a str, not {type_name}")))
+            // A str that is not valid Unicode text (a lone surrogate): Rust and the stores cannot hold it.
+            let why = if obj.is_instance_of::<pyo3::types::PyString>() {
+                "an execution id must be valid Unicode text (it holds a lone surrogate)".to_owned()
+            } else {
+                let type_name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                format!("an execution id must be a str, not {type_name}")
+            };
+            PyErr::from(Error::InvalidArgument(why))
         })?;
         check_execution_id(&id)?;
         Ok(Self(id))
@@ -651,59 +658,6 @@ impl From<HeartbeatFlags> for PyHeartbeatReply {
 #[pyclass(name = "Core", module = "stigmer_handshake._core", frozen)]
 pub struct PyCore(Arc<Core>);
 
-/// Futures handed to Python and not yet finished (see `drain`).
-static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Counts a future from its creation until it is dropped.
-struct InFlight;
-
-impl InFlight {
-    fn new() -> Self {
-        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Run `fut` on the one tokio runtime and hand Python an awaitable. The future owns everything it
-/// touches (no `&self`, no `Bound`), so dropping it on asyncio cancellation is safe.
-fn spawn<'py, T, F>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
-where
-    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'a> IntoPyObject<'a> + Send + 'static,
-{
-    let guard = InFlight::new();
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
-        let _guard = guard;
-        fut.await
-    })
-}
-
-/// Wait (without the GIL) until no future handed to Python is still finishing, at most `timeout` s.
-///
-/// Called at interpreter exit: a tokio thread that hands a result back to asyncio may still be releasing
-/// its Python thread state when the main thread starts finalizing, which aborts the process
-/// ("PyGILState_Release: thread state must be current", PyO3/pyo3-async-runtimes#40). Letting those
-/// hand-offs finish first closes that window.
-#[pyfunction]
-pub fn drain(py: Python<'_>, timeout: f64) {
-    // Any float: NaN waits not at all (clamp keeps NaN, which `Duration` refuses with a panic).
-    let timeout = if timeout.is_nan() { 0.0 } else { timeout.clamp(0.0, 10.0) };
-    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout);
-    py.detach(|| {
-        while IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // The hand-off to asyncio runs just after the future is dropped: give it a moment.
-        std::thread::sleep(Duration::from_millis(20));
-    });
-}
-
 fn target_from(
     token: Option<Vec<u8>>,
     workflow_id: Option<String>,
@@ -892,7 +846,7 @@ impl PyCore {
     /// store now. Blocks (without the GIL) for that read: call it from a thread, not the event loop.
     fn metrics_text(&self, py: Python<'_>) -> PyResult<String> {
         let core = self.core()?;
-        let text = py.detach(|| pyo3_async_runtimes::tokio::get_runtime().block_on(core.metrics_text()))?;
+        let text = py.detach(|| runtime::get().block_on(core.metrics_text()))?;
         Ok(text)
     }
 
@@ -1016,7 +970,7 @@ impl PyCore {
             return Err(Error::InvalidArgument("a reconciler is already running for this handshake".into()).into());
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        pyo3_async_runtimes::tokio::get_runtime().spawn(reconcile::run(Arc::downgrade(&core), interval, stopped));
+        runtime::get().spawn(reconcile::run(Arc::downgrade(&core), interval, stopped));
         *running = Some(stop);
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod html;
 pub mod metrics;
 pub mod pump;
 pub mod reconcile;
+pub mod runtime;
 pub mod secrets;
 pub mod store;
 pub mod temporal;
@@ -52,7 +53,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handshake::PyHeartbeatReply>()?;
     m.add_class::<handshake::PyReconcileReport>()?;
     m.add_function(wrap_pyfunction!(token::fingerprint_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(handshake::drain, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::drain, m)?)?;
     m.add("HandshakeError", py.get_type::<errors::HandshakeError>())?;
     m.add("TokenError", py.get_type::<errors::TokenError>())?;
     m.add("InvalidInput", py.get_type::<errors::InvalidInput>())?;

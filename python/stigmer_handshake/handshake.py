@@ -486,7 +486,10 @@ class Handshake:
         if record.outcome != "complete" or record.result is None:
             raise _core.InvalidState(f"execution {execution_id!r} has no recorded result (phase {record.phase})")
         payloads = temporalio.api.common.v1.Payloads.FromString(record.result).payloads
-        [value] = await self._converter.decode(payloads, None if type_hint is None else [type_hint])
+        try:
+            [value] = await self._converter.decode(payloads, None if type_hint is None else [type_hint])
+        except Exception as err:  # the data converter's own errors: the stored result is kept as it was
+            raise _core.InvalidInput(f"the data converter cannot decode the result of {execution_id!r}: {err}") from err
         return value
 
     # -- recovery ---------------------------------------------------------------------------------

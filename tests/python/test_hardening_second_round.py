@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowFailureError
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from stigmer_handshake import (
@@ -331,3 +332,53 @@ async def test_while_another_process_holds_the_sqlite_lock_wait_keeps_its_timeou
         holder.wait()
     assert (await hs.inspect(execution_id)).phase == "PENDING", "nothing was half written"
     assert (await hs.succeed(execution_id, 1)).outcome == "no_callback", "once the lock is free, settling works"
+
+
+FORK_SCRIPT = """
+import asyncio, os, sys
+from stigmer_handshake import Handshake, HandshakeError, pb
+
+store = sys.argv[1]
+spec = pb.AgentExecutionSpec(message="m")
+
+async def before() -> Handshake:
+    hs = await Handshake.connect(store=store, temporal=None)
+    await hs.create(spec)
+    return hs
+
+hs = asyncio.run(before())
+child = os.fork()
+if child == 0:
+    async def in_child() -> None:
+        try:
+            await hs.create(spec)
+        except HandshakeError as err:
+            print("refused:", "after fork" in str(err), flush=True)
+        again = await Handshake.connect(store=store, temporal=None)  # the documented remedy
+        execution_id = await again.create(spec)
+        print("settled:", (await again.succeed(execution_id, 1)).outcome, flush=True)
+    asyncio.run(in_child())
+    sys.exit(0)
+_, status = os.waitpid(child, 0)
+print("child exit:", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_after_fork_connecting_again_in_the_child_works(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, sqlite_url(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.splitlines() == ["refused: True", "settled: no_callback", "child exit: 0"], done.stderr
+
+
+async def test_a_converter_that_cannot_decode_and_a_surrogate_id_in_the_core_are_typed_errors(env: Env) -> None:
+    execution_id = await env.hs.create(pb.AgentExecutionSpec(message="m"))
+    await env.hs.succeed(execution_id, {"answer": 42})
+    junk = Handshake(env.hs._core, DataConverter(payload_codec=object()))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="cannot decode"):
+        await junk.result(execution_id)
+    assert await env.hs.result(execution_id) == {"answer": 42}, "the stored result is untouched"
+    with pytest.raises(InvalidInput, match="valid Unicode") as refused:
+        await env.hs._core.get("agent-\ud800", False)
+    assert "not str" not in str(refused.value)
