@@ -1,6 +1,7 @@
 """Argument checks for the public API: a wrong type raises `InvalidInput` naming the argument, never a bare
 TypeError from deep inside (or a panic in the core). Values (negative, empty, too large) are the core's to
-judge; it raises typed errors for those.
+judge; it raises typed errors for those. Text that no store can hold is refused here, once for every entry
+point: a lone surrogate in any argument, a NUL in any text argument.
 
 The checks follow each method's annotations, so they cannot drift from the signatures.
 """
@@ -78,6 +79,17 @@ def _not_utf8(value: Any) -> bool:
     return False
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether `value` is, or holds, a str with a NUL: PostgreSQL's text cannot hold one, so no store does."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _describe(hint: Any) -> str:
     text = str(hint).replace("typing.", "").replace("collections.abc.", "")
     return getattr(hint, "__name__", text) if isinstance(hint, type) else text
@@ -113,6 +125,9 @@ def checked(function: Callable[..., T]) -> Callable[..., T]:
                     )
                 if _not_utf8(each):
                     raise InvalidInput(f"{function.__name__}(): {name} holds a lone surrogate, which is not UTF-8")
+                # Text arguments only: a value of any type (a result) goes through the data converter.
+                if hint is not Any and _has_nul(each):
+                    raise InvalidInput(f"{function.__name__}(): {name} holds a NUL character, which no store keeps")
 
     if inspect.iscoroutinefunction(function):
 

@@ -71,17 +71,20 @@ def spoiled(hint: Any, name: str) -> list[Any]:
     for arm in arms:
         origin = get_origin(arm)
         if arm is str:
-            values += [12, b"bytes"]
+            # Text Rust and the stores cannot hold (a lone surrogate, a NUL) is refused in every string.
+            values += [12, b"bytes", "lone \ud800 surrogate", "a \x00 NUL"]
             if name != "run_id" and name != "type" and name != "message":  # these may be empty or long
                 values += [""]
             if name in ("execution_id", "kind", "phase", "store", "temporal", "host", "workflow_id", "activity_id"):
                 values += [HUGE_TEXT, "\x00"]
+            if name == "execution_id":  # lookalikes in listings: bidirectional overrides, separators, zero width
+                values += ["agent\u202e1", "agent\u20281", "agent\u200b1"]
         elif arm is int:
-            values += ["1", 1.5, True, -1, 2**80]
+            values += ["1", 1.5, True, -1, 2**63, 2**80]
         elif arm is float:
-            values += ["1", -1.0, math.nan, math.inf]
+            values += ["1", -1.0, math.nan, math.inf, -math.inf]
         elif arm is bytes:
-            values += ["text", 12, b"", HUGE_BYTES, b"\x00garbage"]
+            values += ["text", 12, b"", HUGE_BYTES, b"\x00garbage", released_view()]
         elif arm is bool:
             values += ["yes"]
         elif origin is typing.Literal:
@@ -95,6 +98,12 @@ def spoiled(hint: Any, name: str) -> list[Any]:
         elif origin is type or arm is Callable or origin is Callable:
             values += [12]
     return values
+
+
+def released_view() -> memoryview:
+    view = memoryview(b"token bytes")
+    view.release()
+    return view
 
 
 def cases(hs: Handshake, execution_id: str) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
