@@ -43,18 +43,19 @@ def settled_rows_holding_a_token(store: str) -> int:
 
 @pytest.mark.timeout(90)
 async def test_the_pump_follows_a_re_bound_token_across_processes(env: Env) -> None:
-    # Each attempt times out after 4 s (start to close) and must be heartbeated within 2 s; the runner holds
-    # the child for 9 s, so attempts 1 and 2 time out and attempt 3 gets the result, kept alive by the pump
-    # of a runner that claimed the child before attempts 2 and 3 re-bound it.
+    # Each attempt times out after 6 s (start to close) and must be heartbeated within 2 s; the runner holds
+    # the child for 14.5 s, so attempts 1 and 2 time out and attempt 3 gets the result, kept alive by the
+    # pump of a runner that claimed the child before attempts 2 and 3 re-bound it. (The server fires a
+    # timeout up to a second late: attempt 3 starts 12 to 14 s in and ends 18 s in at the earliest.)
     request = AgentRequest(
-        new_id("agent"), "patient", start_to_close_seconds=4, heartbeat_timeout_seconds=2, maximum_attempts=3
+        new_id("agent"), "patient", start_to_close_seconds=6, heartbeat_timeout_seconds=2, maximum_attempts=3
     )
     handle = await env.client.start_workflow(
         RetriedAgentParent.run, request, id=new_id("parent"), task_queue=env.task_queue
     )
     await env.wait_for_execution(request.execution_id)
     answer = dataclasses.asdict(expected_answer("patient"))
-    report = await env.run_runner("hold_then_succeed", request.execution_id, {"seconds": 8.5, "answer": answer})
+    report = await env.run_runner("hold_then_succeed", request.execution_id, {"seconds": 14.5, "answer": answer})
     assert report["outcome"] == "delivered", report
     assert report["parent_gone_seen"] is False, "the runner was told its parent was gone while it retried"
     assert await handle.result() == expected_answer("patient")
