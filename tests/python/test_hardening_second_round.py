@@ -330,7 +330,7 @@ async def test_while_another_process_holds_the_sqlite_lock_wait_keeps_its_timeou
             await settle
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # reaps it and closes its pipe
     assert (await hs.inspect(execution_id)).phase == "PENDING", "nothing was half written"
     assert (await hs.succeed(execution_id, 1)).outcome == "no_callback", "once the lock is free, settling works"
 
