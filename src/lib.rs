@@ -1,13 +1,14 @@
-//! stigmer-handshake's Rust core: task tokens, the execution store, delivery to Temporal, and the
-//! Python module `stigmer_handshake._core`.
+//! stigmer-handshake's Rust core: task tokens, the execution store, delivery to Temporal (`core::Core`
+//! owns every operation), and its Python face, the module `stigmer_handshake._core` (`py/`).
 
+pub mod core;
 pub mod delivery;
 pub mod errors;
 pub mod failpoint;
-pub mod handshake;
 pub mod html;
 pub mod metrics;
 pub mod pump;
+pub mod py;
 pub mod reconcile;
 pub mod runtime;
 pub mod secrets;
@@ -42,34 +43,6 @@ fn init_logging() {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
     init_logging();
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add_class::<token::PyTaskToken>()?;
-    m.add_class::<handshake::PyCore>()?;
-    m.add_class::<handshake::PyOutcome>()?;
-    m.add_class::<handshake::PyExecution>()?;
-    m.add_class::<handshake::PySettlement>()?;
-    m.add_class::<handshake::PyHeartbeatReply>()?;
-    m.add_class::<handshake::PyReconcileReport>()?;
-    m.add_function(wrap_pyfunction!(token::fingerprint_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(runtime::drain, m)?)?;
-    m.add("HandshakeError", py.get_type::<errors::HandshakeError>())?;
-    m.add("TokenError", py.get_type::<errors::TokenError>())?;
-    m.add("InvalidInput", py.get_type::<errors::InvalidInput>())?;
-    m.add("StoreError", py.get_type::<errors::StoreError>())?;
-    m.add("StoreUnavailable", py.get_type::<errors::StoreUnavailable>())?;
-    m.add("StoreAuthError", py.get_type::<errors::StoreAuthError>())?;
-    m.add("SchemaMismatch", py.get_type::<errors::SchemaMismatch>())?;
-    m.add("TokenKeyError", py.get_type::<errors::TokenKeyError>())?;
-    m.add("CapabilityError", py.get_type::<errors::CapabilityError>())?;
-    m.add("NamespaceMismatch", py.get_type::<errors::NamespaceMismatch>())?;
-    m.add("ExecutionNotFound", py.get_type::<errors::ExecutionNotFound>())?;
-    m.add("InvalidState", py.get_type::<errors::InvalidState>())?;
-    m.add("DeliveryError", py.get_type::<errors::DeliveryError>())?;
-    m.add("ConnectError", py.get_type::<errors::ConnectError>())?;
-    m.add("ActivityGone", py.get_type::<errors::ActivityGone>())?;
-    m.add("TemporalRpcError", py.get_type::<errors::TemporalRpcError>())?;
-    m.add("WaitTimeout", py.get_type::<errors::WaitTimeout>())?;
-    Ok(())
+    py::register(m)
 }

@@ -19,8 +19,8 @@ use temporalio_common::protos::temporal::api::common::v1::{Payload, Payloads};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use crate::core::Core;
 use crate::errors::Error;
-use crate::handshake::Core;
 use crate::temporal::{HeartbeatFlags, Target};
 use crate::token::TaskToken;
 

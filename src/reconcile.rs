@@ -8,9 +8,9 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use crate::core::Core;
 use crate::delivery::{self, DeliveryCounts};
 use crate::errors::Result;
-use crate::handshake::Core;
 use crate::store::{Outcome, Store};
 use crate::temporal::Temporal;
 

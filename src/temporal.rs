@@ -251,6 +251,11 @@ impl Temporal {
         })
     }
 
+    /// The id the server gave namespace `name` (what task tokens carry), if this handshake serves it.
+    pub fn namespace_id(&self, name: &str) -> Option<&str> {
+        self.served.iter().find(|(_, (served, _))| served == name).map(|(id, _)| id.as_str())
+    }
+
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
     }

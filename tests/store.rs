@@ -12,6 +12,9 @@ use _core::store::{
 use _core::token::{TaskProto, TaskToken};
 use prost::Message;
 
+mod common;
+use common::pg;
+
 fn token(activity_id: &str) -> TaskToken {
     token_attempt(activity_id, 1)
 }
@@ -571,46 +574,6 @@ on_both_stores! {
         let children = store.list(Some(Kind::Agent), None, 10).await.unwrap();
         assert_eq!(children.len(), 1);
         assert_eq!(children[0].callback.as_ref().unwrap().attempt, 2, "the newest attempt holds the callback");
-    }
-}
-
-/// PostgreSQL for the tests: `STIGMER_HANDSHAKE_TEST_POSTGRES` or the project machines' local server.
-mod pg {
-    use std::future::Future;
-
-    use super::*;
-
-    pub fn base_url() -> String {
-        std::env::var("STIGMER_HANDSHAKE_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-    }
-
-    /// None (after saying why) when no server answers and this is not CI, where it must run.
-    pub async fn admin() -> Option<sqlx::PgPool> {
-        match sqlx::PgPool::connect(&base_url()).await {
-            Ok(pool) => Some(pool),
-            Err(err) if std::env::var("CI").as_deref() != Ok("true") => {
-                eprintln!("skipped: no PostgreSQL at {} ({err}); CI=true makes this a failure", base_url());
-                None
-            }
-            Err(err) => panic!("PostgreSQL at {} is required under CI: {err}", base_url()),
-        }
-    }
-
-    /// Run `test` against a store in a fresh schema, then drop the schema whatever the test did.
-    pub async fn with_schema<F, Fut>(test: F)
-    where
-        F: FnOnce(Store) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let Some(admin) = admin().await else { return };
-        let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let store = store::open(&format!("{}?schema={schema}", base_url())).await.unwrap();
-        let outcome = tokio::spawn(test(store)).await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic.into_panic());
-        }
     }
 }
 

@@ -201,7 +201,7 @@ class Core:
         temporal: str | None = None,
         namespaces: builtins.list[str] = ...,
         identity: str = "stigmer-handshake",
-        heartbeat_interval: float = 30.0,
+        heartbeat_interval: float = ...,
         token_keys: builtins.list[tuple[str, bytes]] = ...,
         capability_keys: builtins.list[bytes] = ...,
         max_result_bytes: int = ...,

@@ -1,0 +1,534 @@
+//! The handshake as one object, in plain Rust: a store, an optional Temporal connection, and every
+//! operation the caller activity, the runner and the operator use. Its faces (the Python binding in
+//! `py/`) only convert arguments and results; ids, checks and defaults are decided here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::delivery::{self, SettleOutcome};
+use crate::errors::{Error, Result};
+use crate::pump::{self, Pump, PumpStats, Signals};
+use crate::reconcile::{self, ReconcileReport};
+use crate::secrets::{Capabilities, Grant, Keyring};
+use crate::store::{self, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Store};
+use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
+use crate::token::TaskToken;
+
+/// Temporal's default limit on a payload (the server refuses larger blobs).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 2 * 1024 * 1024;
+/// How often claimed executions heartbeat a parent that declared no heartbeat timeout.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often `wait` looks at a SQLite store for a settle made by another process.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+/// On PostgreSQL every settle notifies `wait`; this slow read is only a safety net.
+const WAIT_RECHECK: Duration = Duration::from_secs(5);
+
+/// The shared state behind every clone of a handshake.
+pub struct Core {
+    store: Store,
+    /// None: store only (settles are recorded as due; another process delivers them).
+    temporal: Option<LazyTemporal>,
+    pid: u32,
+    /// Stops the background reconciler, when one runs.
+    reconciler: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    /// Heartbeats the parents of the executions this process has claimed.
+    pump: Pump,
+    pump_started: std::sync::OnceLock<()>,
+    /// The heartbeat interval for parents that declared no heartbeat timeout.
+    default_heartbeat_interval: Duration,
+    /// Signs and checks settle capabilities.
+    capabilities: Capabilities,
+    /// Where background work (pump, reconciler, deliveries at re-bind) runs: the runtime `connect` ran on.
+    runtime: tokio::runtime::Handle,
+}
+
+/// How a handshake is set up, besides where its store and Temporal are.
+pub struct Options {
+    /// The Temporal namespaces served; the first is the default (for calls by id). Never empty.
+    pub namespaces: Vec<String>,
+    pub identity: String,
+    pub default_heartbeat_interval: Duration,
+    /// Keys that seal tokens at rest, first one current; empty: stored as they are.
+    pub token_keys: Vec<(String, Vec<u8>)>,
+    /// Keys that sign settle capabilities, first one current; empty: the store's own key.
+    pub capability_keys: Vec<Vec<u8>>,
+    /// Results (and details) over this size are never sent; the parent gets RESULT_TOO_LARGE.
+    pub max_result_bytes: usize,
+    /// None: connect to Temporal at once if it answers, else on first use (settles are recorded meanwhile).
+    /// Some: wait up to this long for Temporal at connect, then fail with `Connect`.
+    pub wait_for_temporal: Option<Duration>,
+}
+
+impl Core {
+    pub async fn connect(store_url: &str, temporal: Option<&str>, options: Options) -> Result<Self> {
+        // Without keys tokens are stored as they are; the Python side says so once per process.
+        let keyring = Keyring::new(options.token_keys)?;
+        Capabilities::check_keys(&options.capability_keys)?;
+        if options.namespaces.is_empty() || options.namespaces.iter().any(String::is_empty) {
+            return Err(Error::InvalidArgument("namespaces must be one or more non-empty names".into()));
+        }
+        non_empty(&options.identity, "identity")?;
+        let store = Store::open(store_url, keyring).await?;
+        let capability_keys = match options.capability_keys {
+            keys if keys.is_empty() => vec![store.own_capability_key().to_vec()],
+            keys => keys,
+        };
+        let capabilities = Capabilities::new(store.id(), capability_keys)?;
+        let temporal = match temporal {
+            Some(target) => {
+                let lazy = LazyTemporal::new(target, &options.namespaces, &options.identity, options.max_result_bytes)?;
+                match options.wait_for_temporal {
+                    Some(patience) => drop(lazy.wait(patience).await?),
+                    // Unreachable now (an outage, a restart): start anyway, as temporalio's lazy clients do.
+                    None => match lazy.get().await {
+                        Err(err) if err.is_unreachable() => {
+                            tracing::warn!(error = %err, "Temporal is not reachable yet; settles are recorded and delivered once it is");
+                        }
+                        other => drop(other?),
+                    },
+                }
+                Some(lazy)
+            }
+            None => None,
+        };
+        let default_heartbeat_interval = options.default_heartbeat_interval;
+        Ok(Self {
+            store,
+            temporal,
+            pid: std::process::id(),
+            reconciler: std::sync::Mutex::default(),
+            pump: Pump::default(),
+            pump_started: std::sync::OnceLock::new(),
+            default_heartbeat_interval,
+            capabilities,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// A capability to settle `id` with `outcomes` for `ttl_ms`, for code that must not hold the token or
+    /// the store.
+    pub fn grant(&self, id: &str, outcomes: Vec<String>, ttl_ms: i64) -> Result<String> {
+        check_execution_id(id)?;
+        let expires_ms = store::now_ms().saturating_add(ttl_ms);
+        self.capabilities.grant(&Grant { execution_id: id.to_owned(), outcomes, expires_ms })
+    }
+
+    /// Refuse a settle of `id` with `outcome` that `capability` does not allow.
+    fn check_capability(&self, id: &str, outcome: &Outcome, capability: &str) -> Result<()> {
+        self.capabilities.verify(capability, id, outcome.name(), store::now_ms()).map(|_| ())
+    }
+
+    /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along,
+    /// so a future spawned in the child would never run. Checked before anything is spawned.
+    pub fn check_pid(&self) -> Result<()> {
+        let current = std::process::id();
+        if current == self.pid {
+            Ok(())
+        } else {
+            Err(Error::Forked { created: self.pid, current })
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether this handshake has a Temporal connection made (false while Temporal has not answered yet).
+    pub fn temporal_connected(&self) -> bool {
+        self.temporal.as_ref().is_some_and(|t| t.connected().is_some())
+    }
+
+    /// The default interval of the pump, for parents without a heartbeat timeout.
+    pub fn default_heartbeat_interval(&self) -> Duration {
+        self.default_heartbeat_interval
+    }
+
+    pub fn pump(&self) -> &Pump {
+        &self.pump
+    }
+
+    /// Heartbeat the parents of these executions from now on (those that have one, when Temporal is
+    /// connected), looked up in one query.
+    async fn pump_executions(self: &Arc<Self>, ids: &[String]) -> Result<()> {
+        if self.temporal.is_none() || ids.is_empty() {
+            return Ok(());
+        }
+        for (id, armed) in self.store.armed_callbacks(ids).await? {
+            let armed = armed.transpose().unwrap_or_else(|err| {
+                // Not this process's key: the runner still gets the execution (a claim never strands), and
+                // its parent is heartbeated by no one here; its settle is delivered by a process with the key.
+                tracing::warn!(execution = %id, error = %err, "cannot heartbeat the parent: its token cannot be opened");
+                None
+            });
+            if let Some((token, heartbeat_timeout_ms)) = armed {
+                self.pump_started.get_or_init(|| {
+                    self.runtime.spawn(pump::run(Arc::downgrade(self)));
+                });
+                self.pump.track(&id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+            }
+        }
+        Ok(())
+    }
+
+    /// Store a new PENDING execution (its id: the one asked for, or `<kind>-<uuid>`); with a token, arm its
+    /// callback or re-bind a retried parent activity to its child. A re-bound child that had already ended
+    /// has its outcome delivered to the new attempt at once, and one this process pumps is heartbeated with
+    /// the new token from now on.
+    pub async fn create(&self, request: CreateRequest) -> Result<Created> {
+        let CreateRequest { kind, spec, id, token, status, heartbeat_timeout_ms } = request;
+        let token = token.map(|t| TaskToken::parse(&t)).transpose()?;
+        let id = id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
+        check_execution_id(&id)?;
+        // Deferring (with a token) starts the pending gap; settle and deliver spans name the same token
+        // fingerprint at its other end. Going pending is the normal path, logged at INFO, never as an error.
+        let span = if let Some(t) = &token {
+            tracing::info_span!("defer", execution = %id, token = %t.fingerprint(), kind = kind.as_str())
+        } else {
+            tracing::info_span!("create", execution = %id, kind = kind.as_str())
+        };
+        let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms };
+        let created = self.store_new(new).instrument(span.clone()).await?;
+        span.in_scope(|| {
+            tracing::info!(rebound = matches!(created, Created::Rebound(_)), "stored; the parent activity is pending");
+        });
+        Ok(created)
+    }
+
+    async fn store_new(&self, new: NewExecution) -> Result<Created> {
+        if let (Some(token), Some(lazy)) = (&new.token, &self.temporal) {
+            // A token of a namespace this handshake does not serve could never be settled: refuse it now
+            // (while Temporal cannot be reached, its delivery checks it).
+            if let Ok(temporal) = lazy.get().await {
+                temporal.for_token(token)?;
+            }
+        }
+        let (token, heartbeat_timeout_ms) = (new.token.clone(), new.heartbeat_timeout_ms);
+        let created = self.store.create(new).await?;
+        if let (Created::Rebound(id), Some(token)) = (&created, token) {
+            self.pump.rebind(id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+            self.deliver_if_due(id);
+        }
+        Ok(created)
+    }
+
+    /// Deliver `id`'s callback in the background if its outcome is due (a re-bound child that had ended);
+    /// if this fails, the callback stays due for the reconciler.
+    fn deliver_if_due(&self, id: &str) {
+        let Some(lazy) = self.temporal.clone() else { return };
+        let (store, id) = (self.store.clone(), id.to_owned());
+        self.runtime.spawn(async move {
+            let delivered = async {
+                let temporal = lazy.get().await?;
+                if let Some(claimed) = store.claim_due_one(&id, delivery::DELIVERY_LEASE_MS).await? {
+                    delivery::deliver(&store, temporal, claimed).await?;
+                }
+                Ok::<(), Error>(())
+            };
+            if let Err(err) = delivered.await {
+                tracing::warn!(execution = %id, error = %err, "could not deliver at re-bind; the reconciler will");
+            }
+        });
+    }
+
+    pub async fn settle(
+        &self,
+        id: &str,
+        outcome: Outcome,
+        status: Option<Vec<u8>>,
+        wait: bool,
+        capability: Option<&str>,
+    ) -> Result<SettleOutcome> {
+        if let Some(capability) = capability {
+            self.check_capability(id, &outcome, capability)?;
+        }
+        // Payloads are checked before anything is stored: a malformed result must not end the execution.
+        crate::temporal::decode_payloads(outcome.payloads())?;
+        let span =
+            tracing::info_span!("settle", execution = %id, outcome = outcome.name(), result = tracing::field::Empty);
+        // Temporal unreachable: the outcome is recorded as due (no delivery lease), for the reconciler.
+        let (temporal, unreachable) = match &self.temporal {
+            None => (None, None),
+            Some(lazy) => match lazy.get().await {
+                Ok(temporal) => (Some(temporal), None),
+                Err(err) => (None, Some(err)),
+            },
+        };
+        let settled = delivery::settle(&self.store, temporal, id, &outcome, status.as_deref(), wait)
+            .instrument(span.clone())
+            .await
+            .map(|settled| match (settled, unreachable) {
+                (SettleOutcome::Recorded, Some(err)) => SettleOutcome::Retrying(err.to_string()),
+                (settled, _) => settled,
+            });
+        match &settled {
+            Ok(result) => span.record("result", result.name()),
+            Err(err) => span.record("result", err.type_name()),
+        };
+        self.pump.untrack(id);
+        settled
+    }
+
+    /// This process's metrics (Prometheus/OpenMetrics text), with the pending gauge read from the store now.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let bounds: Vec<i64> = crate::metrics::PENDING_AGES.iter().map(|(_, lower)| *lower).collect();
+        crate::metrics::set_pending(&self.store.pending_by_age(&bounds).await?);
+        Ok(crate::metrics::text())
+    }
+
+    pub async fn heartbeat(&self, id: &str, details: Option<Vec<u8>>) -> Result<HeartbeatFlags> {
+        // A heartbeat is the runner's sign of life: it keeps the runner's claim on the execution.
+        self.store.renew_claim(id).await?;
+        let Some((token, _)) = self.store.armed_callback(id).await? else {
+            // A direct execution, or one already settled: there is no parent to heartbeat.
+            return Ok(HeartbeatFlags::default());
+        };
+        self.temporal().await?.heartbeat(&Target::Token(token), details.as_deref()).await
+    }
+
+    pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ExecutionRecord> {
+        let started = tokio::time::Instant::now();
+        loop {
+            // Register for the wake-up before reading, so a settle between the read and the sleep is not
+            // missed (a `Notified` only counts once enabled).
+            let mut notified = std::pin::pin!(self.store.settled().notified());
+            notified.as_mut().enable();
+            // A read can queue behind a write that waits for another process's lock: it too is bounded
+            // by the timeout.
+            let read = self.store.get(id, false);
+            let record = match timeout.map(|limit| (limit, limit.saturating_sub(started.elapsed()))) {
+                Some((limit, left)) => {
+                    tokio::time::timeout(left, read).await.map_err(|_| Error::WaitTimeout(limit.as_secs_f64()))??
+                }
+                None => read.await?,
+            };
+            if record.phase.is_terminal() {
+                return Ok(record);
+            }
+            let mut pause = if self.store.notifies_across_processes() { WAIT_RECHECK } else { WAIT_POLL };
+            if let Some(limit) = timeout {
+                let left = limit.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(Error::WaitTimeout(limit.as_secs_f64()));
+                }
+                pause = pause.min(left);
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// The Temporal connection, made now if it is not yet (`Connect` while Temporal is unreachable).
+    pub async fn temporal(&self) -> Result<&Temporal> {
+        self.lazy_temporal()?.get().await
+    }
+
+    fn lazy_temporal(&self) -> Result<&LazyTemporal> {
+        self.temporal.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
+        })
+    }
+
+    /// Read one execution; its status carries `callback_token` only with `include_token`.
+    pub async fn get(&self, id: &str, include_token: bool) -> Result<ExecutionRecord> {
+        self.store.get(id, include_token).await
+    }
+
+    /// Executions, oldest first, optionally of one kind and phase.
+    pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
+        positive(limit, "limit")?;
+        self.store.list(kind, phase, limit).await
+    }
+
+    /// Hand up to `limit` executions of `kind` to this runner for `lease_ms` (renewed by each heartbeat):
+    /// PENDING ones, and running ones whose runner stopped renewing its lease.
+    pub async fn claim(self: &Arc<Self>, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
+        positive(limit, "limit")?;
+        let records = self.store.claim(kind, limit, lease_ms).await?;
+        // From now on this process heartbeats their parents: its liveness is theirs.
+        self.pump_executions(&records.iter().map(|r| r.id.clone()).collect::<Vec<_>>()).await?;
+        Ok(records)
+    }
+
+    /// Replace a running execution's status (progress); terminal phases go through `settle`.
+    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<()> {
+        let kind = self.store.update_status(id, status).await?;
+        // Progress reported through the status rides on the next heartbeats (unless the runner set
+        // details of its own).
+        let summary = store::progress_json(kind, status)?;
+        self.pump.set_progress_summary(id, pump::json_details(&summary));
+        Ok(())
+    }
+
+    /// Set the progress details (encoded `Payloads`) the pump's heartbeats carry for a claimed execution;
+    /// false when this process does not pump it.
+    pub fn report_progress(&self, id: &str, details: Vec<u8>) -> Result<bool> {
+        crate::temporal::decode_payloads(Some(&details))?;
+        Ok(self.pump.set_details(id, details))
+    }
+
+    /// What the heartbeats last brought back for a claimed execution, or None when this process does not
+    /// pump it.
+    pub fn signals(&self, id: &str) -> Option<Signals> {
+        self.pump.signals(id)
+    }
+
+    /// Wait until the parent of a claimed execution asks for one of `kinds` or is gone; returns the signals
+    /// then, or None if the execution stops being pumped (it settled).
+    pub async fn wait_signal(&self, id: &str, kinds: &[SignalKind]) -> Option<Signals> {
+        let wanted = |s: &Signals| {
+            s.gone
+                || kinds.iter().any(|kind| match kind {
+                    SignalKind::Cancel => s.flags.cancel_requested,
+                    SignalKind::Pause => s.flags.paused,
+                    SignalKind::Reset => s.flags.reset,
+                })
+        };
+        self.pump.wait(id, wanted).await
+    }
+
+    /// The pump's counters.
+    pub fn pump_stats(&self) -> PumpStats {
+        self.pump.stats()
+    }
+
+    /// One reconcile pass: fail the parents of child workflows that closed without settling, and deliver
+    /// every callback whose delivery did not finish (a crash, an outage).
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        reconcile::reconcile_once(&self.store, self.temporal().await?).await
+    }
+
+    /// Run reconcile passes in the background every `interval` (at least 10 ms), the first at once.
+    pub fn start_reconciler(self: &Arc<Self>, interval: Duration) -> Result<()> {
+        self.lazy_temporal()?;
+        let mut running = self.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?;
+        if running.is_some() {
+            return Err(Error::InvalidArgument("a reconciler is already running for this handshake".into()));
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        self.runtime.spawn(reconcile::run(Arc::downgrade(self), interval.max(Duration::from_millis(10)), stopped));
+        *running = Some(stop);
+        Ok(())
+    }
+
+    /// Stop the background reconciler (no-op when none runs); a pass in flight finishes first.
+    pub fn stop_reconciler(&self) -> Result<()> {
+        let stop = self.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?.take();
+        if let Some(stop) = stop {
+            let _ = stop.send(true);
+        }
+        Ok(())
+    }
+
+    /// Complete, fail or cancel an activity directly, by token or by id (no store involved).
+    pub async fn respond(&self, target: &Target, outcome: &Outcome) -> Result<()> {
+        crate::temporal::decode_payloads(outcome.payloads())?;
+        self.temporal().await?.respond(target, outcome).await
+    }
+
+    /// Heartbeat an activity directly, by token or by id.
+    pub async fn heartbeat_activity(&self, target: &Target, details: Option<&[u8]>) -> Result<HeartbeatFlags> {
+        self.temporal().await?.heartbeat(target, details).await
+    }
+}
+
+/// What `Core::create` stores: the caller's side of a new execution.
+pub struct CreateRequest {
+    pub kind: Kind,
+    pub spec: Vec<u8>,
+    /// None: `<kind>-<uuid>`.
+    pub id: Option<String>,
+    /// The parent activity's task token; None: a direct execution, settled by id alone.
+    pub token: Option<Vec<u8>>,
+    pub status: Option<Vec<u8>>,
+    /// The parent's heartbeat timeout, which sets the pump's interval for it.
+    pub heartbeat_timeout_ms: Option<i64>,
+}
+
+/// What a runner can wait for its parent to ask (`Core::wait_signal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalKind {
+    Cancel,
+    Pause,
+    Reset,
+}
+
+impl SignalKind {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "cancel" => Ok(Self::Cancel),
+            "pause" => Ok(Self::Pause),
+            "reset" => Ok(Self::Reset),
+            _ => Err(Error::InvalidArgument(format!("signal kinds are cancel, pause and reset, not {name:?}"))),
+        }
+    }
+}
+
+fn positive(n: i64, what: &str) -> Result<()> {
+    if n <= 0 {
+        return Err(Error::InvalidArgument(format!("{what} must be positive, not {n}")));
+    }
+    Ok(())
+}
+
+pub fn non_empty(text: &str, what: &str) -> Result<()> {
+    if text.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} must not be empty")));
+    }
+    Ok(())
+}
+
+/// The longest execution id accepted: ids are keys, and show up in logs and tables.
+const MAX_ID_LEN: usize = 256;
+
+/// Refuse an execution id that is empty, longer than `MAX_ID_LEN` bytes or holds control characters, or
+/// invisible ones that make lookalike ids in listings (bidirectional overrides, zero-width characters,
+/// line and paragraph separators).
+pub fn check_execution_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control() || is_invisible(c)) {
+        return Err(Error::InvalidArgument(format!(
+            "an execution id must be 1 to {MAX_ID_LEN} bytes without control or invisible characters (got {} bytes)",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Unicode's format characters and separators that show as nothing (or reorder the text around them).
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{AD}' | '\u{61C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+pub fn target_from(
+    token: Option<Vec<u8>>,
+    workflow_id: Option<String>,
+    run_id: String,
+    activity_id: Option<String>,
+) -> Result<Target> {
+    match (token, workflow_id, activity_id) {
+        (Some(token), None, None) => Ok(Target::Token(TaskToken::parse(&token)?)),
+        (None, Some(workflow_id), Some(activity_id)) => {
+            non_empty(&workflow_id, "workflow_id")?;
+            non_empty(&activity_id, "activity_id")?;
+            Ok(Target::Id { workflow_id, run_id, activity_id })
+        }
+        _ => Err(Error::InvalidArgument(
+            "name the activity either by token=..., or by workflow_id=... and activity_id=... (run_id optional)".into(),
+        )),
+    }
+}
+
+pub fn parse_phase(name: &str) -> Result<Phase> {
+    [Phase::Pending, Phase::InProgress, Phase::Completed, Phase::Failed, Phase::Cancelled]
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "phase must be one of PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, not {name:?}"
+            ))
+        })
+}

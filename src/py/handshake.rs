@@ -1,0 +1,328 @@
+//! `stigmer_handshake._core.Core`: the Python face of `core::Core`. Each method takes its arguments,
+//! calls the core and hands back an awaitable; nothing is decided here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::core::{
+    parse_phase, target_from, Core, CreateRequest, Options, SignalKind, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_MAX_RESULT_BYTES,
+};
+use crate::errors::{Error, Result};
+use crate::pump::Signals;
+use crate::py::args::{bytes_arg, optional_bytes, patience, seconds_to_ms, ExecutionId};
+use crate::py::asyncio::spawn;
+use crate::py::types::{PyExecution, PyHeartbeatReply, PyOutcome, PyReconcileReport, PySettlement};
+use crate::store::{Created, Kind};
+
+/// The Rust core of a `stigmer_handshake.Handshake`. Every method returns an awaitable.
+#[pyclass(name = "Core", module = "stigmer_handshake._core", frozen)]
+pub struct PyCore(Arc<Core>);
+
+impl PyCore {
+    /// The shared core, if this process may use it.
+    fn core(&self) -> Result<Arc<Core>> {
+        self.0.check_pid()?;
+        Ok(self.0.clone())
+    }
+}
+
+#[pymethods]
+impl PyCore {
+    /// Open the store and, when `temporal` is given, connect to Temporal.
+    #[staticmethod]
+    ///
+    /// `heartbeat_interval` (seconds) is how often claimed executions heartbeat a parent that declared
+    /// no heartbeat timeout; with one, the pump heartbeats at a third of it.
+    ///
+    /// `namespaces`: the first is the default; tokens of any of them can be settled. `token_keys`:
+    /// (key id, 32-byte key) pairs, the first seals new tokens. `max_result_bytes`: larger results
+    /// are kept in the store and the parent gets RESULT_TOO_LARGE.
+    #[pyo3(signature = (
+        store, temporal=None, namespaces=vec!["default".to_owned()], identity="stigmer-handshake",
+        heartbeat_interval=DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64(), token_keys=Vec::new(), capability_keys=Vec::new(),
+        max_result_bytes=i64::try_from(DEFAULT_MAX_RESULT_BYTES).unwrap_or(i64::MAX), wait_for_temporal=None,
+    ))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature
+    fn connect<'py>(
+        py: Python<'py>,
+        store: String,
+        temporal: Option<String>,
+        namespaces: Vec<String>,
+        identity: &str,
+        heartbeat_interval: f64,
+        token_keys: Vec<(String, Vec<u8>)>,
+        capability_keys: Vec<Vec<u8>>,
+        max_result_bytes: i64,
+        wait_for_temporal: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let interval = duration(heartbeat_interval, "heartbeat_interval")?;
+        let max_result_bytes = usize::try_from(max_result_bytes).ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error::InvalidArgument(format!("max_result_bytes must be positive, not {max_result_bytes}"))
+        })?;
+        let wait_for_temporal = wait_for_temporal.map(|t| patience(t, "wait_for_temporal")).transpose()?;
+        let options = Options {
+            namespaces,
+            identity: identity.to_owned(),
+            default_heartbeat_interval: interval,
+            token_keys,
+            capability_keys,
+            max_result_bytes,
+            wait_for_temporal,
+        };
+        spawn(py, async move {
+            let core = Core::connect(&store, temporal.as_deref(), options).await?;
+            Ok(PyCore(Arc::new(core)))
+        })
+    }
+
+    /// A capability that lets its holder settle `execution_id` with one of `outcomes` for `ttl` seconds.
+    #[pyo3(signature = (execution_id, outcomes, ttl))]
+    fn grant(&self, execution_id: ExecutionId, outcomes: Vec<String>, ttl: f64) -> PyResult<String> {
+        Ok(self.core()?.grant(&execution_id, outcomes, seconds_to_ms(ttl, "ttl")?)?)
+    }
+
+    /// Store a new PENDING execution; with `token`, arm its callback (or re-bind a retried parent to
+    /// its child). Returns (execution id, re-bound). `heartbeat_timeout` is the parent's, in seconds.
+    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None, heartbeat_timeout=None))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature, one argument per field
+    fn create<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        spec: &Bound<'py, PyAny>,
+        execution_id: Option<String>,
+        token: Option<&Bound<'py, PyAny>>,
+        status: Option<&Bound<'py, PyAny>>,
+        heartbeat_timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = CreateRequest {
+            kind: Kind::parse(kind)?,
+            spec: bytes_arg(spec, "spec")?,
+            id: execution_id,
+            token: optional_bytes(token, "token")?,
+            status: optional_bytes(status, "status")?,
+            heartbeat_timeout_ms: heartbeat_timeout.map(|t| seconds_to_ms(t, "heartbeat_timeout")).transpose()?,
+        };
+        let core = self.core()?;
+        spawn(py, async move {
+            Ok(match core.create(request).await? {
+                Created::New(id) => (id, false),
+                Created::Rebound(id) => (id, true),
+            })
+        })
+    }
+
+    /// Read one execution. The status carries `callback_token` only with `include_token=True`.
+    #[pyo3(signature = (execution_id, include_token=false))]
+    fn get<'py>(&self, py: Python<'py>, execution_id: ExecutionId, include_token: bool) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
+        spawn(py, async move {
+            let record = core.get(&execution_id, include_token).await?;
+            Ok(Python::attach(|py| PyExecution::from_record(py, record)))
+        })
+    }
+
+    /// List executions, oldest first, optionally of one kind and phase.
+    #[pyo3(signature = (kind=None, phase=None, limit=100))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        kind: Option<&str>,
+        phase: Option<&str>,
+        limit: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kind = kind.map(Kind::parse).transpose()?;
+        let phase = phase.map(parse_phase).transpose()?;
+        let core = self.core()?;
+        spawn(py, async move {
+            let records = core.list(kind, phase, limit).await?;
+            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+        })
+    }
+
+    /// Hand up to `limit` executions of `kind` to this runner for `lease` seconds (renewed by each
+    /// heartbeat): PENDING ones, and running ones whose runner stopped renewing its lease.
+    #[pyo3(signature = (kind, limit=1, lease=300.0))]
+    fn claim<'py>(&self, py: Python<'py>, kind: &str, limit: i64, lease: f64) -> PyResult<Bound<'py, PyAny>> {
+        let kind = Kind::parse(kind)?;
+        let lease_ms = seconds_to_ms(lease, "lease")?;
+        let core = self.core()?;
+        spawn(py, async move {
+            let records = core.claim(kind, limit, lease_ms).await?;
+            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+        })
+    }
+
+    /// Set the progress details the pump's heartbeats carry for a claimed execution (encoded `Payloads`).
+    fn report_progress(&self, execution_id: ExecutionId, details: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.core()?.report_progress(&execution_id, bytes_arg(details, "details")?)?)
+    }
+
+    /// This process's metrics in the Prometheus (OpenMetrics) text format, the pending gauge read from the
+    /// store now. Blocks (without the GIL) for that read: call it from a thread, not the event loop.
+    fn metrics_text(&self, py: Python<'_>) -> PyResult<String> {
+        let core = self.core()?;
+        let text = py.detach(|| crate::runtime::get().block_on(core.metrics_text()))?;
+        Ok(text)
+    }
+
+    /// Whether the Temporal connection is made (false with no Temporal, or while it has not answered yet).
+    fn temporal_connected(&self) -> PyResult<bool> {
+        Ok(self.core()?.temporal_connected())
+    }
+
+    /// The pump's counters: (executions tracked, heartbeats sent, heartbeats failed).
+    fn pump_stats(&self) -> PyResult<(usize, u64, u64)> {
+        let stats = self.core()?.pump_stats();
+        Ok((stats.tracked, stats.heartbeats_sent, stats.heartbeats_failed))
+    }
+
+    /// What the heartbeats last brought back for a claimed execution: (cancel_requested, paused, reset,
+    /// parent_gone), or None when this process does not pump it.
+    fn signals(&self, execution_id: ExecutionId) -> PyResult<Option<(bool, bool, bool, bool)>> {
+        Ok(self.core()?.signals(&execution_id).map(signal_tuple))
+    }
+
+    /// Wait until the parent of a claimed execution asks for one of `kinds` ("cancel", "pause", "reset")
+    /// or is gone; returns the signals then, or None if the execution stops being pumped (it settled).
+    fn wait_signal<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: ExecutionId,
+        kinds: Vec<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kinds = kinds.iter().map(|k| SignalKind::parse(k)).collect::<Result<Vec<_>>>()?;
+        let core = self.core()?;
+        spawn(py, async move { Ok(core.wait_signal(&execution_id, &kinds).await.map(signal_tuple)) })
+    }
+
+    /// Replace a running execution's status (progress); terminal phases go through `settle`.
+    fn update_status<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: ExecutionId,
+        status: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let status = bytes_arg(status, "status")?;
+        let core = self.core()?;
+        spawn(py, async move { Ok(core.update_status(&execution_id, &status).await?) })
+    }
+
+    /// End the execution with `outcome` (and optionally its final status) and tell the parent.
+    ///
+    /// Returns once the outcome is durably recorded and, with `wait_for_delivery` (the default), once
+    /// the parent was told (or found gone); without it, delivery goes on in the background.
+    #[pyo3(signature = (execution_id, outcome, status=None, wait_for_delivery=true, capability=None))]
+    fn settle<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: ExecutionId,
+        outcome: &PyOutcome,
+        status: Option<&Bound<'py, PyAny>>,
+        wait_for_delivery: bool,
+        capability: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let status = optional_bytes(status, "status")?;
+        let outcome = outcome.0.clone();
+        let core = self.core()?;
+        spawn(py, async move {
+            let settled = core.settle(&execution_id, outcome, status, wait_for_delivery, capability.as_deref()).await?;
+            Ok(PySettlement::new(execution_id.0, settled))
+        })
+    }
+
+    /// Heartbeat the parent activity of a running execution, with encoded details.
+    #[pyo3(signature = (execution_id, details=None))]
+    fn heartbeat<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: ExecutionId,
+        details: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let details = optional_bytes(details, "details")?;
+        let core = self.core()?;
+        spawn(py, async move { Ok(PyHeartbeatReply::from(core.heartbeat(&execution_id, details).await?)) })
+    }
+
+    /// One reconcile pass: fail the parents of child workflows that closed without settling, and deliver
+    /// every callback whose delivery did not finish (a crash, an outage).
+    fn reconcile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
+        spawn(py, async move { Ok(PyReconcileReport::from(core.reconcile().await?)) })
+    }
+
+    /// Run reconcile passes in the background every `interval` seconds, the first at once.
+    fn start_reconciler(&self, interval: f64) -> PyResult<()> {
+        Ok(self.core()?.start_reconciler(duration(interval, "interval")?)?)
+    }
+
+    /// Stop the background reconciler (no-op when none runs).
+    fn stop_reconciler(&self) -> PyResult<()> {
+        Ok(self.0.stop_reconciler()?)
+    }
+
+    /// Wait until the execution reaches a terminal phase (`timeout` in seconds, None for no limit).
+    #[pyo3(signature = (execution_id, timeout=None))]
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: ExecutionId,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = timeout.map(|t| patience(t, "timeout")).transpose()?;
+        let core = self.core()?;
+        spawn(py, async move {
+            let record = core.wait(&execution_id, timeout).await?;
+            Ok(Python::attach(|py| PyExecution::from_record(py, record)))
+        })
+    }
+
+    /// Complete, fail or cancel an activity directly, by token or by id (no store involved).
+    #[pyo3(signature = (outcome, *, token=None, workflow_id=None, run_id="", activity_id=None))]
+    fn respond<'py>(
+        &self,
+        py: Python<'py>,
+        outcome: &PyOutcome,
+        token: Option<&Bound<'py, PyAny>>,
+        workflow_id: Option<String>,
+        run_id: &str,
+        activity_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id.to_owned(), activity_id)?;
+        let outcome = outcome.0.clone();
+        let core = self.core()?;
+        spawn(py, async move { Ok(core.respond(&target, &outcome).await?) })
+    }
+
+    /// Heartbeat an activity directly, by token or by id.
+    #[pyo3(signature = (details=None, *, token=None, workflow_id=None, run_id="", activity_id=None))]
+    fn heartbeat_activity<'py>(
+        &self,
+        py: Python<'py>,
+        details: Option<&Bound<'py, PyAny>>,
+        token: Option<&Bound<'py, PyAny>>,
+        workflow_id: Option<String>,
+        run_id: &str,
+        activity_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let target = target_from(optional_bytes(token, "token")?, workflow_id, run_id.to_owned(), activity_id)?;
+        let details = optional_bytes(details, "details")?;
+        let core = self.core()?;
+        spawn(
+            py,
+            async move { Ok(PyHeartbeatReply::from(core.heartbeat_activity(&target, details.as_deref()).await?)) },
+        )
+    }
+}
+
+fn signal_tuple(s: Signals) -> (bool, bool, bool, bool) {
+    (s.flags.cancel_requested, s.flags.paused, s.flags.reset, s.gone)
+}
+
+/// A positive number of seconds as a duration.
+fn duration(seconds: f64, what: &str) -> Result<Duration> {
+    Ok(Duration::from_millis(u64::try_from(seconds_to_ms(seconds, what)?).unwrap_or(0)))
+}

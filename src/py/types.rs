@@ -1,0 +1,277 @@
+//! The values the Python face returns and takes: outcomes, executions, settlements, reports, replies.
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::delivery::SettleOutcome;
+use crate::errors::Error;
+use crate::py::args::optional_bytes;
+use crate::reconcile::ReconcileReport;
+use crate::store::{CallbackInfo, ExecutionRecord, Outcome};
+use crate::temporal::HeartbeatFlags;
+
+/// How an execution ended, for `settle` and `respond`.
+#[pyclass(name = "Outcome", module = "stigmer_handshake._core", frozen)]
+#[derive(Clone)]
+pub struct PyOutcome(pub Outcome);
+
+#[pymethods]
+impl PyOutcome {
+    /// Success; `result` is encoded `Payloads` bytes (the Python layer encodes with the data converter).
+    #[staticmethod]
+    #[pyo3(signature = (result=None))]
+    fn complete(result: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(Self(Outcome::Complete { result: optional_bytes(result, "result")? }))
+    }
+
+    /// Failure, delivered as an `ApplicationFailure`.
+    #[staticmethod]
+    #[pyo3(signature = (message, r#type="", non_retryable=false, details=None))]
+    fn fail(message: String, r#type: &str, non_retryable: bool, details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        // PostgreSQL's text cannot hold NUL: refused on every store alike, before anything is written.
+        if message.contains('\0') || r#type.contains('\0') {
+            return Err(
+                Error::InvalidArgument("a failure's message and type must not contain NUL characters".into()).into()
+            );
+        }
+        Ok(Self(Outcome::Fail {
+            message,
+            failure_type: r#type.to_owned(),
+            non_retryable,
+            details: optional_bytes(details, "details")?,
+        }))
+    }
+
+    /// Cancellation, acknowledging a cancel request.
+    #[staticmethod]
+    #[pyo3(signature = (details=None))]
+    fn cancel(details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(Self(Outcome::Cancel { details: optional_bytes(details, "details")? }))
+    }
+
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.0 {
+            Outcome::Fail { message, failure_type, non_retryable, .. } => {
+                format!("Outcome.fail({message:?}, type={failure_type:?}, non_retryable={non_retryable})")
+            }
+            other => format!("Outcome.{}(...)", other.name()),
+        }
+    }
+}
+
+/// A stored execution as the handshake sees it: resource bytes plus callback bookkeeping.
+#[pyclass(name = "Execution", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PyExecution {
+    id: String,
+    kind: &'static str,
+    phase: &'static str,
+    spec: Py<PyBytes>,
+    status: Py<PyBytes>,
+    callback_state: Option<&'static str>,
+    token_fingerprint: Option<String>,
+    parent_workflow_id: Option<String>,
+    parent_run_id: Option<String>,
+    parent_activity_id: Option<String>,
+    parent_attempt: Option<i64>,
+    callback_outcome: Option<String>,
+    /// How it ended: complete, fail or cancel (with a callback or without); None while it runs.
+    outcome: Option<String>,
+    /// The recorded result (or failure/cancel details) as encoded `Payloads`, kept after delivery.
+    result: Option<Py<PyBytes>>,
+    delivery_attempts: i64,
+    last_error: Option<String>,
+    gone_reason: Option<String>,
+    /// The execution this one retries (its parent activity was retried after that one's failure).
+    retry_of: Option<String>,
+    /// When it was stored and last written, in seconds since the Unix epoch.
+    created_at: f64,
+    updated_at: f64,
+}
+
+impl PyExecution {
+    pub fn from_record(py: Python<'_>, record: ExecutionRecord) -> Self {
+        let callback: Option<CallbackInfo> = record.callback;
+        let c = callback.as_ref();
+        Self {
+            id: record.id,
+            kind: record.kind.as_str(),
+            phase: record.phase.name(),
+            spec: PyBytes::new(py, &record.spec).unbind(),
+            status: PyBytes::new(py, &record.status).unbind(),
+            callback_state: c.map(|c| c.state.as_str()),
+            token_fingerprint: c.map(|c| c.fingerprint.clone()),
+            parent_workflow_id: c.map(|c| c.workflow_id.clone()),
+            parent_run_id: c.map(|c| c.run_id.clone()),
+            parent_activity_id: c.map(|c| c.activity_id.clone()),
+            parent_attempt: c.map(|c| c.attempt),
+            callback_outcome: c.and_then(|c| c.outcome.clone()),
+            outcome: record.ended.as_ref().map(|(outcome, _)| outcome.clone()),
+            result: record.ended.as_ref().and_then(|(_, p)| p.as_deref()).map(|p| PyBytes::new(py, p).unbind()),
+            delivery_attempts: c.map_or(0, |c| c.attempts),
+            last_error: c.and_then(|c| c.last_error.clone()),
+            gone_reason: c.and_then(|c| c.gone_reason.clone()),
+            retry_of: record.retry_of,
+            created_at: ms_to_seconds(record.created_ms),
+            updated_at: ms_to_seconds(record.updated_ms),
+        }
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn ms_to_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+#[pymethods]
+impl PyExecution {
+    fn __repr__(&self) -> String {
+        format!(
+            "Execution(id={:?}, kind={:?}, phase={:?}, callback_state={:?}, token={:?})",
+            self.id, self.kind, self.phase, self.callback_state, self.token_fingerprint
+        )
+    }
+
+    fn _repr_html_(&self) -> String {
+        let parent = self.parent_workflow_id.as_ref().map(|w| {
+            format!(
+                "{w} / {} (attempt {})",
+                self.parent_activity_id.as_deref().unwrap_or_default(),
+                self.parent_attempt.unwrap_or_default()
+            )
+        });
+        crate::html::record(
+            &format!("{} execution {}", self.kind, self.id),
+            &[
+                ("phase", Some(self.phase.to_owned())),
+                ("callback", self.callback_state.map(str::to_owned)),
+                ("token", self.token_fingerprint.clone()),
+                ("parent", parent),
+                ("outcome", self.callback_outcome.clone()),
+                ("gone because", self.gone_reason.clone()),
+                ("delivery attempts", (self.delivery_attempts > 0).then(|| self.delivery_attempts.to_string())),
+                ("last error", self.last_error.clone()),
+            ],
+        )
+    }
+}
+
+/// The result of a settle: what happened to the parent activity.
+#[pyclass(name = "Settlement", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PySettlement {
+    execution_id: String,
+    /// delivered | recorded | no_callback | already_settled | activity_gone | retrying | dead_lettered
+    outcome: &'static str,
+    /// For activity_gone: PARENT_TIMED_OUT, PARENT_WORKFLOW_CLOSED, STALE_ATTEMPT, INVALID_TOKEN or
+    /// CLOSED_ELSEWHERE.
+    reason: Option<&'static str>,
+    /// The server's or the store's words; for already_settled, the outcome recorded first.
+    detail: Option<String>,
+}
+
+impl PySettlement {
+    pub fn new(execution_id: String, settled: SettleOutcome) -> Self {
+        let outcome = settled.name();
+        let (reason, detail) = match settled {
+            SettleOutcome::Delivered | SettleOutcome::Recorded | SettleOutcome::NoCallback => (None, None),
+            SettleOutcome::AlreadySettled(recorded) => (None, recorded),
+            SettleOutcome::ActivityGone(reason, message) => (Some(reason.as_str()), Some(message)),
+            SettleOutcome::Retrying(error)
+            | SettleOutcome::DeadLettered(error)
+            | SettleOutcome::ResultTooLarge(error) => (None, Some(error)),
+        };
+        Self { execution_id, outcome, reason, detail }
+    }
+}
+
+#[pymethods]
+impl PySettlement {
+    fn __repr__(&self) -> String {
+        format!(
+            "Settlement(execution_id={:?}, outcome={:?}, reason={:?}, detail={:?})",
+            self.execution_id, self.outcome, self.reason, self.detail
+        )
+    }
+
+    fn _repr_html_(&self) -> String {
+        crate::html::record(
+            &format!("settlement of {}", self.execution_id),
+            &[
+                ("outcome", Some(self.outcome.to_owned())),
+                ("reason", self.reason.map(str::to_owned)),
+                ("detail", self.detail.clone()),
+            ],
+        )
+    }
+}
+
+/// What a reconcile pass did.
+#[pyclass(name = "ReconcileReport", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PyReconcileReport {
+    delivered: usize,
+    gone: usize,
+    dead_lettered: usize,
+    retrying: usize,
+    children_failed: usize,
+    orphaned: usize,
+    skipped: usize,
+}
+
+impl From<ReconcileReport> for PyReconcileReport {
+    fn from(r: ReconcileReport) -> Self {
+        Self {
+            delivered: r.deliveries.delivered,
+            gone: r.deliveries.gone,
+            dead_lettered: r.deliveries.dead,
+            retrying: r.deliveries.retrying,
+            children_failed: r.children_failed,
+            orphaned: r.orphaned,
+            skipped: r.skipped,
+        }
+    }
+}
+
+#[pymethods]
+impl PyReconcileReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "ReconcileReport(delivered={}, gone={}, dead_lettered={}, retrying={}, children_failed={}, orphaned={}, \
+             skipped={})",
+            self.delivered,
+            self.gone,
+            self.dead_lettered,
+            self.retrying,
+            self.children_failed,
+            self.orphaned,
+            self.skipped
+        )
+    }
+}
+
+/// What a heartbeat reply said about the parent activity.
+#[pyclass(name = "HeartbeatReply", module = "stigmer_handshake._core", frozen, get_all)]
+pub struct PyHeartbeatReply {
+    cancel_requested: bool,
+    paused: bool,
+    reset: bool,
+}
+
+#[pymethods]
+impl PyHeartbeatReply {
+    fn __repr__(&self) -> String {
+        format!(
+            "HeartbeatReply(cancel_requested={}, paused={}, reset={})",
+            self.cancel_requested, self.paused, self.reset
+        )
+    }
+}
+
+impl From<HeartbeatFlags> for PyHeartbeatReply {
+    fn from(flags: HeartbeatFlags) -> Self {
+        Self { cancel_requested: flags.cancel_requested, paused: flags.paused, reset: flags.reset }
+    }
+}
