@@ -107,18 +107,14 @@ async fn operations(store_url: String, temporal: String) {
     assert_eq!(listed.len(), 2);
 }
 
+/// One dev server for both stores, one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn core_operations_on_sqlite() {
+async fn core_operations_on_sqlite_and_postgres() {
     let Some(server) = DevServer::start() else { return };
     let folder = std::env::temp_dir().join(format!("core-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&folder).unwrap();
     operations(format!("sqlite://{}", folder.join("handshake.db").display()), server.url.clone()).await;
     std::fs::remove_dir_all(folder).unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn core_operations_on_postgres() {
-    let Some(server) = DevServer::start() else { return };
     let url = server.url.clone();
     pg::with_schema_url(|store_url| operations(store_url, url)).await;
 }

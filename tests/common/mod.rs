@@ -66,16 +66,28 @@ impl DevServer {
             eprintln!("skipped: no Temporal dev server at {binary} (`make dev` installs one)");
             return None;
         }
-        let port = free_port();
-        let child = std::process::Command::new(binary)
-            .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "warn"])
-            .args(["--port", &port.to_string(), "--http-port", &free_port().to_string()])
-            .args(["--metrics-port", &free_port().to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the dev server");
-        Some(Self { child, url: format!("http://127.0.0.1:{port}") })
+        // A free port can be taken by the time the server binds it (its internal ports too): try again.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = std::process::Command::new(&binary)
+                .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "warn"])
+                .args(["--port", &port.to_string(), "--http-port", &free_port().to_string()])
+                .args(["--metrics-port", &free_port().to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start the dev server");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Self { child, url: format!("http://127.0.0.1:{port}") });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("the Temporal dev server did not start in 3 tries");
     }
 }
 
