@@ -54,6 +54,7 @@ lint: dev
 	$(VENV)/bin/mypy python/stigmer_handshake
 	$(PY) -m mypy.stubtest stigmer_handshake._core
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/check_imports.py
 
 test-rust:
 	cargo test --locked

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use _core::proto::ai::stigmer::agentic::agentexecution::v1::AgentExecutionSpec;
-use _core::store::{self, DeliveryResult, Kind, NewExecution, Outcome, Settled, Store};
+use _core::store::{self, NewExecution, Settled, Store};
 use _core::token::{TaskProto, TaskToken};
+use _core::vocabulary::{DeliveryResult, Kind, Outcome};
 use prost::Message;
 use tokio::sync::Semaphore;
 

@@ -12,14 +12,11 @@ use crate::errors::{Error, Result};
 use crate::pump::{self, Pump, PumpStats, Signals};
 use crate::reconcile::{self, ReconcileReport};
 use crate::secrets::{Capabilities, Grant, Keyring};
-use crate::store::{self, Created, ExecutionRecord, Kind, NewExecution, Outcome, Phase, Store};
+use crate::store::{self, Created, ExecutionRecord, NewExecution, Store};
 use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
 use crate::token::TaskToken;
+use crate::vocabulary::{Kind, Outcome, Phase};
 
-/// Temporal's default limit on a payload (the server refuses larger blobs).
-pub const DEFAULT_MAX_RESULT_BYTES: usize = 2 * 1024 * 1024;
-/// How often claimed executions heartbeat a parent that declared no heartbeat timeout.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// How often `wait` looks at a SQLite store for a settle made by another process.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 /// On PostgreSQL every settle notifies `wait`; this slow read is only a safety net.
@@ -34,21 +31,26 @@ pub struct Core {
     /// Stops the background reconciler, when one runs.
     reconciler: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
     /// Heartbeats the parents of the executions this process has claimed.
-    pump: Pump,
+    pump: Arc<Pump>,
     pump_started: std::sync::OnceLock<()>,
-    /// The heartbeat interval for parents that declared no heartbeat timeout.
-    default_heartbeat_interval: Duration,
     /// Signs and checks settle capabilities.
     capabilities: Capabilities,
     /// Where background work (pump, reconciler, deliveries at re-bind) runs: the runtime `connect` ran on.
     runtime: tokio::runtime::Handle,
 }
 
-/// How a handshake is set up, besides where its store and Temporal are.
-pub struct Options {
+/// How a handshake is set up: every face fills this one struct; `Settings::default()` holds the defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `sqlite:///path.db`, `sqlite::memory:` or `postgres://...` (see `Store::open`).
+    pub store: String,
+    /// The Temporal frontend; None: store only (settles are recorded as due; another process delivers them).
+    pub temporal: Option<String>,
     /// The Temporal namespaces served; the first is the default (for calls by id). Never empty.
     pub namespaces: Vec<String>,
-    pub identity: String,
+    /// The identity Temporal records for this client's calls; None: `stigmer-handshake@<pid>`.
+    pub identity: Option<String>,
+    /// How often claimed executions heartbeat a parent that declared no heartbeat timeout.
     pub default_heartbeat_interval: Duration,
     /// Keys that seal tokens at rest, first one current; empty: stored as they are.
     pub token_keys: Vec<(String, Vec<u8>)>,
@@ -61,25 +63,46 @@ pub struct Options {
     pub wait_for_temporal: Option<Duration>,
 }
 
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            store: "sqlite:///stigmer-handshake.db".into(),
+            temporal: Some("http://127.0.0.1:7233".into()),
+            namespaces: vec!["default".into()],
+            identity: None,
+            default_heartbeat_interval: Duration::from_secs(30),
+            token_keys: Vec::new(),
+            capability_keys: Vec::new(),
+            // Temporal's default limit on a payload (the server refuses larger blobs).
+            max_result_bytes: 2 * 1024 * 1024,
+            wait_for_temporal: None,
+        }
+    }
+}
+
 impl Core {
-    pub async fn connect(store_url: &str, temporal: Option<&str>, options: Options) -> Result<Self> {
+    pub async fn connect(settings: Settings) -> Result<Self> {
         // Without keys tokens are stored as they are; the Python side says so once per process.
-        let keyring = Keyring::new(options.token_keys)?;
-        Capabilities::check_keys(&options.capability_keys)?;
-        if options.namespaces.is_empty() || options.namespaces.iter().any(String::is_empty) {
+        let keyring = Keyring::new(settings.token_keys)?;
+        Capabilities::check_keys(&settings.capability_keys)?;
+        if settings.namespaces.is_empty() || settings.namespaces.iter().any(String::is_empty) {
             return Err(Error::InvalidArgument("namespaces must be one or more non-empty names".into()));
         }
-        non_empty(&options.identity, "identity")?;
-        let store = Store::open(store_url, keyring).await?;
-        let capability_keys = match options.capability_keys {
+        if settings.max_result_bytes == 0 {
+            return Err(Error::InvalidArgument("max_result_bytes must be positive, not 0".into()));
+        }
+        let identity = settings.identity.unwrap_or_else(|| format!("stigmer-handshake@{}", std::process::id()));
+        non_empty(&identity, "identity")?;
+        let store = Store::open(&settings.store, keyring).await?;
+        let capability_keys = match settings.capability_keys {
             keys if keys.is_empty() => vec![store.own_capability_key().to_vec()],
             keys => keys,
         };
         let capabilities = Capabilities::new(store.id(), capability_keys)?;
-        let temporal = match temporal {
+        let temporal = match settings.temporal {
             Some(target) => {
-                let lazy = LazyTemporal::new(target, &options.namespaces, &options.identity, options.max_result_bytes)?;
-                match options.wait_for_temporal {
+                let lazy = LazyTemporal::new(&target, &settings.namespaces, &identity, settings.max_result_bytes)?;
+                match settings.wait_for_temporal {
                     Some(patience) => drop(lazy.wait(patience).await?),
                     // Unreachable now (an outage, a restart): start anyway, as temporalio's lazy clients do.
                     None => match lazy.get().await {
@@ -93,15 +116,14 @@ impl Core {
             }
             None => None,
         };
-        let default_heartbeat_interval = options.default_heartbeat_interval;
+        let pump = Arc::new(Pump::new(store.clone(), temporal.clone(), settings.default_heartbeat_interval));
         Ok(Self {
             store,
             temporal,
             pid: std::process::id(),
             reconciler: std::sync::Mutex::default(),
-            pump: Pump::default(),
+            pump,
             pump_started: std::sync::OnceLock::new(),
-            default_heartbeat_interval,
             capabilities,
             runtime: tokio::runtime::Handle::current(),
         })
@@ -111,13 +133,13 @@ impl Core {
     /// the store.
     pub fn grant(&self, id: &str, outcomes: Vec<String>, ttl_ms: i64) -> Result<String> {
         check_execution_id(id)?;
-        let expires_ms = store::now_ms().saturating_add(ttl_ms);
+        let expires_ms = crate::clock::now_ms().saturating_add(ttl_ms);
         self.capabilities.grant(&Grant { execution_id: id.to_owned(), outcomes, expires_ms })
     }
 
     /// Refuse a settle of `id` with `outcome` that `capability` does not allow.
     fn check_capability(&self, id: &str, outcome: &Outcome, capability: &str) -> Result<()> {
-        self.capabilities.verify(capability, id, outcome.name(), store::now_ms()).map(|_| ())
+        self.capabilities.verify(capability, id, outcome.name(), crate::clock::now_ms()).map(|_| ())
     }
 
     /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along,
@@ -140,18 +162,9 @@ impl Core {
         self.temporal.as_ref().is_some_and(|t| t.connected().is_some())
     }
 
-    /// The default interval of the pump, for parents without a heartbeat timeout.
-    pub fn default_heartbeat_interval(&self) -> Duration {
-        self.default_heartbeat_interval
-    }
-
-    pub fn pump(&self) -> &Pump {
-        &self.pump
-    }
-
     /// Heartbeat the parents of these executions from now on (those that have one, when Temporal is
     /// connected), looked up in one query.
-    async fn pump_executions(self: &Arc<Self>, ids: &[String]) -> Result<()> {
+    async fn pump_executions(&self, ids: &[String]) -> Result<()> {
         if self.temporal.is_none() || ids.is_empty() {
             return Ok(());
         }
@@ -164,9 +177,9 @@ impl Core {
             });
             if let Some((token, heartbeat_timeout_ms)) = armed {
                 self.pump_started.get_or_init(|| {
-                    self.runtime.spawn(pump::run(Arc::downgrade(self)));
+                    self.runtime.spawn(pump::run(Arc::downgrade(&self.pump)));
                 });
-                self.pump.track(&id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+                self.pump.track(&id, token, heartbeat_timeout_ms);
             }
         }
         Ok(())
@@ -207,7 +220,7 @@ impl Core {
         let (token, heartbeat_timeout_ms) = (new.token.clone(), new.heartbeat_timeout_ms);
         let created = self.store.create(new).await?;
         if let (Created::Rebound(id), Some(token)) = (&created, token) {
-            self.pump.rebind(id, token, heartbeat_timeout_ms, self.default_heartbeat_interval);
+            self.pump.rebind(id, token, heartbeat_timeout_ms);
             self.deliver_if_due(id);
         }
         Ok(created)
@@ -327,9 +340,7 @@ impl Core {
     }
 
     fn lazy_temporal(&self) -> Result<&LazyTemporal> {
-        self.temporal.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
-        })
+        crate::temporal::configured(self.temporal.as_ref())
     }
 
     /// Read one execution; its status carries `callback_token` only with `include_token`.
@@ -345,7 +356,7 @@ impl Core {
 
     /// Hand up to `limit` executions of `kind` to this runner for `lease_ms` (renewed by each heartbeat):
     /// PENDING ones, and running ones whose runner stopped renewing its lease.
-    pub async fn claim(self: &Arc<Self>, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
+    pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
         positive(limit, "limit")?;
         let records = self.store.claim(kind, limit, lease_ms).await?;
         // From now on this process heartbeats their parents: its liveness is theirs.
@@ -402,14 +413,15 @@ impl Core {
     }
 
     /// Run reconcile passes in the background every `interval` (at least 10 ms), the first at once.
-    pub fn start_reconciler(self: &Arc<Self>, interval: Duration) -> Result<()> {
-        self.lazy_temporal()?;
+    pub fn start_reconciler(&self, interval: Duration) -> Result<()> {
+        let temporal = self.lazy_temporal()?.clone();
         let mut running = self.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?;
         if running.is_some() {
             return Err(Error::InvalidArgument("a reconciler is already running for this handshake".into()));
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        self.runtime.spawn(reconcile::run(Arc::downgrade(self), interval.max(Duration::from_millis(10)), stopped));
+        let interval = interval.max(Duration::from_millis(10));
+        self.runtime.spawn(reconcile::run(self.store.clone(), temporal, interval, stopped));
         *running = Some(stop);
         Ok(())
     }

@@ -9,8 +9,10 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::errors::{Error, Result};
-use crate::store::{ClaimedCallback, DeliveryResult, GoneReason, Outcome, Settled, Store};
-use crate::temporal::{ActivityEnd, Target, Temporal};
+use crate::store::{ClaimedCallback, Settled, Store};
+use crate::temporal::{ActivityEnd, Target, Temporal, WorkflowState};
+use crate::token::TaskToken;
+use crate::vocabulary::{DeliveryResult, GoneReason, Outcome};
 use crate::{failpoint, metrics};
 
 /// How long a claimed callback stays with one deliverer before another may take it: longer than one
@@ -144,7 +146,7 @@ pub async fn deliver(store: &Store, temporal: &Temporal, claimed: ClaimedCallbac
     span.record("result", result.name());
     if result == DeliveryResult::Delivered {
         #[allow(clippy::cast_precision_loss)]
-        metrics::delivered_after((crate::store::now_ms() - claimed.due_ms) as f64 / 1000.0);
+        metrics::delivered_after((crate::clock::now_ms() - claimed.due_ms) as f64 / 1000.0);
     }
     failpoint::hit("before_record_delivery");
     store.record_delivery(&claimed, &result).await?;
@@ -153,13 +155,29 @@ pub async fn deliver(store: &Store, temporal: &Temporal, claimed: ClaimedCallbac
 
 /// Sort a failed delivery into gone (with why), retry (transient) or dead (permanent).
 async fn classify(temporal: &Temporal, claimed: &ClaimedCallback, err: Error) -> DeliveryResult {
-    use tonic::Code;
-    match err {
-        // NotFound: the attempt completed, timed out, was retried, or its workflow closed.
-        Error::ActivityGone { message } => match gone_reason(temporal, claimed).await {
+    match sort_failure(err, claimed.attempts) {
+        Failure::Sorted(result) => result,
+        Failure::NotFound(message) => match gone_reason(temporal, claimed).await {
             None => DeliveryResult::Delivered,
             Some(reason) => DeliveryResult::Gone(reason, message),
         },
+    }
+}
+
+/// What a failed send means, as far as the error alone tells.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// The server no longer knows the attempt: only the parent's history tells why (`gone_reason`).
+    NotFound(String),
+    Sorted(DeliveryResult),
+}
+
+/// `classify` without the questions to the server: `attempts` (made before this one) sets a retry's backoff.
+fn sort_failure(err: Error, attempts: i64) -> Failure {
+    use tonic::Code;
+    Failure::Sorted(match err {
+        // NotFound: the attempt completed, timed out, was retried, or its workflow closed.
+        Error::ActivityGone { message } => return Failure::NotFound(message),
         Error::Rpc { code: Code::InvalidArgument, message } if message.to_lowercase().contains("token") => {
             DeliveryResult::Gone(GoneReason::InvalidToken, message)
         }
@@ -181,11 +199,9 @@ async fn classify(temporal: &Temporal, claimed: &ClaimedCallback, err: Error) ->
         | Error::Connect { .. }
         // Another process may serve the token's namespace: leave it due rather than dead-letter it.
         | Error::Namespace(_)
-        | Error::Store(_) => {
-            DeliveryResult::Retry { error: err.to_string(), retry_in_ms: backoff_ms(claimed.attempts) }
-        }
+        | Error::Store(_) => DeliveryResult::Retry { error: err.to_string(), retry_in_ms: backoff_ms(attempts) },
         other => DeliveryResult::Dead(other.to_string()),
-    }
+    })
 }
 
 /// Why the server no longer knows the token's attempt, asked of the parent workflow itself; None when
@@ -194,29 +210,51 @@ async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<G
     let token = &claimed.token;
     let Ok(temporal) = temporal.for_token(token) else { return Some(GoneReason::InvalidToken) };
     let end = temporal.activity_end(&token.workflow_id, &token.run_id, token.scheduled_event_id).await;
-    match (end, &claimed.outcome) {
-        (Ok(Some(ActivityEnd::Completed)), Outcome::Complete { .. })
-        | (Ok(Some(ActivityEnd::Failed)), Outcome::Fail { .. })
-        | (Ok(Some(ActivityEnd::Canceled)), Outcome::Cancel { .. }) => return None,
-        (Ok(Some(ActivityEnd::TimedOut)), _) => return Some(GoneReason::ParentTimedOut),
-        (Ok(Some(ActivityEnd::Completed | ActivityEnd::Failed | ActivityEnd::Canceled)), _) => {
-            return Some(GoneReason::ClosedElsewhere);
+    if let Ok(end) = end {
+        match by_history(end, &claimed.outcome) {
+            History::Arrived => return None,
+            History::Gone(reason) => return Some(reason),
+            History::Silent => {}
         }
-        _ => {}
     }
     Some(match temporal.describe_workflow(&token.workflow_id, &token.run_id).await {
-        Ok(None) => GoneReason::ParentWorkflowClosed,
-        Ok(Some(state)) if state.closed_as.is_some() => GoneReason::ParentWorkflowClosed,
-        Ok(Some(state)) => {
-            if state.retried(token) {
-                GoneReason::StaleAttempt
-            } else {
-                // The workflow runs and the attempt is no longer pending: its timeout ended it.
-                GoneReason::ParentTimedOut
-            }
-        }
+        Ok(state) => by_workflow(state.as_ref(), token),
         Err(_) => GoneReason::ParentTimedOut,
     })
+}
+
+/// What the parent's history says of the attempt.
+#[derive(Debug, PartialEq)]
+enum History {
+    /// This very outcome closed it.
+    Arrived,
+    Gone(GoneReason),
+    /// It has no closing event (or no history was found): ask the workflow.
+    Silent,
+}
+
+fn by_history(end: Option<ActivityEnd>, outcome: &Outcome) -> History {
+    match (end, outcome) {
+        (Some(ActivityEnd::Completed), Outcome::Complete { .. })
+        | (Some(ActivityEnd::Failed), Outcome::Fail { .. })
+        | (Some(ActivityEnd::Canceled), Outcome::Cancel { .. }) => History::Arrived,
+        (Some(ActivityEnd::TimedOut), _) => History::Gone(GoneReason::ParentTimedOut),
+        (Some(ActivityEnd::Completed | ActivityEnd::Failed | ActivityEnd::Canceled), _) => {
+            History::Gone(GoneReason::ClosedElsewhere)
+        }
+        (Some(ActivityEnd::Open) | None, _) => History::Silent,
+    }
+}
+
+/// Why the attempt is gone, from its workflow's state (None: the workflow is not found).
+fn by_workflow(state: Option<&WorkflowState>, token: &TaskToken) -> GoneReason {
+    match state {
+        None => GoneReason::ParentWorkflowClosed,
+        Some(state) if state.closed_as.is_some() => GoneReason::ParentWorkflowClosed,
+        Some(state) if state.retried(token) => GoneReason::StaleAttempt,
+        // The workflow runs and the attempt is no longer pending: its timeout ended it.
+        Some(_) => GoneReason::ParentTimedOut,
+    }
 }
 
 /// What the parent is told instead of an outcome whose payloads (with a failure's message) are over
@@ -291,5 +329,136 @@ fn count(
         // A store error or a panicked task leaves the claim to expire: it is retried later.
         Some(Ok(Ok(DeliveryResult::Retry { .. }) | Err(_)) | Err(_)) => counts.retrying += 1,
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::token::tests::sample_token_bytes;
+
+    fn rpc(code: Code, message: &str) -> Error {
+        Error::Rpc { code, message: message.into() }
+    }
+
+    fn sorted(err: Error) -> DeliveryResult {
+        match sort_failure(err, 0) {
+            Failure::Sorted(result) => result,
+            Failure::NotFound(message) => panic!("asks the server ({message})"),
+        }
+    }
+
+    #[test]
+    fn a_not_found_asks_the_parents_history() {
+        let gone = Error::ActivityGone { message: "workflow execution already completed".into() };
+        assert_eq!(sort_failure(gone, 3), Failure::NotFound("workflow execution already completed".into()));
+    }
+
+    #[test]
+    fn transient_failures_retry_and_permanent_ones_are_dead() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+            Code::Internal,
+            Code::Unknown,
+            Code::Cancelled,
+        ] {
+            assert!(matches!(sorted(rpc(code, "busy")), DeliveryResult::Retry { .. }), "{code:?}");
+        }
+        let connect = Error::Connect { target: "127.0.0.1:7233".into(), message: "refused".into() };
+        for err in [connect, Error::Namespace("not served".into()), Error::Store("locked".into())] {
+            assert!(matches!(sorted(err.clone()), DeliveryResult::Retry { .. }), "{err:?}");
+        }
+        for code in [Code::PermissionDenied, Code::FailedPrecondition, Code::Unimplemented, Code::InvalidArgument] {
+            assert!(matches!(sorted(rpc(code, "no")), DeliveryResult::Dead(_)), "{code:?}");
+        }
+        assert!(matches!(sorted(Error::InvalidArgument("bad payloads".into())), DeliveryResult::Dead(_)));
+    }
+
+    #[test]
+    fn a_refused_token_is_gone_and_an_oversized_request_dead() {
+        let refused = sorted(rpc(Code::InvalidArgument, "Task token is malformed"));
+        assert_eq!(refused, DeliveryResult::Gone(GoneReason::InvalidToken, "Task token is malformed".into()));
+        let too_large = sorted(rpc(Code::ResourceExhausted, "grpc: received message larger than max (5 vs. 4)"));
+        assert!(matches!(too_large, DeliveryResult::Dead(reason) if reason.contains("message limit")));
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_up_to_ten_with_a_fifth_of_jitter() {
+        for (attempts, base) in [(-3, 500), (0, 500), (1, 1_000), (2, 2_000), (4, 8_000), (5, 10_000), (60, 10_000)] {
+            for _ in 0..200 {
+                let ms = backoff_ms(attempts);
+                assert!((base * 4 / 5..=base * 6 / 5).contains(&ms), "attempt {attempts}: {ms} ms");
+            }
+        }
+        let spread: std::collections::HashSet<i64> = (0..50).map(|_| backoff_ms(3)).collect();
+        assert!(spread.len() > 10, "jitter spreads the retries: {spread:?}");
+    }
+
+    #[test]
+    fn the_history_tells_an_arrived_outcome_from_one_closed_elsewhere() {
+        let complete = Outcome::Complete { result: None };
+        let fail = Outcome::Fail { message: "x".into(), failure_type: "T".into(), non_retryable: false, details: None };
+        let cancel = Outcome::Cancel { details: None };
+        assert_eq!(by_history(Some(ActivityEnd::Completed), &complete), History::Arrived);
+        assert_eq!(by_history(Some(ActivityEnd::Failed), &fail), History::Arrived);
+        assert_eq!(by_history(Some(ActivityEnd::Canceled), &cancel), History::Arrived);
+        for (end, outcome) in
+            [(ActivityEnd::Completed, &fail), (ActivityEnd::Failed, &cancel), (ActivityEnd::Canceled, &complete)]
+        {
+            assert_eq!(by_history(Some(end), outcome), History::Gone(GoneReason::ClosedElsewhere), "{end:?}");
+        }
+        assert_eq!(by_history(Some(ActivityEnd::TimedOut), &complete), History::Gone(GoneReason::ParentTimedOut));
+        assert_eq!(by_history(Some(ActivityEnd::Open), &complete), History::Silent);
+        assert_eq!(by_history(None, &complete), History::Silent);
+    }
+
+    #[test]
+    fn the_workflow_tells_a_closed_parent_from_a_retried_or_timed_out_attempt() {
+        let token = TaskToken::parse(&sample_token_bytes("1", 2)).unwrap();
+        let state = |closed_as, pending: &[(&str, i32)]| WorkflowState {
+            closed_as,
+            pending_activities: pending.iter().map(|(id, attempt)| ((*id).to_owned(), *attempt)).collect(),
+        };
+        assert_eq!(by_workflow(None, &token), GoneReason::ParentWorkflowClosed);
+        assert_eq!(
+            by_workflow(Some(&state(Some("TERMINATED"), &[("1", 3)])), &token),
+            GoneReason::ParentWorkflowClosed
+        );
+        assert_eq!(by_workflow(Some(&state(None, &[("1", 3)])), &token), GoneReason::StaleAttempt);
+        assert_eq!(by_workflow(Some(&state(None, &[("1", 2)])), &token), GoneReason::ParentTimedOut);
+        assert_eq!(by_workflow(Some(&state(None, &[("2", 9)])), &token), GoneReason::ParentTimedOut);
+        assert_eq!(by_workflow(Some(&state(None, &[])), &token), GoneReason::ParentTimedOut);
+    }
+
+    #[test]
+    fn an_outcome_over_the_limit_is_replaced_by_result_too_large() {
+        let claimed = |outcome| ClaimedCallback {
+            execution_id: "agent-1".into(),
+            token: TaskToken::parse(&sample_token_bytes("1", 1)).unwrap(),
+            outcome,
+            attempts: 0,
+            due_ms: 0,
+        };
+        assert_eq!(sent_instead(&claimed(Outcome::Complete { result: Some(vec![0; 100]) }), 100), None);
+        let Some(Outcome::Fail { failure_type, non_retryable, message, .. }) =
+            sent_instead(&claimed(Outcome::Complete { result: Some(vec![0; 101]) }), 100)
+        else {
+            panic!("not replaced")
+        };
+        assert_eq!((failure_type.as_str(), non_retryable), ("RESULT_TOO_LARGE", true));
+        assert!(message.contains("\"agent-1\"") && message.contains("101 bytes"), "{message}");
+        // A failure's message counts too.
+        let long = Outcome::Fail {
+            message: "m".repeat(90),
+            failure_type: "ERR".repeat(4),
+            non_retryable: false,
+            details: None,
+        };
+        assert!(sent_instead(&claimed(long), 100).is_some());
     }
 }

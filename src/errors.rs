@@ -134,3 +134,52 @@ impl From<tonic::Status> for Error {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::Error;
+
+    /// One error of each variant: the match fails to compile when a variant is added and not listed.
+    pub(crate) fn one_of_each() -> Vec<Error> {
+        let text = String::new;
+        let all = vec![
+            Error::Token(text()),
+            Error::InvalidArgument(text()),
+            Error::ExecutionNotFound(text()),
+            Error::InvalidState { id: text(), phase: "FAILED", why: text() },
+            Error::Store(text()),
+            Error::StoreUnavailable(text()),
+            Error::StoreAuth(text()),
+            Error::SchemaMismatch(text()),
+            Error::TokenKey(text()),
+            Error::Capability(text()),
+            Error::Namespace(text()),
+            Error::Connect { target: text(), message: text() },
+            Error::ActivityGone { message: text() },
+            Error::Rpc { code: tonic::Code::Internal, message: text() },
+            Error::WaitTimeout(1.0),
+            Error::Forked { created: 1, current: 2 },
+        ];
+        for err in &all {
+            match err {
+                Error::Token(_)
+                | Error::InvalidArgument(_)
+                | Error::ExecutionNotFound(_)
+                | Error::InvalidState { .. }
+                | Error::Store(_)
+                | Error::StoreUnavailable(_)
+                | Error::StoreAuth(_)
+                | Error::SchemaMismatch(_)
+                | Error::TokenKey(_)
+                | Error::Capability(_)
+                | Error::Namespace(_)
+                | Error::Connect { .. }
+                | Error::ActivityGone { .. }
+                | Error::Rpc { .. }
+                | Error::WaitTimeout(_)
+                | Error::Forked { .. } => {}
+            }
+        }
+        all
+    }
+}

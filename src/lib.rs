@@ -1,6 +1,7 @@
 //! stigmer-handshake's Rust core: task tokens, the execution store, delivery to Temporal (`core::Core`
 //! owns every operation), and its Python face, the module `stigmer_handshake._core` (`py/`).
 
+pub mod clock;
 pub mod core;
 pub mod delivery;
 pub mod errors;
@@ -15,6 +16,7 @@ pub mod secrets;
 pub mod store;
 pub mod temporal;
 pub mod token;
+pub mod vocabulary;
 
 /// Types generated from `proto/` by prost.
 #[allow(clippy::all, clippy::pedantic)]

@@ -19,9 +19,9 @@ use temporalio_common::protos::temporal::api::common::v1::{Payload, Payloads};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::core::Core;
-use crate::errors::Error;
-use crate::temporal::{HeartbeatFlags, Target};
+use crate::errors::{Error, Result};
+use crate::store::Store;
+use crate::temporal::{self, HeartbeatFlags, LazyTemporal, Target, Temporal};
 use crate::token::TaskToken;
 
 /// How often the pump looks for executions due a heartbeat.
@@ -55,14 +55,19 @@ struct Entry {
     in_flight: bool,
 }
 
-/// The executions this process heartbeats.
-#[derive(Default)]
+/// The executions this process heartbeats, and what it heartbeats them with.
 pub struct Pump {
     entries: Mutex<HashMap<String, Entry>>,
     /// Wakes runners waiting on a signal.
     changed: Notify,
     sent: AtomicU64,
     failed: AtomicU64,
+    /// Where a re-bound parent's current token is read, and cancel requests recorded.
+    store: Store,
+    /// None: store only (nothing is tracked then).
+    temporal: Option<LazyTemporal>,
+    /// The interval for parents that declared no heartbeat timeout.
+    default_interval: Duration,
 }
 
 /// Counters of the pump since the process started.
@@ -74,9 +79,21 @@ pub struct PumpStats {
 }
 
 impl Pump {
+    pub fn new(store: Store, temporal: Option<LazyTemporal>, default_interval: Duration) -> Self {
+        Self {
+            entries: Mutex::default(),
+            changed: Notify::new(),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            store,
+            temporal,
+            default_interval,
+        }
+    }
+
     /// Start heartbeating `id` (idempotent: a re-claim keeps the latest details and signals).
-    pub fn track(&self, id: &str, token: TaskToken, heartbeat_timeout_ms: Option<i64>, default_interval: Duration) {
-        let interval = interval(heartbeat_timeout_ms, default_interval);
+    pub fn track(&self, id: &str, token: TaskToken, heartbeat_timeout_ms: Option<i64>) {
+        let interval = interval(heartbeat_timeout_ms, self.default_interval);
         // A heartbeat timeout runs from the attempt's start: beat at once. Without one, the first beat can
         // wait an interval (a claim of hundreds then costs no burst of heartbeats).
         let first_at = Instant::now() + if heartbeat_timeout_ms.is_some() { Duration::ZERO } else { interval };
@@ -96,9 +113,9 @@ impl Pump {
 
     /// Heartbeat `id` with a re-bound attempt's token from now on, at once (its heartbeat timeout runs
     /// from its start); a no-op when `id` is not pumped here.
-    pub fn rebind(&self, id: &str, token: TaskToken, heartbeat_timeout_ms: Option<i64>, default_interval: Duration) {
+    pub fn rebind(&self, id: &str, token: TaskToken, heartbeat_timeout_ms: Option<i64>) {
         let changed = self.lock().get_mut(id).is_some_and(|entry| {
-            entry.follow(token, interval(heartbeat_timeout_ms, default_interval));
+            entry.follow(token, interval(heartbeat_timeout_ms, self.default_interval));
             true
         });
         if changed {
@@ -154,6 +171,10 @@ impl Pump {
         }
     }
 
+    async fn temporal(&self) -> Result<&Temporal> {
+        temporal::configured(self.temporal.as_ref())?.get().await
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts/removes).
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -190,13 +211,13 @@ enum Parent {
 }
 
 /// Ask the store for `id`'s current token, and Temporal whether a retry of the parent is pending.
-async fn follow_parent(core: &Core, id: &str, token: &TaskToken) -> Parent {
-    match core.store().armed_callback(id).await {
+async fn follow_parent(pump: &Pump, id: &str, token: &TaskToken) -> Parent {
+    match pump.store.armed_callback(id).await {
         Ok(Some((current, heartbeat_timeout_ms))) if current.secret_bytes() != token.secret_bytes() => {
             Parent::Rebound(current, heartbeat_timeout_ms)
         }
         Ok(Some(_)) => {
-            let described = match core.temporal().await.and_then(|t| t.for_token(token)) {
+            let described = match pump.temporal().await.and_then(|t| t.for_token(token)) {
                 Ok(temporal) => temporal.describe_workflow(&token.workflow_id, &token.run_id).await,
                 Err(err) => Err(err),
             };
@@ -222,30 +243,30 @@ pub fn json_details(value: &serde_json::Value) -> Vec<u8> {
     Payloads { payloads: vec![payload] }.encode_to_vec()
 }
 
-/// The pump's loop: runs while the handshake lives.
-pub async fn run(core: Weak<Core>) {
+/// The pump's loop: runs while the pump lives (as long as its handshake).
+pub async fn run(pump: Weak<Pump>) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let mut renewed_at = Instant::now();
     let renewing = Arc::new(AtomicBool::new(false));
     loop {
         tokio::time::sleep(TICK).await;
-        let Some(core) = core.upgrade() else { return };
+        let Some(pump) = pump.upgrade() else { return };
         let now = Instant::now();
         if now - renewed_at >= RENEW_EVERY && !renewing.swap(true, Ordering::AcqRel) {
             // Pumping is the runner's sign of life: it keeps the runner's claims on what it pumps. In a task
             // of its own: a store busy with a burst of settles must not hold back the heartbeats.
             renewed_at = now;
-            let ids: Vec<String> = core.pump().lock().keys().cloned().collect();
-            let (core, renewing) = (core.clone(), renewing.clone());
+            let ids: Vec<String> = pump.lock().keys().cloned().collect();
+            let (pump, renewing) = (pump.clone(), renewing.clone());
             tokio::spawn(async move {
-                if let Err(err) = core.store().renew_claims(&ids).await {
+                if let Err(err) = pump.store.renew_claims(&ids).await {
                     tracing::warn!(error = %err, "could not renew the runner's claims");
                 }
                 renewing.store(false, Ordering::Release);
             });
         }
         let due: Vec<(String, TaskToken, Option<Vec<u8>>)> = {
-            let mut entries = core.pump().lock();
+            let mut entries = pump.lock();
             entries
                 .iter_mut()
                 .filter(|(_, e)| !e.in_flight && !e.signals.gone && e.next_at <= now)
@@ -257,28 +278,28 @@ pub async fn run(core: Weak<Core>) {
         };
         for (id, token, details) in due {
             let Ok(permit) = permits.clone().acquire_owned().await else { return };
-            let core = core.clone();
+            let pump = pump.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                beat(&core, &id, &token, details.as_deref()).await;
+                beat(&pump, &id, &token, details.as_deref()).await;
             });
         }
     }
 }
 
-async fn beat(core: &Core, id: &str, token: &TaskToken, details: Option<&[u8]>) {
-    let reply = match core.temporal().await {
+async fn beat(pump: &Pump, id: &str, token: &TaskToken, details: Option<&[u8]>) {
+    let reply = match pump.temporal().await {
         Ok(temporal) => temporal.heartbeat(&Target::Token(token.clone()), details).await,
         Err(err) => Err(err),
     };
-    let counter = if reply.is_ok() { &core.pump().sent } else { &core.pump().failed };
+    let counter = if reply.is_ok() { &pump.sent } else { &pump.failed };
     counter.fetch_add(1, Ordering::Relaxed);
     let parent = match &reply {
-        Err(Error::ActivityGone { .. }) => Some(follow_parent(core, id, token).await),
+        Err(Error::ActivityGone { .. }) => Some(follow_parent(pump, id, token).await),
         _ => None,
     };
     let (changed, newly_cancelled) = {
-        let mut entries = core.pump().lock();
+        let mut entries = pump.lock();
         let Some(entry) = entries.get_mut(id) else { return };
         entry.in_flight = false;
         let before = entry.signals;
@@ -292,7 +313,7 @@ async fn beat(core: &Core, id: &str, token: &TaskToken, details: Option<&[u8]>) 
                 Some(Parent::Rebound(current, heartbeat_timeout_ms))
                     if entry.token.secret_bytes() == token.secret_bytes() =>
                 {
-                    entry.follow(current, interval(heartbeat_timeout_ms, core.default_heartbeat_interval()));
+                    entry.follow(current, interval(heartbeat_timeout_ms, pump.default_interval));
                 }
                 Some(Parent::Retrying | Parent::Unknown) => {
                     entry.next_at = Instant::now() + RETRY_INTERVAL.min(entry.interval);
@@ -311,11 +332,43 @@ async fn beat(core: &Core, id: &str, token: &TaskToken, details: Option<&[u8]>) 
     };
     if newly_cancelled {
         // The status records the request (before the runner hears of it), for readers in any process.
-        if let Err(err) = core.store().mark(id, |s| s.set_cancel_requested(true)).await {
+        if let Err(err) = pump.store.mark(id, |s| s.set_cancel_requested(true)).await {
             tracing::warn!(execution = id, error = %err, "could not record the cancel request");
         }
     }
     if changed {
-        core.pump().changed.notify_waiters();
+        pump.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_parent_is_heartbeated_at_a_third_of_its_heartbeat_timeout() {
+        assert_eq!(interval(Some(9_000), DEFAULT), Duration::from_secs(3));
+        assert_eq!(interval(Some(1_000), DEFAULT), Duration::from_nanos(333_333_333));
+        assert_eq!(interval(Some(3_600_000), DEFAULT), Duration::from_secs(1_200));
+    }
+
+    #[test]
+    fn without_a_heartbeat_timeout_the_default_interval_and_never_faster_than_the_floor() {
+        assert_eq!(interval(None, DEFAULT), DEFAULT);
+        // A negative timeout cannot come from Temporal; it is treated as none.
+        assert_eq!(interval(Some(-5), DEFAULT), DEFAULT);
+        assert_eq!(interval(Some(30), DEFAULT), MIN_INTERVAL);
+        assert_eq!(interval(Some(0), DEFAULT), MIN_INTERVAL);
+        assert_eq!(interval(None, Duration::from_millis(1)), MIN_INTERVAL);
+    }
+
+    #[test]
+    fn details_are_json_payloads_any_sdk_reads() {
+        let payloads = Payloads::decode(json_details(&serde_json::json!({"step": 2})).as_slice()).unwrap();
+        let [payload] = payloads.payloads.as_slice() else { panic!("one payload") };
+        assert_eq!(payload.metadata["encoding"], b"json/plain");
+        assert_eq!(payload.data, br#"{"step":2}"#);
     }
 }

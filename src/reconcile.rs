@@ -5,14 +5,13 @@
 //! (2) delivers every due callback and every one whose delivery lease ran out (a crash between commit
 //! and RPC, a server outage). Several reconcilers may run at once: claims are leased, settles idempotent.
 
-use std::sync::Weak;
 use std::time::Duration;
 
-use crate::core::Core;
 use crate::delivery::{self, DeliveryCounts};
 use crate::errors::Result;
-use crate::store::{Outcome, Store};
-use crate::temporal::Temporal;
+use crate::store::Store;
+use crate::temporal::{LazyTemporal, Temporal};
+use crate::vocabulary::Outcome;
 
 const BATCH: i64 = 500;
 
@@ -36,17 +35,7 @@ pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<Reconc
         // A child not found may not have been started yet (it starts after its execution is stored).
         let Some(state) = temporal.describe_workflow(&child, "").await? else { continue };
         let Some(closed_as) = state.closed_as else { continue };
-        let failure_type = match closed_as {
-            "COMPLETED" => "CHILD_ENDED_WITHOUT_SETTLING".to_owned(),
-            "CANCELED" => "CHILD_CANCELLED".to_owned(),
-            other => format!("CHILD_{other}"),
-        };
-        let outcome = Outcome::Fail {
-            message: format!("child workflow {child:?} of execution {execution_id:?} closed as {closed_as} without settling its parent"),
-            failure_type,
-            non_retryable: true,
-            details: None,
-        };
+        let outcome = child_closed(&execution_id, &child, closed_as);
         // Idempotent: if the child's own settle won the race, this is AlreadySettled and sends nothing.
         let settled = delivery::settle(store, Some(temporal), &execution_id, &outcome, None, true).await?;
         if !matches!(settled, delivery::SettleOutcome::AlreadySettled(_)) {
@@ -56,6 +45,24 @@ pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<Reconc
     mark_orphans(store, temporal, &mut report).await?;
     report.deliveries = delivery::deliver_due(store, temporal, BATCH).await?;
     Ok(report)
+}
+
+/// The failure a parent gets when its child workflow closed (as `closed_as`, Temporal's status name)
+/// without settling it: non-retryable (a retry would wait for a child that is gone), typed by how it closed.
+fn child_closed(execution_id: &str, child: &str, closed_as: &str) -> Outcome {
+    let failure_type = match closed_as {
+        "COMPLETED" => "CHILD_ENDED_WITHOUT_SETTLING".to_owned(),
+        "CANCELED" => "CHILD_CANCELLED".to_owned(),
+        other => format!("CHILD_{other}"),
+    };
+    Outcome::Fail {
+        message: format!(
+            "child workflow {child:?} of execution {execution_id:?} closed as {closed_as} without settling its parent"
+        ),
+        failure_type,
+        non_retryable: true,
+        details: None,
+    }
 }
 
 /// Mark running executions whose runner's claim ran out (it died) and whose parent no longer waits: its
@@ -92,23 +99,53 @@ fn skip(report: &mut ReconcileReport, execution_id: &str, err: &crate::errors::E
     tracing::warn!(execution = execution_id, error = %err, "reconcile skipped an execution it cannot check");
 }
 
-/// Run passes every `interval` (the first at once, for what a crash left behind) until the handshake
-/// is dropped or the loop is stopped.
-pub async fn run(core: Weak<Core>, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Run passes every `interval` (the first at once, for what a crash left behind) until the loop is
+/// stopped or its handshake dropped (either ends `stop`'s sender).
+pub async fn run(
+    store: Store,
+    temporal: LazyTemporal,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let Some(core) = core.upgrade() else { return };
         // An outage fails the pass (Temporal unreachable, or the store); the next one tries again.
-        let passed = match core.temporal().await {
-            Ok(temporal) => reconcile_once(core.store(), temporal).await,
+        let passed = match temporal.get().await {
+            Ok(temporal) => reconcile_once(&store, temporal).await,
             Err(err) => Err(err),
         };
         if let Err(err) = passed {
             tracing::warn!(error = %err, "reconcile pass failed; next pass in {interval:?}");
         }
-        drop(core);
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_closed_without_settling_fails_its_parent_for_good_typed_by_how_it_closed() {
+        for (closed_as, expected) in [
+            ("COMPLETED", "CHILD_ENDED_WITHOUT_SETTLING"),
+            ("CANCELED", "CHILD_CANCELLED"),
+            ("TERMINATED", "CHILD_TERMINATED"),
+            ("TIMED_OUT", "CHILD_TIMED_OUT"),
+            ("FAILED", "CHILD_FAILED"),
+            ("CONTINUED_AS_NEW", "CHILD_CONTINUED_AS_NEW"),
+        ] {
+            let Outcome::Fail { failure_type, non_retryable, message, details } =
+                child_closed("workflow-1", "child-wf", closed_as)
+            else {
+                panic!("{closed_as}: not a failure")
+            };
+            assert_eq!((failure_type.as_str(), non_retryable, details), (expected, true, None), "{closed_as}");
+            assert!(
+                message.contains("\"child-wf\"") && message.contains("\"workflow-1\"") && message.contains(closed_as)
+            );
         }
     }
 }

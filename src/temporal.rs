@@ -24,8 +24,8 @@ use temporalio_common::protos::temporal::api::workflowservice::v1::{
 use tonic::IntoRequest;
 
 use crate::errors::{Error, Result};
-use crate::store::Outcome;
 use crate::token::TaskToken;
+use crate::vocabulary::Outcome;
 
 /// How long to wait for the TCP (and TLS) connection before giving up with a typed error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,6 +123,13 @@ struct LazyState {
     connected: tokio::sync::OnceCell<Temporal>,
     /// When the last attempt failed, and why: in an outage callers fail fast (`RECONNECT_PAUSE`).
     last_failure: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+}
+
+/// The Temporal side of a handshake that may have none (store only): `InvalidArgument` then.
+pub fn configured(temporal: Option<&LazyTemporal>) -> Result<&LazyTemporal> {
+    temporal.ok_or_else(|| {
+        Error::InvalidArgument("this handshake has no Temporal connection (connect with temporal=...)".into())
+    })
 }
 
 impl LazyTemporal {

@@ -6,26 +6,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use _core::core::{Core, CreateRequest, Options, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_RESULT_BYTES};
+use _core::core::{Core, CreateRequest, Settings};
 use _core::errors::Error;
 use _core::proto::ai::stigmer::agentic::agentexecution::v1::{AgentExecutionSpec, AgentExecutionStatus};
-use _core::store::{Created, Kind, Outcome, Phase};
+use _core::store::Created;
 use _core::token::TaskProto;
+use _core::vocabulary::{Kind, Outcome, Phase};
 use prost::Message;
 
 mod common;
 use common::{pg, DevServer};
 
-fn options() -> Options {
-    Options {
-        namespaces: vec!["default".into()],
-        identity: "core-test".into(),
-        default_heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
-        token_keys: vec![],
-        capability_keys: vec![],
-        max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+fn settings(store: String, temporal: String) -> Settings {
+    Settings {
+        store,
+        temporal: Some(temporal),
+        identity: Some("core-test".into()),
         // The dev server was just started: give it time to answer.
         wait_for_temporal: Some(Duration::from_secs(60)),
+        ..Settings::default()
     }
 }
 
@@ -56,7 +55,7 @@ fn token(namespace_id: &str, workflow_id: &str, attempt: i32) -> Vec<u8> {
 }
 
 async fn operations(store_url: String, temporal: String) {
-    let core = Arc::new(Core::connect(&store_url, Some(&temporal), options()).await.unwrap());
+    let core = Arc::new(Core::connect(settings(store_url, temporal)).await.unwrap());
     let namespace_id = core.temporal().await.unwrap().namespace_id("default").unwrap().to_owned();
 
     // create: the id asked for, or one made of the kind; a retried attempt re-binds; foreign namespaces are refused.

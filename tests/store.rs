@@ -6,10 +6,9 @@
 use _core::errors::Error;
 use _core::proto::ai::stigmer::agentic::agentexecution::v1::{AgentExecutionSpec, AgentExecutionStatus};
 use _core::proto::ai::stigmer::agentic::workflowexecution::v1::WorkflowExecutionStatus;
-use _core::store::{
-    self, CallbackState, Created, DeliveryResult, GoneReason, Kind, NewExecution, Outcome, Phase, Settled, Store,
-};
+use _core::store::{self, Created, NewExecution, Settled, Store};
 use _core::token::{TaskProto, TaskToken};
+use _core::vocabulary::{CallbackState, DeliveryResult, GoneReason, Kind, Outcome, Phase};
 use prost::Message;
 
 mod common;

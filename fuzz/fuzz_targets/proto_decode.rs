@@ -2,7 +2,8 @@
 //! summaries either work or return a typed error; nothing panics.
 #![no_main]
 
-use _core::store::{check_spec, edit_status, progress_json, temporal_workflow_id, Kind, Phase};
+use _core::store::{check_spec, edit_status, progress_json, temporal_workflow_id};
+use _core::vocabulary::{Kind, Phase};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,14 @@ import builtins
 from collections.abc import Awaitable
 from typing import Literal, final
 
+from stigmer_handshake._settings import ConnectSettings
+
 __all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_STORE",
+    "DEFAULT_TEMPORAL",
     "ActivityGone",
     "CapabilityError",
     "ConnectError",
@@ -35,6 +42,12 @@ __all__ = [
 ]
 
 __version__: str
+# The defaults of `ConnectSettings` (`core::Settings::default()`).
+DEFAULT_STORE: str
+DEFAULT_TEMPORAL: str
+DEFAULT_NAMESPACE: str
+DEFAULT_HEARTBEAT_INTERVAL: float
+DEFAULT_MAX_RESULT_BYTES: int
 
 class HandshakeError(Exception): ...
 class TokenError(HandshakeError): ...
@@ -196,17 +209,7 @@ class HeartbeatReply:
 @final
 class Core:
     @staticmethod
-    def connect(
-        store: str,
-        temporal: str | None = None,
-        namespaces: builtins.list[str] = ...,
-        identity: str = "stigmer-handshake",
-        heartbeat_interval: float = ...,
-        token_keys: builtins.list[tuple[str, bytes]] = ...,
-        capability_keys: builtins.list[bytes] = ...,
-        max_result_bytes: int = ...,
-        wait_for_temporal: float | None = None,
-    ) -> Awaitable[Core]: ...
+    def connect(settings: ConnectSettings) -> Awaitable[Core]: ...
     def grant(self, execution_id: str, outcomes: builtins.list[str], ttl: float) -> str: ...
     def create(
         self,

@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from stigmer_handshake import _core, pb
 from stigmer_handshake._checks import check_public_methods
+from stigmer_handshake._settings import ConnectSettings
 from stigmer_handshake.metrics import MetricsServer, parse
 from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import (
@@ -40,8 +41,8 @@ Spec: TypeAlias = pb.AgentExecutionSpec | pb.WorkflowExecutionSpec
 Status: TypeAlias = pb.AgentExecutionStatus | pb.WorkflowExecutionStatus
 Resource: TypeAlias = pb.AgentExecution | pb.WorkflowExecution
 
-DEFAULT_STORE = "sqlite:///stigmer-handshake.db"
-DEFAULT_TEMPORAL = "http://127.0.0.1:7233"
+DEFAULT_STORE = _core.DEFAULT_STORE
+DEFAULT_TEMPORAL = _core.DEFAULT_TEMPORAL
 API_VERSION = "agentic.stigmer.ai/v1"
 
 
@@ -69,7 +70,7 @@ class Executions(builtins.list[_core.Execution]):
 
 
 #: Temporal's default limit on one payload: larger results are kept in the store, not sent.
-DEFAULT_MAX_RESULT_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_RESULT_BYTES = _core.DEFAULT_MAX_RESULT_BYTES
 # A child workflow's capability outlives any child: the execution bounds it (settled, it settles nothing).
 _CHILD_CAPABILITY_TTL = 10 * 365 * 86400.0
 _log = logging.getLogger("stigmer_handshake")
@@ -190,11 +191,11 @@ class Handshake:
         store: str = DEFAULT_STORE,
         temporal: str | None = DEFAULT_TEMPORAL,
         *,
-        namespace: str | Sequence[str] = "default",
+        namespace: str | Sequence[str] = _core.DEFAULT_NAMESPACE,
         data_converter: DataConverter | None = None,
         identity: str | None = None,
         reconcile_every: float | None = None,
-        heartbeat_interval: float = 30.0,
+        heartbeat_interval: float = _core.DEFAULT_HEARTBEAT_INTERVAL,
         token_keys: Mapping[str, bytes] | None = None,
         capability_keys: Sequence[bytes] | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
@@ -234,17 +235,18 @@ class Handshake:
         keys = _token_keys(token_keys)
         if not keys:
             _say_once("no token keys: task tokens are stored unencrypted (see Handshake.connect(token_keys=...))")
-        core = await _core.Core.connect(
-            store,
-            temporal,
-            namespaces,
-            f"stigmer-handshake@{os.getpid()}" if identity is None else identity,
-            heartbeat_interval,
-            keys,
-            _capability_keys(capability_keys),
-            max_result_bytes,
-            wait_for_temporal,
+        settings = ConnectSettings(
+            store=store,
+            temporal=temporal,
+            namespaces=tuple(namespaces),
+            identity=identity,
+            heartbeat_interval=heartbeat_interval,
+            token_keys=tuple(keys),
+            capability_keys=tuple(_capability_keys(capability_keys)),
+            max_result_bytes=max_result_bytes,
+            wait_for_temporal=wait_for_temporal,
         )
+        core = await _core.Core.connect(settings)
         if temporal is not None and not core.temporal_connected():
             where = urllib.parse.urlsplit(temporal).netloc.rpartition("@")[2]  # never credentials in a URL
             _log.warning("Temporal at %s is not reachable yet: settles are recorded and delivered once it is", where)

@@ -75,3 +75,8 @@ pub fn patience(seconds: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(seconds)
         .map_err(|_| Error::InvalidArgument(format!("{what} must be a non-negative number of seconds, not {seconds}")))
 }
+
+/// A positive number of seconds as a duration.
+pub fn duration(seconds: f64, what: &str) -> Result<Duration> {
+    Ok(Duration::from_millis(u64::try_from(seconds_to_ms(seconds, what)?).unwrap_or(0)))
+}

@@ -2,20 +2,18 @@
 //! calls the core and hands back an awaitable; nothing is decided here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::core::{
-    parse_phase, target_from, Core, CreateRequest, Options, SignalKind, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_MAX_RESULT_BYTES,
-};
-use crate::errors::{Error, Result};
+use crate::core::{parse_phase, target_from, Core, CreateRequest, Settings, SignalKind};
+use crate::errors::Result;
 use crate::pump::Signals;
-use crate::py::args::{bytes_arg, optional_bytes, patience, seconds_to_ms, ExecutionId};
+use crate::py::args::{bytes_arg, duration, optional_bytes, patience, seconds_to_ms, ExecutionId};
 use crate::py::asyncio::spawn;
+use crate::py::settings::ConnectSettings;
 use crate::py::types::{PyExecution, PyHeartbeatReply, PyOutcome, PyReconcileReport, PySettlement};
-use crate::store::{Created, Kind};
+use crate::store::Created;
+use crate::vocabulary::Kind;
 
 /// The Rust core of a `stigmer_handshake.Handshake`. Every method returns an awaitable.
 #[pyclass(name = "Core", module = "stigmer_handshake._core", frozen)]
@@ -31,51 +29,12 @@ impl PyCore {
 
 #[pymethods]
 impl PyCore {
-    /// Open the store and, when `temporal` is given, connect to Temporal.
+    /// Open the store and, when `settings.temporal` is set, connect to Temporal. `settings` is a
+    /// `stigmer_handshake._settings.ConnectSettings` (see `Handshake.connect` for what each field does).
     #[staticmethod]
-    ///
-    /// `heartbeat_interval` (seconds) is how often claimed executions heartbeat a parent that declared
-    /// no heartbeat timeout; with one, the pump heartbeats at a third of it.
-    ///
-    /// `namespaces`: the first is the default; tokens of any of them can be settled. `token_keys`:
-    /// (key id, 32-byte key) pairs, the first seals new tokens. `max_result_bytes`: larger results
-    /// are kept in the store and the parent gets RESULT_TOO_LARGE.
-    #[pyo3(signature = (
-        store, temporal=None, namespaces=vec!["default".to_owned()], identity="stigmer-handshake",
-        heartbeat_interval=DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64(), token_keys=Vec::new(), capability_keys=Vec::new(),
-        max_result_bytes=i64::try_from(DEFAULT_MAX_RESULT_BYTES).unwrap_or(i64::MAX), wait_for_temporal=None,
-    ))]
-    #[allow(clippy::too_many_arguments)] // mirrors the Python signature
-    fn connect<'py>(
-        py: Python<'py>,
-        store: String,
-        temporal: Option<String>,
-        namespaces: Vec<String>,
-        identity: &str,
-        heartbeat_interval: f64,
-        token_keys: Vec<(String, Vec<u8>)>,
-        capability_keys: Vec<Vec<u8>>,
-        max_result_bytes: i64,
-        wait_for_temporal: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let interval = duration(heartbeat_interval, "heartbeat_interval")?;
-        let max_result_bytes = usize::try_from(max_result_bytes).ok().filter(|n| *n > 0).ok_or_else(|| {
-            Error::InvalidArgument(format!("max_result_bytes must be positive, not {max_result_bytes}"))
-        })?;
-        let wait_for_temporal = wait_for_temporal.map(|t| patience(t, "wait_for_temporal")).transpose()?;
-        let options = Options {
-            namespaces,
-            identity: identity.to_owned(),
-            default_heartbeat_interval: interval,
-            token_keys,
-            capability_keys,
-            max_result_bytes,
-            wait_for_temporal,
-        };
-        spawn(py, async move {
-            let core = Core::connect(&store, temporal.as_deref(), options).await?;
-            Ok(PyCore(Arc::new(core)))
-        })
+    fn connect(py: Python<'_>, settings: ConnectSettings) -> PyResult<Bound<'_, PyAny>> {
+        let settings = Settings::try_from(settings)?;
+        spawn(py, async move { Ok(PyCore(Arc::new(Core::connect(settings).await?))) })
     }
 
     /// A capability that lets its holder settle `execution_id` with one of `outcomes` for `ttl` seconds.
@@ -320,9 +279,4 @@ impl PyCore {
 
 fn signal_tuple(s: Signals) -> (bool, bool, bool, bool) {
     (s.flags.cancel_requested, s.flags.paused, s.flags.reset, s.gone)
-}
-
-/// A positive number of seconds as a duration.
-fn duration(seconds: f64, what: &str) -> Result<Duration> {
-    Ok(Duration::from_millis(u64::try_from(seconds_to_ms(seconds, what)?).unwrap_or(0)))
 }

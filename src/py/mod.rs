@@ -6,6 +6,7 @@ pub mod args;
 pub mod asyncio;
 pub mod errors;
 pub mod handshake;
+pub mod settings;
 pub mod token;
 pub mod types;
 
@@ -13,7 +14,6 @@ use pyo3::prelude::*;
 
 /// The module's contents.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<token::PyTaskToken>()?;
     m.add_class::<handshake::PyCore>()?;
@@ -24,22 +24,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::PyReconcileReport>()?;
     m.add_function(wrap_pyfunction!(token::fingerprint_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(asyncio::drain, m)?)?;
-    m.add("HandshakeError", py.get_type::<errors::HandshakeError>())?;
-    m.add("TokenError", py.get_type::<errors::TokenError>())?;
-    m.add("InvalidInput", py.get_type::<errors::InvalidInput>())?;
-    m.add("StoreError", py.get_type::<errors::StoreError>())?;
-    m.add("StoreUnavailable", py.get_type::<errors::StoreUnavailable>())?;
-    m.add("StoreAuthError", py.get_type::<errors::StoreAuthError>())?;
-    m.add("SchemaMismatch", py.get_type::<errors::SchemaMismatch>())?;
-    m.add("TokenKeyError", py.get_type::<errors::TokenKeyError>())?;
-    m.add("CapabilityError", py.get_type::<errors::CapabilityError>())?;
-    m.add("NamespaceMismatch", py.get_type::<errors::NamespaceMismatch>())?;
-    m.add("ExecutionNotFound", py.get_type::<errors::ExecutionNotFound>())?;
-    m.add("InvalidState", py.get_type::<errors::InvalidState>())?;
-    m.add("DeliveryError", py.get_type::<errors::DeliveryError>())?;
-    m.add("ConnectError", py.get_type::<errors::ConnectError>())?;
-    m.add("ActivityGone", py.get_type::<errors::ActivityGone>())?;
-    m.add("TemporalRpcError", py.get_type::<errors::TemporalRpcError>())?;
-    m.add("WaitTimeout", py.get_type::<errors::WaitTimeout>())?;
-    Ok(())
+    settings::register(m)?;
+    errors::register(m)
 }

@@ -7,8 +7,9 @@ use crate::delivery::SettleOutcome;
 use crate::errors::Error;
 use crate::py::args::optional_bytes;
 use crate::reconcile::ReconcileReport;
-use crate::store::{CallbackInfo, ExecutionRecord, Outcome};
+use crate::store::{CallbackInfo, ExecutionRecord};
 use crate::temporal::HeartbeatFlags;
+use crate::vocabulary::Outcome;
 
 /// How an execution ended, for `settle` and `respond`.
 #[pyclass(name = "Outcome", module = "stigmer_handshake._core", frozen)]

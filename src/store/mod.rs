@@ -4,278 +4,32 @@
 //! returns "pending", the terminal status and the due callback are written in one transaction, and
 //! delivery is claimed under a lease, so a process that dies between commit and RPC leaves a row that any
 //! other process (or the reconciler) delivers later. SQLite is the embedded default, PostgreSQL the
-//! shared one; both run the same SQL (`sql.rs`), and their files only open, migrate and differ where the
-//! dialects do.
+//! shared one; both run the same SQL (`sql.rs`'s queries, `writer.rs`'s batched writes), and their files
+//! only open, migrate and differ where the dialects do. The store's words (kind, phase, outcome) are in
+//! `vocabulary.rs`, what it takes and returns in `records.rs`.
 
 mod postgres;
+mod records;
 mod sql;
 mod sqlite;
 mod status;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::migrate::{Migrate, MigrateError, Migrator};
-use sqlx::{Database, Pool, Postgres, Sqlite};
+use sqlx::{Postgres, Sqlite};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+pub use records::{CallbackInfo, ClaimedCallback, Created, ExecutionRecord, NewExecution, Settled};
 pub use sql::{Armed, SqlStore};
-pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, Phase, StatusFields};
+pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, StatusFields};
+use writer::{SettleJob, WriteOp, Written};
 
 use crate::errors::{Error, Result};
 use crate::secrets::Keyring;
 use crate::token::TaskToken;
-
-/// Which resource an execution is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Agent,
-    Workflow,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Agent => "agent",
-            Kind::Workflow => "workflow",
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "agent" => Ok(Kind::Agent),
-            "workflow" => Ok(Kind::Workflow),
-            other => Err(Error::InvalidArgument(format!("kind must be \"agent\" or \"workflow\", not {other:?}"))),
-        }
-    }
-}
-
-/// How a child ended, as the parent activity will be told.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// `result` is an encoded `temporal.api.common.v1.Payloads`, made by the worker's data converter.
-    Complete {
-        result: Option<Vec<u8>>,
-    },
-    Fail {
-        message: String,
-        failure_type: String,
-        non_retryable: bool,
-        details: Option<Vec<u8>>,
-    },
-    Cancel {
-        details: Option<Vec<u8>>,
-    },
-}
-
-impl Outcome {
-    /// The payloads it carries: the result of a completion, the details of a failure or cancellation.
-    pub fn payloads(&self) -> Option<&[u8]> {
-        match self {
-            Outcome::Complete { result } => result.as_deref(),
-            Outcome::Fail { details, .. } | Outcome::Cancel { details } => details.as_deref(),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Outcome::Complete { .. } => "complete",
-            Outcome::Fail { .. } => "fail",
-            Outcome::Cancel { .. } => "cancel",
-        }
-    }
-
-    /// A failure's message (empty for the other outcomes).
-    pub fn message(&self) -> String {
-        match self {
-            Outcome::Fail { message, .. } => message.clone(),
-            Outcome::Complete { .. } | Outcome::Cancel { .. } => String::new(),
-        }
-    }
-
-    pub fn phase(&self) -> Phase {
-        match self {
-            Outcome::Complete { .. } => Phase::Completed,
-            Outcome::Fail { .. } => Phase::Failed,
-            Outcome::Cancel { .. } => Phase::Cancelled,
-        }
-    }
-}
-
-/// Where a callback is in its life: armed (child running) -> due (outcome recorded) -> delivering (claimed
-/// under a lease) -> delivered | gone (the parent attempt no longer exists) | dead (dead-lettered: a
-/// permanent error). A transient failure takes delivering back to due, with a backoff.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallbackState {
-    Armed,
-    Due,
-    Delivering,
-    Delivered,
-    Gone,
-    Dead,
-}
-
-impl CallbackState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallbackState::Armed => "armed",
-            CallbackState::Due => "due",
-            CallbackState::Delivering => "delivering",
-            CallbackState::Delivered => "delivered",
-            CallbackState::Gone => "gone",
-            CallbackState::Dead => "dead",
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Self> {
-        Ok(match text {
-            "armed" => CallbackState::Armed,
-            "due" => CallbackState::Due,
-            "delivering" => CallbackState::Delivering,
-            "delivered" => CallbackState::Delivered,
-            "gone" => CallbackState::Gone,
-            "dead" => CallbackState::Dead,
-            other => return Err(Error::Store(format!("unknown callback state {other:?} in the store"))),
-        })
-    }
-}
-
-/// What a caller asks to create.
-#[derive(Clone)]
-pub struct NewExecution {
-    pub id: String,
-    pub kind: Kind,
-    pub spec: Vec<u8>,
-    /// Initial status (e.g. with `temporal_workflow_id`); its phase is forced to PENDING and any token in
-    /// it is ignored: the token comes only from `token`.
-    pub status: Option<Vec<u8>>,
-    pub token: Option<TaskToken>,
-    /// The parent activity's heartbeat timeout, if it has one: the pump heartbeats well within it.
-    pub heartbeat_timeout_ms: Option<i64>,
-}
-
-/// Why a parent activity attempt can no longer be settled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GoneReason {
-    /// The attempt ended without us: its StartToClose (or ScheduleToClose) timeout fired.
-    ParentTimedOut,
-    /// The parent workflow is closed (completed, failed, terminated, timed out, ...).
-    ParentWorkflowClosed,
-    /// The activity was retried: a newer attempt (with a new token) is running.
-    StaleAttempt,
-    /// The server refused the token itself.
-    InvalidToken,
-    /// The activity was closed by someone else (a by-id call, another client) with another outcome.
-    ClosedElsewhere,
-}
-
-impl GoneReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GoneReason::ParentTimedOut => "PARENT_TIMED_OUT",
-            GoneReason::ParentWorkflowClosed => "PARENT_WORKFLOW_CLOSED",
-            GoneReason::StaleAttempt => "STALE_ATTEMPT",
-            GoneReason::InvalidToken => "INVALID_TOKEN",
-            GoneReason::ClosedElsewhere => "CLOSED_ELSEWHERE",
-        }
-    }
-}
-
-/// The callback side of an execution, without the token.
-#[derive(Clone, Debug)]
-pub struct CallbackInfo {
-    pub state: CallbackState,
-    pub fingerprint: String,
-    pub workflow_id: String,
-    pub run_id: String,
-    pub activity_id: String,
-    pub attempt: i64,
-    pub outcome: Option<String>,
-    /// The recorded result (complete) or details (fail, cancel): kept even when the parent is gone.
-    pub payloads: Option<Vec<u8>>,
-    pub attempts: i64,
-    pub last_error: Option<String>,
-    pub gone_reason: Option<String>,
-}
-
-/// One stored execution. `status` holds the token only when it was read with `include_token`.
-#[derive(Clone, Debug)]
-pub struct ExecutionRecord {
-    pub id: String,
-    pub kind: Kind,
-    pub phase: Phase,
-    pub spec: Vec<u8>,
-    pub status: Vec<u8>,
-    /// When the execution was stored, and last written (ms since the Unix epoch).
-    pub created_ms: i64,
-    pub updated_ms: i64,
-    /// The execution this one retries: its parent activity was retried after that one's failure reached it.
-    pub retry_of: Option<String>,
-    /// How it ended (complete, fail, cancel) and the payloads it ended with (result or details): its
-    /// callback's, or a direct execution's own. None while it runs.
-    pub ended: Option<(String, Option<Vec<u8>>)>,
-    pub callback: Option<CallbackInfo>,
-}
-
-/// A callback claimed for delivery: the token and the outcome to send with it.
-#[derive(Clone)]
-pub struct ClaimedCallback {
-    pub execution_id: String,
-    pub token: TaskToken,
-    pub outcome: Outcome,
-    /// Delivery attempts made before this one (drives the backoff).
-    pub attempts: i64,
-    /// When the outcome was recorded (ms since the Unix epoch): delivery latency runs from here.
-    pub due_ms: i64,
-}
-
-/// What `settle` wrote.
-pub enum Settled {
-    /// The execution ended now. `claimed` is its callback, leased to this caller for delivery; None
-    /// for a direct execution (`has_callback` false) or when no lease was asked for (left due).
-    Now { claimed: Option<ClaimedCallback>, has_callback: bool, kind: Kind },
-    /// It had ended before: nothing was written; the recorded outcome and callback are returned.
-    Already { outcome: Option<String>, callback: Option<CallbackInfo>, kind: Kind },
-    /// It ended now, but this process cannot open the stored token (sealed with a key it lacks): the
-    /// callback is left due, for a process that has the key.
-    Unopened { error: Error, kind: Kind },
-}
-
-/// What happened when a claimed callback was sent.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DeliveryResult {
-    Delivered,
-    /// The server no longer knows the activity attempt; the token is dead and is cleared.
-    Gone(GoneReason, String),
-    /// A transient failure: the callback goes back to due, to be tried again after `retry_in_ms`.
-    Retry {
-        error: String,
-        retry_in_ms: i64,
-    },
-    /// A permanent failure: dead-lettered with the reason; the token is cleared.
-    Dead(String),
-}
-
-impl DeliveryResult {
-    pub fn name(&self) -> &'static str {
-        match self {
-            DeliveryResult::Delivered => "delivered",
-            DeliveryResult::Gone(..) => "gone",
-            DeliveryResult::Retry { .. } => "retry",
-            DeliveryResult::Dead(_) => "dead",
-        }
-    }
-}
-
-/// What `create` did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Created {
-    New(String),
-    /// A retried parent activity (same workflow run and activity id, newer attempt) was bound to its
-    /// existing child: the new token replaced the old one, and no second child was made. (A retry after
-    /// its child's failure was delivered is `New`: it runs a new child, whose `retry_of` names the old.)
-    Rebound(String),
-}
+use crate::vocabulary::{DeliveryResult, Kind, Outcome, Phase};
 
 /// The store, on whichever database its URL names. Cheap to clone (a pool inside).
 #[derive(Clone)]
@@ -287,43 +41,6 @@ pub struct Store {
     writes: mpsc::UnboundedSender<(WriteOp, Answer)>,
     /// This store's id and its own capability key (see migration `store_identity`).
     identity: Arc<(String, Vec<u8>)>,
-}
-
-/// A write: in a transaction of its own, or in a batch with others (see `Store::write`).
-pub enum WriteOp {
-    Create(NewExecution),
-    Settle(SettleJob),
-    Record(ClaimedCallback, DeliveryResult),
-}
-
-impl WriteOp {
-    /// A delivery record that ends the callback, and so clears its token (see `SqlStore::record_all`).
-    fn clears_token(&self) -> bool {
-        matches!(self, WriteOp::Record(_, result) if !matches!(result, DeliveryResult::Retry { .. }))
-    }
-
-    fn execution_id(&self) -> &str {
-        match self {
-            WriteOp::Create(new) => &new.id,
-            WriteOp::Settle(job) => &job.id,
-            WriteOp::Record(claimed, _) => &claimed.execution_id,
-        }
-    }
-}
-
-/// A settle's arguments (see `SqlStore::settle_all`).
-pub struct SettleJob {
-    pub id: String,
-    pub outcome: Outcome,
-    pub final_status: Option<Vec<u8>>,
-    pub lease_ms: i64,
-}
-
-/// What a write did.
-pub enum Written {
-    Created(Created),
-    Settled(Box<Settled>),
-    Recorded,
 }
 
 /// Where the batched writer answers a queued write, once its transaction's commit is known.
@@ -557,32 +274,4 @@ async fn write_in_batches(db: Db, mut queue: mpsc::UnboundedReceiver<(WriteOp, A
 /// Open a store from its URL (see [`Store::open`]), keeping tokens as they are.
 pub async fn open(url: &str) -> Result<Store> {
     Store::open(url, Keyring::default()).await
-}
-
-/// Apply the migrations this version knows. A database that has one this version does not know was
-/// migrated by a newer version: refuse it (its schema may mean things this code would break).
-async fn migrate<DB>(migrator: &Migrator, pool: &Pool<DB>) -> Result<()>
-where
-    DB: Database,
-    DB::Connection: Migrate,
-{
-    match migrator.run(pool).await {
-        Ok(()) => Ok(()),
-        Err(MigrateError::VersionMissing(version)) => Err(Error::SchemaMismatch(format!(
-            "the store's schema has migration {version}, which this version of stigmer-handshake does not know \
-             (newest known: {}): it was migrated by a newer version; upgrade this one",
-            migrator.iter().map(|m| m.version).max().unwrap_or_default()
-        ))),
-        Err(MigrateError::VersionMismatch(version)) => Err(Error::SchemaMismatch(format!(
-            "the store's migration {version} differs from this version's: the schema was changed by hand or by \
-             another build"
-        ))),
-        Err(MigrateError::Execute(err)) => Err(err.into()),
-        Err(other) => Err(Error::SchemaMismatch(format!("schema migration failed: {other}"))),
-    }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }

@@ -47,7 +47,7 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Postgres>
     if let Some(schema) = &schema {
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).execute(&pool).await?;
     }
-    super::migrate(&sqlx::migrate!("migrations/postgres"), &pool).await?;
+    super::sql::migrate(&sqlx::migrate!("migrations/postgres"), &pool).await?;
     Ok(SqlStore::new(pool, keyring))
 }
 

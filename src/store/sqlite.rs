@@ -46,7 +46,7 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> 
         SqlitePoolOptions::new().max_connections(1)
     };
     let pool = pool_options.connect_with(options).await?;
-    super::migrate(&sqlx::migrate!("migrations/sqlite"), &pool).await?;
+    super::sql::migrate(&sqlx::migrate!("migrations/sqlite"), &pool).await?;
     Ok(SqlStore::new(pool, keyring))
 }
 

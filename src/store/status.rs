@@ -2,62 +2,11 @@
 
 use prost::Message;
 
-use super::Kind;
 use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::agentic::agentexecution::v1::AgentExecutionStatus;
 use crate::proto::ai::stigmer::agentic::workflowexecution::v1::WorkflowExecutionStatus;
-use crate::proto::ai::stigmer::commons::v1::{ExecutionError, ExecutionPhase};
-
-/// An execution's phase (`ai.stigmer.commons.v1.ExecutionPhase`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Unspecified,
-    Pending,
-    InProgress,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl Phase {
-    pub fn from_proto(value: i32) -> Self {
-        match ExecutionPhase::try_from(value) {
-            Ok(ExecutionPhase::Pending) => Phase::Pending,
-            Ok(ExecutionPhase::InProgress) => Phase::InProgress,
-            Ok(ExecutionPhase::Completed) => Phase::Completed,
-            Ok(ExecutionPhase::Failed) => Phase::Failed,
-            Ok(ExecutionPhase::Cancelled) => Phase::Cancelled,
-            Ok(ExecutionPhase::Unspecified) | Err(_) => Phase::Unspecified,
-        }
-    }
-
-    pub fn to_proto(self) -> i32 {
-        let phase = match self {
-            Phase::Unspecified => ExecutionPhase::Unspecified,
-            Phase::Pending => ExecutionPhase::Pending,
-            Phase::InProgress => ExecutionPhase::InProgress,
-            Phase::Completed => ExecutionPhase::Completed,
-            Phase::Failed => ExecutionPhase::Failed,
-            Phase::Cancelled => ExecutionPhase::Cancelled,
-        };
-        phase as i32
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Unspecified => "UNSPECIFIED",
-            Phase::Pending => "PENDING",
-            Phase::InProgress => "IN_PROGRESS",
-            Phase::Completed => "COMPLETED",
-            Phase::Failed => "FAILED",
-            Phase::Cancelled => "CANCELLED",
-        }
-    }
-}
+use crate::proto::ai::stigmer::commons::v1::ExecutionError;
+use crate::vocabulary::{Kind, Phase};
 
 /// The Status fields the handshake reads and writes, whatever the resource kind.
 pub trait StatusFields {
