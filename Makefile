@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev protos demo test test-rust test-python lint bench fuzz clean
+.PHONY: install dev protos demo test test-rust test-python lint bench fuzz clean system-packages
 
 # The virtualenv with pinned tools; redone when requirements-dev.txt changes.
 $(STAMP): requirements-dev.txt
@@ -59,7 +59,13 @@ lint: dev
 test-rust:
 	cargo test --locked
 
-test-python: dev
+# Debian packages the tests drive: nginx, the TLS front of the Temporal TLS tests.
+system-packages:
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || ( apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx )
+
+test-python: dev system-packages
 	$(PY) -m pytest
 
 test: lint test-rust test-python

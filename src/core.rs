@@ -8,6 +8,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::delivery::{self, SettleOutcome};
+use crate::endpoint::{Endpoint, Tls};
 use crate::errors::{Error, Result};
 use crate::pump::{self, Pump, PumpStats, Signals};
 use crate::reconcile::{self, ReconcileReport};
@@ -40,12 +41,19 @@ pub struct Core {
 }
 
 /// How a handshake is set up: every face fills this one struct; `Settings::default()` holds the defaults.
-#[derive(Clone, Debug)]
+/// No `Debug`: it holds keys.
+#[derive(Clone)]
 pub struct Settings {
     /// `sqlite:///path.db`, `sqlite::memory:` or `postgres://...` (see `Store::open`).
     pub store: String,
     /// The Temporal frontend; None: store only (settles are recorded as due; another process delivers them).
     pub temporal: Option<String>,
+    /// TLS to Temporal (Some: TLS even for an `http://` address); None: TLS only for `https://`.
+    pub temporal_tls: Option<Tls>,
+    /// Sent as `authorization: Bearer <key>`; rotated with `Core::set_api_key`.
+    pub temporal_api_key: Option<String>,
+    /// Extra gRPC metadata on every call to Temporal.
+    pub temporal_metadata: Vec<(String, String)>,
     /// The Temporal namespaces served; the first is the default (for calls by id). Never empty.
     pub namespaces: Vec<String>,
     /// The identity Temporal records for this client's calls; None: `stigmer-handshake@<pid>`.
@@ -68,6 +76,9 @@ impl Default for Settings {
         Self {
             store: "sqlite:///stigmer-handshake.db".into(),
             temporal: Some("http://127.0.0.1:7233".into()),
+            temporal_tls: None,
+            temporal_api_key: None,
+            temporal_metadata: Vec::new(),
             namespaces: vec!["default".into()],
             identity: None,
             default_heartbeat_interval: Duration::from_secs(30),
@@ -101,7 +112,13 @@ impl Core {
         let capabilities = Capabilities::new(store.id(), capability_keys)?;
         let temporal = match settings.temporal {
             Some(target) => {
-                let lazy = LazyTemporal::new(&target, &settings.namespaces, &identity, settings.max_result_bytes)?;
+                let endpoint = Endpoint {
+                    target,
+                    tls: settings.temporal_tls,
+                    api_key: settings.temporal_api_key,
+                    metadata: settings.temporal_metadata,
+                };
+                let lazy = LazyTemporal::new(endpoint, &settings.namespaces, &identity, settings.max_result_bytes)?;
                 match settings.wait_for_temporal {
                     Some(patience) => drop(lazy.wait(patience).await?),
                     // Unreachable now (an outage, a restart): start anyway, as temporalio's lazy clients do.
@@ -433,6 +450,11 @@ impl Core {
             let _ = stop.send(true);
         }
         Ok(())
+    }
+
+    /// Send `api_key` to Temporal from now on (None: none), without reconnecting.
+    pub fn set_api_key(&self, api_key: Option<String>) -> Result<()> {
+        self.lazy_temporal()?.set_api_key(api_key)
     }
 
     /// Complete, fail or cancel an activity directly, by token or by id (no store involved).

@@ -197,6 +197,8 @@ fn sort_failure(err: Error, attempts: i64) -> Failure {
             ..
         }
         | Error::Connect { .. }
+        // Refused credentials or TLS settings are fixed by an operator; the callback waits for them.
+        | Error::ConnectRefused { .. }
         // Another process may serve the token's namespace: leave it due rather than dead-letter it.
         | Error::Namespace(_)
         | Error::Store(_) => DeliveryResult::Retry { error: err.to_string(), retry_in_ms: backoff_ms(attempts) },

@@ -35,6 +35,9 @@ pub enum Error {
     Namespace(String),
     #[error("could not connect to Temporal at {target}: {message}")]
     Connect { target: String, message: String },
+    /// Temporal answered but refused this client: its TLS settings or credentials. Waiting cannot mend it.
+    #[error("Temporal at {target} refused this client: {message}")]
+    ConnectRefused { target: String, message: String },
     /// The server no longer knows the activity attempt: it completed, timed out, was retried or its
     /// workflow closed. Expected in long runs, so it is its own class.
     #[error("the parent activity is gone ({message})")]
@@ -72,7 +75,7 @@ impl Error {
             Error::TokenKey(_) => "TokenKeyError",
             Error::Capability(_) => "CapabilityError",
             Error::Namespace(_) => "NamespaceMismatch",
-            Error::Connect { .. } => "ConnectError",
+            Error::Connect { .. } | Error::ConnectRefused { .. } => "ConnectError",
             Error::ActivityGone { .. } => "ActivityGone",
             Error::Rpc { .. } => "TemporalRpcError",
             Error::WaitTimeout(_) => "WaitTimeout",
@@ -123,12 +126,30 @@ impl From<prost::DecodeError> for Error {
     }
 }
 
+/// The gRPC code of `status`, also when a proxy in front of Temporal (nginx, a load balancer) answered
+/// with a plain HTTP error, which tonic reports as `Internal` naming the HTTP status: mapped as the gRPC
+/// spec's HTTP-to-gRPC table says (401 Unauthenticated, 403 PermissionDenied, 429/502/503/504 Unavailable).
+pub fn grpc_code(status: &tonic::Status) -> tonic::Code {
+    use tonic::Code;
+    if status.code() != Code::Internal {
+        return status.code();
+    }
+    let http = status.message().rsplit_once("with status: ").map(|(_, rest)| rest.get(..3).unwrap_or(rest));
+    match http {
+        Some("401") => Code::Unauthenticated,
+        Some("403") => Code::PermissionDenied,
+        Some("404") => Code::Unimplemented,
+        Some("429" | "502" | "503" | "504") => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         // The server's messages name the problem ("Task token not set", "workflow execution already
         // completed") and never echo the token back.
         let message = status.message().to_owned();
-        match status.code() {
+        match grpc_code(&status) {
             tonic::Code::NotFound => Error::ActivityGone { message },
             code => Error::Rpc { code, message },
         }
@@ -155,6 +176,7 @@ pub(crate) mod tests {
             Error::Capability(text()),
             Error::Namespace(text()),
             Error::Connect { target: text(), message: text() },
+            Error::ConnectRefused { target: text(), message: text() },
             Error::ActivityGone { message: text() },
             Error::Rpc { code: tonic::Code::Internal, message: text() },
             Error::WaitTimeout(1.0),
@@ -174,6 +196,7 @@ pub(crate) mod tests {
                 | Error::Capability(_)
                 | Error::Namespace(_)
                 | Error::Connect { .. }
+                | Error::ConnectRefused { .. }
                 | Error::ActivityGone { .. }
                 | Error::Rpc { .. }
                 | Error::WaitTimeout(_)

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod core;
 pub mod delivery;
+pub mod endpoint;
 pub mod errors;
 pub mod failpoint;
 pub mod html;

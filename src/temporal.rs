@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prost::Message;
 use temporalio_client::grpc::WorkflowService;
-use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
+use temporalio_client::{Client, ClientOptions, Connection};
 use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowExecution};
 use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
@@ -23,12 +23,11 @@ use temporalio_common::protos::temporal::api::workflowservice::v1::{
 };
 use tonic::IntoRequest;
 
+use crate::endpoint::{self, Endpoint};
 use crate::errors::{Error, Result};
 use crate::token::TaskToken;
 use crate::vocabulary::Outcome;
 
-/// How long to wait for the TCP (and TLS) connection before giving up with a typed error.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed connection attempt, calls fail at once for this long instead of each trying again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
@@ -80,35 +79,6 @@ pub enum ActivityEnd {
     Open,
 }
 
-/// Check that `target` is a URL with a host and an http(s) scheme.
-fn parse_target(target: &str) -> Result<url::Url> {
-    let shown = redacted(target);
-    let url = url::Url::parse(target).map_err(|e| {
-        Error::InvalidArgument(format!("the Temporal address {shown:?} is not a URL ({e}); use http://host:port"))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(Error::InvalidArgument(format!(
-            "the Temporal address {shown:?} must look like http://host:port (or https://)"
-        )));
-    }
-    Ok(url)
-}
-
-/// `target` as errors and logs may show it: credentials in it (`http://user:secret@host`) become `***`.
-pub fn redacted(target: &str) -> String {
-    match url::Url::parse(target) {
-        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
-            // Only URLs that can have credentials get here, so these cannot fail.
-            let _ = url.set_username("***");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        Ok(_) => target.to_owned(),
-        // Not a URL: whatever stands before an `@` may still be a secret.
-        Err(_) => target.rfind('@').map_or_else(|| target.to_owned(), |at| format!("***@{}", &target[at + 1..])),
-    }
-}
-
 /// The Temporal connection of a handshake, made on first use and tried again after a failure: a runner or
 /// reconciler starts while Temporal is down, records its settles, and delivers them once Temporal answers.
 /// Cheap to clone.
@@ -116,13 +86,15 @@ pub fn redacted(target: &str) -> String {
 pub struct LazyTemporal(Arc<LazyState>);
 
 struct LazyState {
-    target: String,
+    endpoint: Endpoint,
+    /// The API key now: `set_api_key` replaces it, for the connection made and any made later.
+    api_key: std::sync::Mutex<Option<String>>,
     namespaces: Vec<String>,
     identity: String,
     max_payload_bytes: usize,
     connected: tokio::sync::OnceCell<Temporal>,
-    /// When the last attempt failed, and why: in an outage callers fail fast (`RECONNECT_PAUSE`).
-    last_failure: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+    /// When the last attempt failed, and how: in an outage callers fail fast (`RECONNECT_PAUSE`).
+    last_failure: std::sync::Mutex<Option<(tokio::time::Instant, Error)>>,
 }
 
 /// The Temporal side of a handshake that may have none (store only): `InvalidArgument` then.
@@ -133,11 +105,12 @@ pub fn configured(temporal: Option<&LazyTemporal>) -> Result<&LazyTemporal> {
 }
 
 impl LazyTemporal {
-    /// Check the address now; connect later (`get`).
-    pub fn new(target: &str, namespaces: &[String], identity: &str, max_payload_bytes: usize) -> Result<Self> {
-        parse_target(target)?;
+    /// Check the endpoint now; connect later (`get`).
+    pub fn new(endpoint: Endpoint, namespaces: &[String], identity: &str, max_payload_bytes: usize) -> Result<Self> {
+        endpoint.check()?;
         Ok(Self(Arc::new(LazyState {
-            target: target.to_owned(),
+            api_key: std::sync::Mutex::new(endpoint.api_key.clone()),
+            endpoint,
             namespaces: namespaces.to_vec(),
             identity: identity.to_owned(),
             max_payload_bytes,
@@ -151,8 +124,21 @@ impl LazyTemporal {
         self.0.connected.get()
     }
 
-    /// The connection, made now if it is not yet. While Temporal is unreachable this is a `Connect` error,
-    /// at once when an attempt failed less than `RECONNECT_PAUSE` ago.
+    /// Send `api_key` from now on (None: none), on the connection made and any made later; no reconnect.
+    pub fn set_api_key(&self, api_key: Option<String>) -> Result<()> {
+        if let Some(key) = &api_key {
+            endpoint::check_api_key(key)?;
+        }
+        self.0.api_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone_from(&api_key);
+        if let Some(temporal) = self.connected() {
+            temporal.connection.set_api_key(api_key);
+        }
+        Ok(())
+    }
+
+    /// The connection, made now if it is not yet. While Temporal is unreachable this is a `Connect` error
+    /// (`ConnectRefused` when it refused this client's TLS or credentials), at once when an attempt failed
+    /// less than `RECONNECT_PAUSE` ago.
     pub async fn get(&self) -> Result<&Temporal> {
         if let Some(temporal) = self.0.connected.get() {
             return Ok(temporal);
@@ -164,23 +150,28 @@ impl LazyTemporal {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .filter(|(at, _)| at.elapsed() < RECONNECT_PAUSE)
-            .map(|(_, message)| message.clone());
-        if let Some(message) = recent {
-            return Err(Error::Connect { target: redacted(&state.target), message });
+            .map(|(_, err)| err.clone());
+        if let Some(err) = recent {
+            return Err(err);
         }
+        let api_key = state.api_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let made = state
             .connected
             .get_or_try_init(|| {
-                Temporal::connect(&state.target, &state.namespaces, &state.identity, state.max_payload_bytes)
+                let key = api_key.clone();
+                Temporal::connect(&state.endpoint, key, &state.namespaces, &state.identity, state.max_payload_bytes)
             })
             .await;
+        if let Ok(temporal) = &made {
+            // A key set while this connection was being made: it is the one to send.
+            let now = state.api_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            if now != api_key {
+                temporal.connection.set_api_key(now);
+            }
+        }
         if let Err(err) = &made {
-            let message = match err {
-                Error::Connect { message, .. } => message.clone(),
-                other => other.to_string(),
-            };
             *state.last_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((tokio::time::Instant::now(), message));
+                Some((tokio::time::Instant::now(), err.clone()));
         }
         made
     }
@@ -203,6 +194,8 @@ impl LazyTemporal {
 /// A Temporal client bound to a namespace, that also serves a few more; cheap to clone.
 #[derive(Clone)]
 pub struct Temporal {
+    /// The one connection every namespace's client shares (its API key rotates in place).
+    connection: Connection,
     client: Client,
     namespace: String,
     identity: String,
@@ -213,43 +206,48 @@ pub struct Temporal {
 }
 
 impl Temporal {
-    /// Connect to `target` (a URL with a scheme, e.g. `http://127.0.0.1:7233`) and resolve the id of
-    /// each namespace (the first is the default, for calls by id), so tokens are checked before any RPC.
+    /// Connect to `endpoint` and resolve the id of each namespace (the first is the default, for calls by
+    /// id), so tokens are checked before any RPC. TLS and credentials are checked here too: a refusal is
+    /// `ConnectRefused`, naming its cause.
     pub async fn connect(
-        target: &str,
+        endpoint: &Endpoint,
+        api_key: Option<String>,
         namespaces: &[String],
         identity: &str,
         max_payload_bytes: usize,
     ) -> Result<Self> {
-        let url = parse_target(target)?;
+        let options = endpoint.options(identity, api_key)?;
         let Some(namespace) = namespaces.first() else {
             return Err(Error::InvalidArgument("at least one Temporal namespace is needed".into()));
         };
         if namespaces.iter().any(String::is_empty) {
             return Err(Error::InvalidArgument("a Temporal namespace must not be empty".into()));
         }
-        let options =
-            ConnectionOptions::new(url).identity(identity.to_owned()).connect_timeout(CONNECT_TIMEOUT).build();
-        let connection = Connection::connect(options)
-            .await
-            .map_err(|e| Error::Connect { target: redacted(target), message: e.to_string() })?;
+        let connection = Connection::connect(options).await.map_err(|e| match &e {
+            temporalio_client::errors::ClientConnectError::SystemInfoCallError(status) => {
+                endpoint::refused_call(endpoint, status)
+                    .unwrap_or_else(|| endpoint::connect_error(endpoint, &e.to_string()))
+            }
+            _ => endpoint::connect_error(endpoint, &format!("{e}: {}", error_chain(&e))),
+        })?;
         let mut served = HashMap::new();
         let mut default = None;
         for name in namespaces {
             let mut client = Client::new(connection.clone(), ClientOptions::new(name.clone()).build())
-                .map_err(|e| Error::Connect { target: redacted(target), message: e.to_string() })?;
+                .map_err(|e| endpoint::connect_error(endpoint, &e.to_string()))?;
             let request = DescribeNamespaceRequest { namespace: name.clone(), ..Default::default() };
             let id = match client.describe_namespace(request.into_request()).await {
                 Ok(reply) => reply.into_inner().namespace_info.map(|info| info.id).unwrap_or_default(),
                 Err(status) if status.code() == tonic::Code::NotFound => {
                     return Err(Error::InvalidArgument(format!("Temporal has no namespace {name:?}")));
                 }
-                Err(status) => return Err(status.into()),
+                Err(status) => return Err(endpoint::refused_call(endpoint, &status).unwrap_or_else(|| status.into())),
             };
             default.get_or_insert_with(|| client.clone());
             served.insert(id, (name.clone(), client));
         }
         Ok(Self {
+            connection,
             client: default.expect("one namespace at least"),
             namespace: namespace.clone(),
             identity: identity.to_owned(),
@@ -521,16 +519,13 @@ pub fn decode_payloads(bytes: Option<&[u8]>) -> Result<Option<Payloads>> {
         .transpose()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redacted;
-
-    #[test]
-    fn credentials_in_an_address_are_never_shown() {
-        assert_eq!(redacted("http://user:secret@host:7233"), "http://***@host:7233/");
-        assert_eq!(redacted("http://token@host:7233/"), "http://***@host:7233/");
-        assert_eq!(redacted("http://host:7233"), "http://host:7233");
-        assert_eq!(redacted("http//user:secret@host"), "***@host");
-        assert_eq!(redacted("not a url"), "not a url");
+/// Every error in `err`'s source chain, outermost first: TLS failures are named only deep in it.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
     }
+    causes.join(": ")
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from temporalio.service import TLSConfig
+
 from stigmer_handshake import _core
 
 
@@ -13,6 +15,10 @@ class ConnectSettings:
     store: str = _core.DEFAULT_STORE
     #: None: the store only (settles are recorded as due; another process delivers them).
     temporal: str | None = _core.DEFAULT_TEMPORAL
+    #: TLS to Temporal (Some: TLS, whatever the URL's scheme); a client key is a secret: never in the repr.
+    tls: TLSConfig | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    rpc_metadata: tuple[tuple[str, str], ...] = ()
     #: The first is the default namespace.
     namespaces: tuple[str, ...] = (_core.DEFAULT_NAMESPACE,)
     #: None: ``stigmer-handshake@<pid>``.

@@ -23,7 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from temporalio.service import TLSConfig
+
 from stigmer_handshake import _core
+from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
 from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Executions, Handshake, short_age
 
 EXAMPLES = """\
@@ -69,9 +72,19 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="print JSON instead of text")
     top.add_argument("--store", default=os.environ.get("STIGMER_HANDSHAKE_STORE", DEFAULT_STORE), help="store URL")
     top.add_argument(
-        "--temporal", default=os.environ.get("STIGMER_HANDSHAKE_TEMPORAL", DEFAULT_TEMPORAL), help="Temporal URL"
+        "--temporal",
+        default=os.environ.get("STIGMER_HANDSHAKE_TEMPORAL"),
+        help=f"Temporal URL (else TEMPORAL_ADDRESS / Temporal's config profile, else {DEFAULT_TEMPORAL})",
     )
-    top.add_argument("--namespace", default="default", help="Temporal namespace")
+    top.add_argument("--namespace", help="Temporal namespace (else TEMPORAL_NAMESPACE, else default)")
+    tls = top.add_argument_group("TLS and credentials for Temporal (else Temporal's environment configuration)")
+    tls.add_argument("--tls-ca", metavar="PEM", help="CA certificate to check the server's against")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mTLS (with --tls-key)")
+    tls.add_argument("--tls-key", metavar="PEM", help="client private key, for mTLS (with --tls-cert)")
+    tls.add_argument("--tls-domain", metavar="NAME", help="name the server's certificate must have (and SNI)")
+    tls.add_argument(
+        "--api-key-file", metavar="FILE", help="file holding the API key (else $STIGMER_HANDSHAKE_TEMPORAL_API_KEY)"
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -130,6 +143,35 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def temporal_credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """`Handshake.connect`'s tls= and api_key= from the TLS flags, the key file or its variable."""
+    given: dict[str, Any] = {}
+
+    def read(path: str | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as err:
+            raise UsageError(f"{what} {path!r} cannot be read: {err.strerror}") from None
+
+    if any((args.tls_ca, args.tls_cert, args.tls_key, args.tls_domain)):
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        given["tls"] = TLSConfig(
+            server_root_ca_cert=read(args.tls_ca, "--tls-ca"),
+            domain=args.tls_domain,
+            client_cert=read(args.tls_cert, "--tls-cert"),
+            client_private_key=read(args.tls_key, "--tls-key"),
+        )
+    key_file = read(args.api_key_file, "--api-key-file")
+    key = key_file.decode(errors="replace").strip() if key_file is not None else None
+    key = key or os.environ.get("STIGMER_HANDSHAKE_TEMPORAL_API_KEY") or None
+    if key is not None:
+        given["api_key"] = key
+    return given
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -179,7 +221,10 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "reconcile" and args.every is not None and not (math.isfinite(args.every) and args.every > 0):
         raise UsageError("--every must be a positive number of seconds")
     hs = await Handshake.connect(
-        store=args.store, temporal=args.temporal if needs_temporal else None, namespace=args.namespace
+        store=args.store,
+        temporal=(FROM_ENVIRONMENT if args.temporal is None else args.temporal) if needs_temporal else None,
+        namespace=args.namespace,
+        **(temporal_credentials(args) if needs_temporal else {}),
     )
     if args.command == "list":
         return await list_executions(hs, args)

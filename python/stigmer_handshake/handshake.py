@@ -22,10 +22,13 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
+from temporalio.service import TLSConfig
 
 from stigmer_handshake import _core, pb
 from stigmer_handshake._checks import check_public_methods
 from stigmer_handshake._settings import ConnectSettings
+from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
+from stigmer_handshake._temporal_config import resolve as resolve_temporal
 from stigmer_handshake.metrics import MetricsServer, parse
 from stigmer_handshake.redaction import redact_task_tokens
 from stigmer_handshake.workflow import (
@@ -189,9 +192,9 @@ class Handshake:
     async def connect(
         cls,
         store: str = DEFAULT_STORE,
-        temporal: str | None = DEFAULT_TEMPORAL,
+        temporal: str | Client | None = FROM_ENVIRONMENT,
         *,
-        namespace: str | Sequence[str] = _core.DEFAULT_NAMESPACE,
+        namespace: str | Sequence[str] | None = None,
         data_converter: DataConverter | None = None,
         identity: str | None = None,
         reconcile_every: float | None = None,
@@ -200,6 +203,9 @@ class Handshake:
         capability_keys: Sequence[bytes] | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         wait_for_temporal: float | None = None,
+        tls: bool | TLSConfig | None = None,
+        api_key: str | None = None,
+        rpc_metadata: Mapping[str, str] | None = None,
     ) -> Handshake:
         """Open the store and connect to Temporal.
 
@@ -207,6 +213,15 @@ class Handshake:
         ``postgres://user@host:5432/db?sslmode=...&schema=...`` (several machines sharing executions and
         callbacks); the schema is migrated at connect.
 
+        ``temporal`` is a URL (``http://host:7233``; ``https://`` for TLS), a connected temporalio ``Client``
+        (its target, namespace, TLS, API key, gRPC metadata and data converter are used: nothing needs saying
+        twice), or, when not given, Temporal's environment configuration (``TEMPORAL_ADDRESS``,
+        ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, profiles) and else
+        ``http://127.0.0.1:7233``. ``tls`` (``True`` or a ``temporalio.service.TLSConfig``: server CA,
+        domain, client certificate and key), ``api_key`` (sent as ``authorization: Bearer``, rotated with
+        ``update_api_key``) and ``rpc_metadata`` work as in ``Client.connect`` and win over the Client's and
+        the environment's. A refused certificate, CA, domain or API key fails here, as ``ConnectError``
+        naming which.
         ``temporal=None`` opens the store only: settles are recorded as due and another process
         delivers them (``reconcile``). When Temporal does not answer (an outage, a restart), connect
         still succeeds, as temporalio's ``Client.connect(lazy=True)`` does: the connection is made on first
@@ -231,14 +246,19 @@ class Handshake:
         execution.
         """
         redact_task_tokens()
-        namespaces = [namespace] if isinstance(namespace, str) else list(namespace)
+        connection = resolve_temporal(
+            temporal, namespace=namespace, tls=tls, api_key=api_key, rpc_metadata=rpc_metadata
+        )
         keys = _token_keys(token_keys)
         if not keys:
             _say_once("no token keys: task tokens are stored unencrypted (see Handshake.connect(token_keys=...))")
         settings = ConnectSettings(
             store=store,
-            temporal=temporal,
-            namespaces=tuple(namespaces),
+            temporal=connection.target,
+            tls=connection.tls,
+            api_key=connection.api_key,
+            rpc_metadata=connection.rpc_metadata,
+            namespaces=connection.namespaces,
             identity=identity,
             heartbeat_interval=heartbeat_interval,
             token_keys=tuple(keys),
@@ -247,12 +267,12 @@ class Handshake:
             wait_for_temporal=wait_for_temporal,
         )
         core = await _core.Core.connect(settings)
-        if temporal is not None and not core.temporal_connected():
-            where = urllib.parse.urlsplit(temporal).netloc.rpartition("@")[2]  # never credentials in a URL
+        if connection.target is not None and not core.temporal_connected():
+            where = urllib.parse.urlsplit(connection.target).netloc.rpartition("@")[2]  # never credentials in a URL
             _log.warning("Temporal at %s is not reachable yet: settles are recorded and delivered once it is", where)
         if reconcile_every is not None:
             core.start_reconciler(reconcile_every)
-        return cls(core, data_converter or DataConverter.default)
+        return cls(core, data_converter or connection.data_converter or DataConverter.default)
 
     # -- caller activity --------------------------------------------------------------------------
 
@@ -493,6 +513,11 @@ class Handshake:
         except Exception as err:  # the data converter's own errors: the stored result is kept as it was
             raise _core.InvalidInput(f"the data converter cannot decode the result of {execution_id!r}: {err}") from err
         return value
+
+    def update_api_key(self, api_key: str | None) -> None:
+        """Send ``api_key`` to Temporal from now on (``None``: none), without reconnecting, as temporalio's
+        ``client.api_key = ...`` does. The key is never logged."""
+        self._core.set_api_key(api_key)
 
     # -- recovery ---------------------------------------------------------------------------------
 

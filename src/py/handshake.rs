@@ -37,6 +37,12 @@ impl PyCore {
         spawn(py, async move { Ok(PyCore(Arc::new(Core::connect(settings).await?))) })
     }
 
+    /// Send `api_key` to Temporal from now on (None: none), without reconnecting.
+    #[pyo3(signature = (api_key))]
+    fn set_api_key(&self, api_key: Option<String>) -> PyResult<()> {
+        Ok(self.core()?.set_api_key(api_key)?)
+    }
+
     /// A capability that lets its holder settle `execution_id` with one of `outcomes` for `ttl` seconds.
     #[pyo3(signature = (execution_id, outcomes, ttl))]
     fn grant(&self, execution_id: ExecutionId, outcomes: Vec<String>, ttl: f64) -> PyResult<String> {

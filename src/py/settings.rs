@@ -5,6 +5,7 @@
 use pyo3::prelude::*;
 
 use crate::core::Settings;
+use crate::endpoint::Tls;
 use crate::errors::{Error, Result};
 use crate::py::args::{duration, patience};
 
@@ -13,6 +14,9 @@ use crate::py::args::{duration, patience};
 pub struct ConnectSettings {
     store: String,
     temporal: Option<String>,
+    tls: Option<TlsConfig>,
+    api_key: Option<String>,
+    rpc_metadata: Vec<(String, String)>,
     namespaces: Vec<String>,
     identity: Option<String>,
     heartbeat_interval: f64,
@@ -20,6 +24,15 @@ pub struct ConnectSettings {
     capability_keys: Vec<Vec<u8>>,
     max_result_bytes: i64,
     wait_for_temporal: Option<f64>,
+}
+
+/// temporalio's `temporalio.service.TLSConfig`, by attribute (the fields the core uses).
+#[derive(FromPyObject)]
+pub struct TlsConfig {
+    server_root_ca_cert: Option<Vec<u8>>,
+    domain: Option<String>,
+    client_cert: Option<Vec<u8>>,
+    client_private_key: Option<Vec<u8>>,
 }
 
 impl TryFrom<ConnectSettings> for Settings {
@@ -32,6 +45,14 @@ impl TryFrom<ConnectSettings> for Settings {
         Ok(Settings {
             store: py.store,
             temporal: py.temporal,
+            temporal_tls: py.tls.map(|tls| Tls {
+                server_root_ca_cert: tls.server_root_ca_cert,
+                domain: tls.domain,
+                client_cert: tls.client_cert,
+                client_private_key: tls.client_private_key,
+            }),
+            temporal_api_key: py.api_key,
+            temporal_metadata: py.rpc_metadata,
             namespaces: py.namespaces,
             identity: py.identity,
             default_heartbeat_interval: duration(py.heartbeat_interval, "heartbeat_interval")?,

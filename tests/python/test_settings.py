@@ -21,9 +21,8 @@ def test_the_defaults_are_the_cores_written_once() -> None:
         _core.DEFAULT_MAX_RESULT_BYTES,
     )
     connect = inspect.signature(Handshake.connect).parameters
-    for name in ("store", "temporal", "heartbeat_interval", "max_result_bytes", "wait_for_temporal"):
+    for name in ("store", "heartbeat_interval", "max_result_bytes", "wait_for_temporal"):
         assert connect[name].default == getattr(settings, name), name
-    assert connect["namespace"].default == settings.namespaces[0]
 
 
 def test_settings_are_frozen_and_never_show_their_keys() -> None:

@@ -14,7 +14,7 @@ from temporalio.client import Client
 
 from conftest import TRANSCRIPT
 from flows import SEEN_TOKENS
-from token_scan import find_tokens, history_bytes
+from token_scan import SEEN_SECRETS, find_tokens, history_bytes
 
 
 def test_the_scan_finds_what_it_looks_for() -> None:
@@ -35,6 +35,11 @@ def test_nothing_the_suite_logged_printed_or_raised_holds_a_token() -> None:
     hits = find_tokens(text, tokens)
     print(f"\ntoken scan: {len(tokens)} tokens against {len(text):,} characters of logs and output: {len(hits)} hits")
     assert not hits, f"{len(hits)} token forms found, e.g. {hits[0][:8]}..."
+    # The API keys and private keys of the TLS tests, whole or in part, as they are or encoded.
+    secrets = set(SEEN_SECRETS)
+    leaked = find_tokens(text, secrets) + [s[:8] for s in secrets if s.decode("latin-1") in text]
+    print(f"secret scan: {len(secrets)} keys: {len(leaked)} hits")
+    assert not leaked, f"{len(leaked)} key forms found, e.g. {leaked[0][:8]!r}..."
 
 
 @pytest.mark.last
