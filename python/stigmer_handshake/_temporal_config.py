@@ -61,6 +61,8 @@ def resolve(
     """The connection `Handshake.connect`'s arguments describe (see the module's docstring for the order)."""
     namespaces = None if namespace is None else ((namespace,) if isinstance(namespace, str) else tuple(namespace))
     if temporal is None:
+        if tls is not None or api_key is not None or rpc_metadata is not None:
+            raise _core.InvalidInput("tls, api_key and rpc_metadata need Temporal: temporal=None opens the store only")
         return TemporalConnection(None, namespaces or (_core.DEFAULT_NAMESPACE,), None, None, (), None)
     if isinstance(temporal, Client):
         config = temporal.service_client.config
@@ -78,6 +80,9 @@ def resolve(
         except Exception as err:  # a malformed config file or variable: say which, typed
             raise _core.InvalidInput(f"Temporal's environment configuration cannot be read: {err}") from err
         if temporal is not FROM_ENVIRONMENT:
+            if "://" not in temporal:  # the core checks the rest of the URL
+                # Not echoed: a malformed address may hold credentials.
+                raise _core.InvalidInput("the Temporal address must be a URL like http://host:7233 (or https://)")
             base["target_host"] = temporal
         converter = None
     chosen_key = api_key if api_key is not None else base.get("api_key")

@@ -30,6 +30,7 @@ def good_arguments(execution_id: str) -> dict[str, dict[str, Any]]:
     target = {"workflow_id": "wf", "activity_id": "1"}
     return {
         "connect": {"store": "sqlite::memory:", "temporal": None},
+        "update_api_key": {"api_key": "a-key"},
         "create": {"spec": SPEC},
         "claim": {"kind": "agent", "limit": 1, "lease": 30.0},
         "update_status": {"execution_id": execution_id, "status": STATUS},
