@@ -59,11 +59,15 @@ lint: dev
 test-rust:
 	cargo test --locked
 
-# Debian packages the tests drive: nginx, the TLS front of the Temporal TLS tests.
+# Debian packages the tests drive: nginx (the TLS front of the Temporal TLS tests) and openssl (their
+# certificates). Installed only when missing.
 system-packages:
-	command -v nginx >/dev/null || test -x /usr/sbin/nginx || ( apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light || \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx )
+	@missing=""; \
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 test-python: dev system-packages
 	$(PY) -m pytest

@@ -141,6 +141,17 @@ async def test_an_api_key_rotates_without_reconnecting(front: TlsFront, tmp_path
         await hs.heartbeat_activity(**by_id)
 
 
+async def test_rpc_metadata_is_sent_on_every_call(front: TlsFront, tmp_path: Path) -> None:
+    url, tls = f"https://localhost:{front.metadata_port}", TLSConfig(server_root_ca_cert=front.pki.read("ca.pem"))
+    hs = await Handshake.connect(
+        store=sqlite_url(tmp_path), temporal=url, tls=tls, rpc_metadata={"x-test-tenant": "acme"}
+    )
+    with pytest.raises(ActivityGone):
+        await hs.heartbeat_activity(workflow_id=f"no-such-{uuid.uuid4()}", activity_id="1")
+    with pytest.raises(ConnectError, match="lacks permission"):
+        await Handshake.connect(store=sqlite_url(tmp_path), temporal=url, tls=tls)
+
+
 async def test_environment_configuration_is_used_when_nothing_is_given(
     front: TlsFront, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

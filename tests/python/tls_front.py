@@ -2,7 +2,8 @@
 `grpc_pass`, on free ports, with certificates this module makes with the `openssl` command.
 
 - `mtls_port`: TLS, and a client certificate signed by the test CA is required;
-- `key_port`: TLS, and `authorization: Bearer <key>` must carry one of `api_keys`.
+- `key_port`: TLS, and `authorization: Bearer <key>` must carry one of `api_keys`;
+- `metadata_port`: TLS, and the gRPC metadata `x-test-tenant: acme` is required (403 without).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class TlsFront:
     def __init__(self, folder: Path, upstream: str, api_keys: list[str]) -> None:
         self.folder = folder
         self.pki = make_pki(folder / "pki")
-        self.mtls_port, self.key_port = free_port(), free_port()
+        self.mtls_port, self.key_port, self.metadata_port = free_port(), free_port(), free_port()
         self.api_keys = api_keys
         keys = "\n".join(f'        "Bearer {key}" 1;' for key in api_keys)
         pki = self.pki.folder
@@ -94,6 +95,13 @@ http {{
             grpc_pass grpc://{upstream};
         }}
     }}
+    server {{
+        listen 127.0.0.1:{self.metadata_port} ssl http2;
+        location / {{
+            if ($http_x_test_tenant != "acme") {{ return 403; }}
+            grpc_pass grpc://{upstream};
+        }}
+    }}
 }}
 """)
         self.process = subprocess.Popen(
@@ -107,7 +115,7 @@ http {{
                 said = self.process.stderr.read().decode() if self.process.stderr else ""
                 raise RuntimeError(f"nginx exited: {said}")
             try:
-                for port in (self.mtls_port, self.key_port):
+                for port in (self.mtls_port, self.key_port, self.metadata_port):
                     socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return
             except OSError:
