@@ -18,6 +18,8 @@ use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
 use crate::token::TaskToken;
 use crate::vocabulary::{Kind, Outcome, Phase};
 
+/// Background deliveries in flight at most (far above what re-binds start at once).
+const BACKGROUND_PERMITS: u32 = 1 << 16;
 /// How often `wait` looks at a SQLite store for a settle made by another process.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 /// On PostgreSQL every settle notifies `wait`; this slow read is only a safety net.
@@ -29,8 +31,11 @@ pub struct Core {
     /// None: store only (settles are recorded as due; another process delivers them).
     temporal: Option<LazyTemporal>,
     pid: u32,
-    /// Stops the background reconciler, when one runs.
-    reconciler: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    /// Stops the background reconciler, when one runs, and its task (`close` waits for it).
+    reconciler: std::sync::Mutex<Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+    /// One permit per background delivery in flight: `close` takes them all, so it waits for those.
+    background: Arc<tokio::sync::Semaphore>,
+    closed: std::sync::atomic::AtomicBool,
     /// Heartbeats the parents of the executions this process has claimed.
     pump: Arc<Pump>,
     pump_started: std::sync::OnceLock<()>,
@@ -139,6 +144,8 @@ impl Core {
             temporal,
             pid: std::process::id(),
             reconciler: std::sync::Mutex::default(),
+            background: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_PERMITS as usize)),
+            closed: std::sync::atomic::AtomicBool::new(false),
             pump,
             pump_started: std::sync::OnceLock::new(),
             capabilities,
@@ -159,15 +166,44 @@ impl Core {
         self.capabilities.verify(capability, id, outcome.name(), crate::clock::now_ms()).map(|_| ())
     }
 
-    /// Refuse use after `fork`: the runtime's threads and the pool's connections did not come along,
-    /// so a future spawned in the child would never run. Checked before anything is spawned.
-    pub fn check_pid(&self) -> Result<()> {
+    /// Refuse use after `close`, and after `fork`: the runtime's threads and the pool's connections did
+    /// not come along, so a future spawned in the child would never run. Checked before anything is spawned.
+    pub fn check_usable(&self) -> Result<()> {
+        self.check_pid()?;
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn check_pid(&self) -> Result<()> {
         let current = std::process::id();
         if current == self.pid {
             Ok(())
         } else {
             Err(Error::Forked { created: self.pid, current })
         }
+    }
+
+    /// Stop the background work and close the store, once: the reconciler stops (a pass in flight
+    /// finishes), the pump stops heartbeating, background deliveries finish, and the store's connections
+    /// close (SQLite's WAL checkpointed first). Every later call is refused (`Closed`); a second `close`
+    /// does nothing. Settles already recorded but not delivered stay due, for any process's reconciler.
+    pub async fn close(&self) -> Result<()> {
+        self.check_pid()?;
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        let reconciler = self.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?.take();
+        if let Some((stop, task)) = reconciler {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        self.pump.stop();
+        // Waits for the deliveries in flight; none starts after (they check `closed` first).
+        let _drained = self.background.acquire_many(BACKGROUND_PERMITS).await;
+        self.store.close().await;
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -247,8 +283,10 @@ impl Core {
     /// if this fails, the callback stays due for the reconciler.
     fn deliver_if_due(&self, id: &str) {
         let Some(lazy) = self.temporal.clone() else { return };
+        let Ok(permit) = self.background.clone().try_acquire_owned() else { return }; // closing: left due
         let (store, id) = (self.store.clone(), id.to_owned());
         self.runtime.spawn(async move {
+            let _permit = permit;
             let delivered = async {
                 let temporal = lazy.get().await?;
                 if let Some(claimed) = store.claim_due_one(&id, delivery::DELIVERY_LEASE_MS).await? {
@@ -438,15 +476,15 @@ impl Core {
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let interval = interval.max(Duration::from_millis(10));
-        self.runtime.spawn(reconcile::run(self.store.clone(), temporal, interval, stopped));
-        *running = Some(stop);
+        let task = self.runtime.spawn(reconcile::run(self.store.clone(), temporal, interval, stopped));
+        *running = Some((stop, task));
         Ok(())
     }
 
     /// Stop the background reconciler (no-op when none runs); a pass in flight finishes first.
     pub fn stop_reconciler(&self) -> Result<()> {
-        let stop = self.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?.take();
-        if let Some(stop) = stop {
+        let running = self.reconciler.lock().map_err(|_| Error::Store("reconciler state poisoned".into()))?.take();
+        if let Some((stop, _task)) = running {
             let _ = stop.send(true);
         }
         Ok(())

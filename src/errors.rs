@@ -46,6 +46,8 @@ pub enum Error {
     Rpc { code: tonic::Code, message: String },
     #[error("timed out after {0:.3}s waiting for execution to end")]
     WaitTimeout(f64),
+    #[error("this handshake is closed; connect again")]
+    Closed,
     #[error("this handshake object was created in process {created} and cannot be used after fork (in {current}); connect again in the child")]
     Forked { created: u32, current: u32 },
 }
@@ -79,6 +81,7 @@ impl Error {
             Error::ActivityGone { .. } => "ActivityGone",
             Error::Rpc { .. } => "TemporalRpcError",
             Error::WaitTimeout(_) => "WaitTimeout",
+            Error::Closed => "HandshakeClosed",
             Error::Forked { .. } => "HandshakeError",
         }
     }
@@ -180,6 +183,7 @@ pub(crate) mod tests {
             Error::ActivityGone { message: text() },
             Error::Rpc { code: tonic::Code::Internal, message: text() },
             Error::WaitTimeout(1.0),
+            Error::Closed,
             Error::Forked { created: 1, current: 2 },
         ];
         for err in &all {
@@ -200,6 +204,7 @@ pub(crate) mod tests {
                 | Error::ActivityGone { .. }
                 | Error::Rpc { .. }
                 | Error::WaitTimeout(_)
+                | Error::Closed
                 | Error::Forked { .. } => {}
             }
         }

@@ -68,6 +68,8 @@ pub struct Pump {
     temporal: Option<LazyTemporal>,
     /// The interval for parents that declared no heartbeat timeout.
     default_interval: Duration,
+    /// Set by `stop`: the loop ends at its next tick.
+    stopped: AtomicBool,
 }
 
 /// Counters of the pump since the process started.
@@ -88,7 +90,16 @@ impl Pump {
             store,
             temporal,
             default_interval,
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// Stop heartbeating everything, for good (the handshake is closing); runners waiting on a signal
+    /// are woken and see their execution no longer pumped.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.lock().clear();
+        self.changed.notify_waiters();
     }
 
     /// Start heartbeating `id` (idempotent: a re-claim keeps the latest details and signals).
@@ -250,7 +261,7 @@ pub async fn run(pump: Weak<Pump>) {
     let renewing = Arc::new(AtomicBool::new(false));
     loop {
         tokio::time::sleep(TICK).await;
-        let Some(pump) = pump.upgrade() else { return };
+        let Some(pump) = pump.upgrade().filter(|p| !p.stopped.load(Ordering::Acquire)) else { return };
         let now = Instant::now();
         if now - renewed_at >= RENEW_EVERY && !renewing.swap(true, Ordering::AcqRel) {
             // Pumping is the runner's sign of life: it keeps the runner's claims on what it pumps. In a task

@@ -19,6 +19,7 @@ __all__ = [
     "DeliveryError",
     "Execution",
     "ExecutionNotFound",
+    "HandshakeClosed",
     "HandshakeError",
     "HeartbeatReply",
     "InvalidInput",
@@ -69,6 +70,7 @@ class TemporalRpcError(DeliveryError):
     code: str
     message: str
 
+class HandshakeClosed(HandshakeError): ...
 class WaitTimeout(HandshakeError): ...
 
 def fingerprint_bytes(data: bytes | bytearray | memoryview) -> str: ...
@@ -211,6 +213,7 @@ class Core:
     @staticmethod
     def connect(settings: ConnectSettings) -> Awaitable[Core]: ...
     def set_api_key(self, api_key: str | None) -> None: ...
+    def close(self) -> Awaitable[None]: ...
     def grant(self, execution_id: str, outcomes: builtins.list[str], ttl: float) -> str: ...
     def create(
         self,

@@ -175,9 +175,10 @@ def _current_activity_token() -> bytes:
 class Handshake:
     """Hands a Temporal activity's task token to a long-running child and settles the parent exactly once.
 
-    Connect once per process and share the object::
+    Connect once per process and share the object; ``async with`` closes it at the end::
 
-        hs = await Handshake.connect(store="sqlite:///handshake.db", temporal="http://127.0.0.1:7233")
+        async with await Handshake.connect(store="sqlite:///handshake.db", temporal="http://127.0.0.1:7233") as hs:
+            ...
 
     In the caller activity, ``await hs.defer(spec)`` stores the child with the token and frees the worker
     slot. In the runner, ``claim``, ``heartbeat`` and ``succeed``/``fail``/``cancel`` finish it, and the
@@ -187,6 +188,19 @@ class Handshake:
     def __init__(self, core: _core.Core, data_converter: DataConverter) -> None:
         self._core = core
         self._converter = data_converter
+
+    async def __aenter__(self) -> Handshake:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop this process's background work and close the store: the reconciler stops (a pass in flight
+        finishes), the pump stops heartbeating, deliveries in flight finish, the store's connections close.
+        Later calls raise ``HandshakeClosed``; closing again does nothing. Settles recorded but not yet
+        delivered stay due, for any process's reconciler."""
+        await self._core.close()
 
     @classmethod
     async def connect(

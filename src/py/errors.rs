@@ -49,6 +49,7 @@ exceptions! {
     ConnectError(DeliveryError): "The Temporal server could not be reached.",
     ActivityGone(DeliveryError): "The parent activity attempt no longer exists on the server.",
     TemporalRpcError(DeliveryError): "The Temporal server rejected a call; see .code and .message.",
+    HandshakeClosed(HandshakeError): "The handshake was closed (close() or leaving async with); connect again.",
     WaitTimeout(HandshakeError): "wait() ran out of time before the execution ended.",
 }
 

@@ -22,7 +22,7 @@ pub struct PyCore(Arc<Core>);
 impl PyCore {
     /// The shared core, if this process may use it.
     fn core(&self) -> Result<Arc<Core>> {
-        self.0.check_pid()?;
+        self.0.check_usable()?;
         Ok(self.0.clone())
     }
 }
@@ -35,6 +35,13 @@ impl PyCore {
     fn connect(py: Python<'_>, settings: ConnectSettings) -> PyResult<Bound<'_, PyAny>> {
         let settings = Settings::try_from(settings)?;
         spawn(py, async move { Ok(PyCore(Arc::new(Core::connect(settings).await?))) })
+    }
+
+    /// Stop the background work and close the store (see `core::Core::close`); later calls raise
+    /// `HandshakeClosed`. Awaitable; a second close does nothing.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.0.clone();
+        spawn(py, async move { Ok(core.close().await?) })
     }
 
     /// Send `api_key` to Temporal from now on (None: none), without reconnecting.

@@ -99,6 +99,18 @@ impl Store {
         Ok(Self { db, settled, writes, identity })
     }
 
+    /// Close the connections (SQLite: after checkpointing the WAL, so cleared tokens are gone from it);
+    /// every later operation fails with `StoreUnavailable`.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite(db) => {
+                sqlite::forget_cleared_tokens(db.pool()).await;
+                db.pool().close().await;
+            }
+            Db::Postgres(db) => db.pool().close().await,
+        }
+    }
+
     /// This store's id: capabilities name it.
     pub fn id(&self) -> &str {
         &self.identity.0

@@ -113,7 +113,7 @@ def cases(hs: Handshake, execution_id: str) -> list[tuple[str, Callable[..., Any
     for name, member in inspect.getmembers(Handshake):
         if name.startswith("_") or isinstance(inspect.getattr_static(Handshake, name), property):
             continue
-        if name in ("activities", "metrics", "metrics_snapshot", "pump_stats", "reconcile", "stop_reconciler"):
+        if name in ("activities", "close", "metrics", "metrics_snapshot", "pump_stats", "reconcile", "stop_reconciler"):
             continue  # no arguments to spoil
         method = getattr(hs, name)
         signature = inspect.signature(inspect.unwrap(member))
