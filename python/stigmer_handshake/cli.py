@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=(__doc__ or "").split("\n\n", 1)[-1] + "\n" + EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    top.add_argument("--version", action="version", version=f"stigmer-handshake {_core.__version__}")
     top.add_argument("--json", action="store_true", help="print JSON instead of text")
     top.add_argument("--store", default=os.environ.get("STIGMER_HANDSHAKE_STORE", DEFAULT_STORE), help="store URL")
     top.add_argument(

@@ -18,6 +18,7 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ActivityError, ApplicationError
 
+import stigmer_handshake
 from stigmer_handshake import Handshake, TaskToken
 
 from conftest import TRANSCRIPT, Env
@@ -190,3 +191,8 @@ def test_demo_and_bench_commands(tmp_path: Path) -> None:
     assert bench.returncode == 0, bench.stderr[-3000:]
     assert "B3 latency p50" in bench.stdout
     assert json.loads(figures.read_text())["results"]["B3"]["n"] == 5
+
+
+def test_version_is_printed() -> None:
+    done = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, f"stigmer-handshake {stigmer_handshake.__version__}")
