@@ -20,6 +20,10 @@ use crate::vocabulary::{Kind, Outcome, Phase};
 
 /// Background deliveries in flight at most (far above what re-binds start at once).
 const BACKGROUND_PERMITS: u32 = 1 << 16;
+/// How often a waiting `claim` looks at a SQLite store for another process's creates.
+const CLAIM_POLL: Duration = Duration::from_millis(50);
+/// On PostgreSQL every create notifies a waiting `claim`; this slow look is for leases that ran out.
+const CLAIM_RECHECK: Duration = Duration::from_secs(5);
 /// How often `wait` looks at a SQLite store for a settle made by another process.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 /// On PostgreSQL every settle notifies `wait`; this slow read is only a safety net.
@@ -410,10 +414,36 @@ impl Core {
     }
 
     /// Hand up to `limit` executions of `kind` to this runner for `lease_ms` (renewed by each heartbeat):
-    /// PENDING ones, and running ones whose runner stopped renewing its lease.
-    pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
+    /// PENDING ones, and running ones whose runner stopped renewing its lease. With `wait`, when there is
+    /// none, wait up to that long for one: woken by creates (in this process; on PostgreSQL in any), and
+    /// looking again every `CLAIM_POLL` (SQLite) or `CLAIM_RECHECK` (PostgreSQL: for expired leases).
+    pub async fn claim(
+        &self,
+        kind: Kind,
+        limit: i64,
+        lease_ms: i64,
+        wait: Option<Duration>,
+    ) -> Result<Vec<ExecutionRecord>> {
         positive(limit, "limit")?;
-        let records = self.store.claim(kind, limit, lease_ms).await?;
+        let far = || tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400); // a huge wait: "forever"
+        let deadline = wait.map(|wait| tokio::time::Instant::now().checked_add(wait).unwrap_or_else(far));
+        let records = loop {
+            // Registered before the claim, so a create between the claim and the sleep is not missed.
+            let mut created = std::pin::pin!(self.store.pending().notified());
+            created.as_mut().enable();
+            let records = self.store.claim(kind, limit, lease_ms).await?;
+            let now = tokio::time::Instant::now();
+            match deadline {
+                Some(deadline) if records.is_empty() && now < deadline => {
+                    let poll = if self.store.notifies_across_processes() { CLAIM_RECHECK } else { CLAIM_POLL };
+                    tokio::select! {
+                        () = created => {}
+                        () = tokio::time::sleep(poll.min(deadline - now)) => {}
+                    }
+                }
+                _ => break records,
+            }
+        };
         // From now on this process heartbeats their parents: its liveness is theirs.
         self.pump_executions(&records.iter().map(|r| r.id.clone()).collect::<Vec<_>>()).await?;
         Ok(records)

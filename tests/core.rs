@@ -79,9 +79,10 @@ async fn operations(store_url: String, temporal: String) {
     }
 
     // claim, then progress through update_status.
-    let claimed: Vec<String> = core.claim(Kind::Agent, 10, 60_000).await.unwrap().into_iter().map(|r| r.id).collect();
+    let claimed: Vec<String> =
+        core.claim(Kind::Agent, 10, 60_000, None).await.unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(claimed.len(), 2, "{claimed:?}");
-    assert!(matches!(core.claim(Kind::Agent, 0, 60_000).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(core.claim(Kind::Agent, 0, 60_000, None).await, Err(Error::InvalidArgument(_))));
     let running = AgentExecutionStatus { phase: Phase::InProgress.to_proto(), ..Default::default() };
     core.update_status(&direct, &running.encode_to_vec()).await.unwrap();
 

@@ -383,10 +383,14 @@ class Handshake:
 
     # -- runner -----------------------------------------------------------------------------------
 
-    async def claim(self, kind: Kind = "agent", limit: int = 1, *, lease: float = 300.0) -> list[Resource]:
+    async def claim(
+        self, kind: Kind = "agent", limit: int = 1, *, lease: float = 300.0, wait: float | None = None
+    ) -> list[Resource]:
         """Take up to ``limit`` executions for this runner: PENDING ones (now IN_PROGRESS), and running ones
-        whose runner died. The claim lasts ``lease`` seconds and each ``heartbeat`` renews it."""
-        return [_to_resource(r) for r in await self._core.claim(kind, limit, lease)]
+        whose runner died. The claim lasts ``lease`` seconds and each ``heartbeat`` renews it. With ``wait``
+        (seconds), when there is none, wait up to that long for one instead of returning ``[]`` at once:
+        woken by new executions (at once on PostgreSQL, from any process; within 50 ms on SQLite)."""
+        return [_to_resource(r) for r in await self._core.claim(kind, limit, lease, wait)]
 
     async def update_status(self, execution_id: str, status: Status) -> None:
         """Report progress. Ending goes through ``succeed``/``fail``/``cancel``, which also tell the parent."""

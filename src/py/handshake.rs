@@ -116,14 +116,23 @@ impl PyCore {
     }
 
     /// Hand up to `limit` executions of `kind` to this runner for `lease` seconds (renewed by each
-    /// heartbeat): PENDING ones, and running ones whose runner stopped renewing its lease.
-    #[pyo3(signature = (kind, limit=1, lease=300.0))]
-    fn claim<'py>(&self, py: Python<'py>, kind: &str, limit: i64, lease: f64) -> PyResult<Bound<'py, PyAny>> {
+    /// heartbeat): PENDING ones, and running ones whose runner stopped renewing its lease. `wait`
+    /// (seconds): when there is none, wait up to that long for one.
+    #[pyo3(signature = (kind, limit=1, lease=300.0, wait=None))]
+    fn claim<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        limit: i64,
+        lease: f64,
+        wait: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let kind = Kind::parse(kind)?;
         let lease_ms = seconds_to_ms(lease, "lease")?;
+        let wait = wait.map(|w| patience(w, "wait")).transpose()?;
         let core = self.core()?;
         spawn(py, async move {
-            let records = core.claim(kind, limit, lease_ms).await?;
+            let records = core.claim(kind, limit, lease_ms, wait).await?;
             Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }

@@ -37,6 +37,8 @@ pub struct Store {
     db: Db,
     /// Woken when an execution ends: by this process's settles, and on PostgreSQL by any process's.
     settled: Arc<Notify>,
+    /// Woken when executions are created: by this process's, and on PostgreSQL by any process's.
+    pending: Arc<Notify>,
     /// Writes waiting for the writer's next transaction (see `write`).
     writes: mpsc::UnboundedSender<(WriteOp, Answer)>,
     /// This store's id and its own capability key (see migration `store_identity`).
@@ -76,13 +78,13 @@ impl Store {
     /// `postgres://user@host:5432/db` (see `postgres.rs` for its parameters). Migrations run at once.
     /// Tokens are sealed with `keyring` at rest (stored as they are when it has no keys).
     pub async fn open(url: &str, keyring: Keyring) -> Result<Self> {
-        let settled = Arc::new(Notify::new());
+        let (settled, pending) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let keyring = Arc::new(keyring);
         let db = if url.starts_with("sqlite:") {
             Db::Sqlite(sqlite::open(url, keyring).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let store = postgres::open(url, keyring).await?;
-            postgres::listen_settled(store.pool().clone(), Arc::downgrade(&settled));
+            postgres::listen_settled(store.pool().clone(), Arc::downgrade(&settled), Arc::downgrade(&pending));
             Db::Postgres(store)
         } else {
             return Err(Error::InvalidArgument(format!(
@@ -96,7 +98,7 @@ impl Store {
         });
         let (writes, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_in_batches(db.clone(), queue));
-        Ok(Self { db, settled, writes, identity })
+        Ok(Self { db, settled, pending, writes, identity })
     }
 
     /// Close the connections (SQLite: after checkpointing the WAL, so cleared tokens are gone from it);
@@ -135,14 +137,22 @@ impl Store {
         &self.settled
     }
 
-    /// Whether `settled` hears of other processes' settles (so waiters need not poll).
+    /// Notified when executions are created. On SQLite only this process's creates notify it.
+    pub fn pending(&self) -> &Notify {
+        &self.pending
+    }
+
+    /// Whether `settled` and `pending` hear of other processes' writes (so waiters need not poll).
     pub fn notifies_across_processes(&self) -> bool {
         matches!(self.db, Db::Postgres(_))
     }
 
     pub async fn create(&self, new: NewExecution) -> Result<Created> {
         match self.write(WriteOp::Create(new)).await? {
-            Written::Created(created) => Ok(created),
+            Written::Created(created) => {
+                self.pending.notify_waiters();
+                Ok(created)
+            }
             _ => Err(Error::Store("the writer answered another write".into())),
         }
     }

@@ -19,12 +19,15 @@ use crate::secrets::Keyring;
 
 /// The channel settles notify: `wait` in any process wakes at the commit, not at its next poll.
 const SETTLED_CHANNEL: &str = "stigmer_handshake_settled";
+/// The channel creates notify: a waiting `claim` in any process wakes at the commit.
+const PENDING_CHANNEL: &str = "stigmer_handshake_pending";
 /// Connections per process: the writer holds one, the listener one; reads, claims and heartbeats share the rest.
 const MAX_CONNECTIONS: u32 = 16;
 
 impl Backend for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const NOTIFY_SETTLED: &'static str = " RETURNING pg_notify('stigmer_handshake_settled', executions.id)";
+    const NOTIFY_PENDING: &'static str = "SELECT pg_notify('stigmer_handshake_pending', '')";
 
     fn ids_in_json(param: &str) -> String {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")
@@ -116,7 +119,7 @@ fn split_schema(url: &str) -> Result<(String, Option<String>)> {
 /// Wake `settled` whenever any process commits a settle, until the store is dropped. A lost connection
 /// is re-established by the listener; waiters are woken then too, since a notification may have been
 /// missed meanwhile (they re-read the store, so a spurious wake costs one read).
-pub fn listen_settled(pool: PgPool, settled: Weak<Notify>) {
+pub fn listen_settled(pool: PgPool, settled: Weak<Notify>, pending: Weak<Notify>) {
     tokio::spawn(async move {
         let mut listener = None;
         loop {
@@ -125,13 +128,14 @@ pub fn listen_settled(pool: PgPool, settled: Weak<Notify>) {
             }
             let Some(active) = listener.as_mut() else {
                 match PgListener::connect_with(&pool).await {
-                    Ok(mut new) => match new.listen(SETTLED_CHANNEL).await {
+                    Ok(mut new) => match new.listen_all([SETTLED_CHANNEL, PENDING_CHANNEL]).await {
                         Ok(()) => listener = Some(new),
                         Err(err) => tracing::warn!(error = %err, "could not listen for settles; retrying"),
                     },
                     Err(err) => tracing::warn!(error = %err, "could not connect the settle listener; retrying"),
                 }
                 wake(&settled);
+                wake(&pending);
                 if listener.is_none() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -139,7 +143,13 @@ pub fn listen_settled(pool: PgPool, settled: Weak<Notify>) {
             };
             // Bounded, so a dropped store is noticed even when nothing is settled.
             match tokio::time::timeout(Duration::from_secs(5), active.try_recv()).await {
-                Ok(Ok(_)) => wake(&settled),
+                Ok(Ok(Some(message))) if message.channel() == PENDING_CHANNEL => wake(&pending),
+                Ok(Ok(Some(_))) => wake(&settled),
+                // The connection was lost and is made again: what was notified meanwhile is unknown.
+                Ok(Ok(None)) => {
+                    wake(&settled);
+                    wake(&pending);
+                }
                 Ok(Err(err)) => {
                     tracing::warn!(error = %err, "settle listener lost its connection; reconnecting");
                     listener = None;

@@ -45,6 +45,9 @@ pub trait Backend: Database + HasStatementCache {
     /// Ends the settle's UPDATE of the execution: tells other processes' `wait` at commit, in the same
     /// round trip (PostgreSQL's NOTIFY). SQLite: nothing; its waiters poll.
     const NOTIFY_SETTLED: &'static str;
+    /// A statement, in a transaction that created executions, that tells other processes' waiting
+    /// `claim`s at commit (PostgreSQL's NOTIFY). SQLite: empty; its waiters poll.
+    const NOTIFY_PENDING: &'static str;
     /// A sub-select of the ids in a JSON array of strings bound as `param`.
     fn ids_in_json(param: &str) -> String;
 }

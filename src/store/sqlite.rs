@@ -14,6 +14,7 @@ use crate::secrets::Keyring;
 impl Backend for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     const NOTIFY_SETTLED: &'static str = "";
+    const NOTIFY_PENDING: &'static str = "";
 
     fn ids_in_json(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")

@@ -615,6 +615,10 @@ where
         }
         let news: Vec<&NewExecution> = to_create.iter().map(|(_, new)| *new).collect();
         let Some(created) = self.create_all(tx, &news).await? else { return Ok(None) };
+        if !news.is_empty() && !DB::NOTIFY_PENDING.is_empty() {
+            // Runners waiting in `claim` in any process wake at this transaction's commit.
+            sqlx::query(DB::NOTIFY_PENDING).execute(&mut *tx).await?;
+        }
         for ((i, _), one) in to_create.iter().zip(created) {
             written[*i] = Some(Written::Created(one));
         }
