@@ -83,7 +83,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            store: "sqlite:///stigmer-handshake.db".into(),
+            // In the working directory (`sqlite:///name` would be the filesystem's root).
+            store: "sqlite:stigmer-handshake.db".into(),
             temporal: Some("http://127.0.0.1:7233".into()),
             temporal_tls: None,
             temporal_api_key: None,

@@ -63,6 +63,17 @@ impl Error {
         }
     }
 
+    /// The same error, its message prefixed with where it happened (`what`: "PostgreSQL at host:port").
+    #[must_use]
+    pub fn naming(self, what: &str) -> Self {
+        match self {
+            Error::StoreUnavailable(m) => Error::StoreUnavailable(format!("{what}: {m}")),
+            Error::StoreAuth(m) => Error::StoreAuth(format!("{what}: {m}")),
+            Error::Store(m) => Error::Store(format!("{what}: {m}")),
+            other => other,
+        }
+    }
+
     /// The Python exception class this error is raised as (also the `type` label of the error metric).
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -45,7 +45,8 @@ examples:
   stigmer-handshake bench --only B1 B2
 
 The store and Temporal come from --store/--temporal, else $STIGMER_HANDSHAKE_STORE and
-$STIGMER_HANDSHAKE_TEMPORAL, else sqlite:///stigmer-handshake.db and http://127.0.0.1:7233.
+$STIGMER_HANDSHAKE_TEMPORAL, else sqlite:stigmer-handshake.db (in the working directory) and Temporal's
+environment configuration or http://127.0.0.1:7233.
 """
 
 OK, FAILED, USAGE, NOT_FOUND, UNAVAILABLE, NOT_TOLD = 0, 1, 2, 3, 4, 5

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 
 use super::sql::{Backend, SqlStore};
@@ -41,6 +41,15 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Postgres>
         .map_err(|e| Error::InvalidArgument(format!("bad PostgreSQL store URL: {e}")))?;
     if let Some(schema) = &schema {
         options = options.options([("search_path", schema.as_str())]);
+    }
+    // One connection first, alone: a refusal (no server, bad credentials) comes back at once naming the
+    // server, where the pool would retry it until its acquire timeout and say only "pool timed out".
+    let server = format!("PostgreSQL at {}:{}", options.get_host(), options.get_port());
+    let first = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&options)).await;
+    match first {
+        Ok(Ok(connection)) => drop(connection.close().await),
+        Ok(Err(err)) => return Err(Error::from(err).naming(&server)),
+        Err(_) => return Err(Error::StoreUnavailable(format!("{server}: no answer in 10 s"))),
     }
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)

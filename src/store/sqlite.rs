@@ -46,7 +46,14 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> 
         // which sleeps in growing steps; other processes still share the file through it.
         SqlitePoolOptions::new().max_connections(1)
     };
-    let pool = pool_options.connect_with(options).await?;
+    let file = options.get_filename().display().to_string();
+    let pool = pool_options.connect_with(options).await.map_err(|err| match Error::from(err) {
+        // SQLITE_CANTOPEN: no such folder, or no right to write there.
+        Error::Store(message) if message.contains("code: 14") => Error::StoreUnavailable(format!(
+            "cannot open the SQLite store {file:?} ({message}): does its folder exist, and may this user write there?"
+        )),
+        other => other.naming(&format!("the SQLite store {file:?}")),
+    })?;
     super::sql::migrate(&sqlx::migrate!("migrations/sqlite"), &pool).await?;
     Ok(SqlStore::new(pool, keyring))
 }
