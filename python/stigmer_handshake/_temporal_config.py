@@ -121,5 +121,5 @@ def _metadata(metadata: Mapping[str, str | bytes]) -> list[tuple[str, str]]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise _core.InvalidInput(f"rpc_metadata {key!r}: keys and values must be str (binary metadata is not sent)")
-        pairs.append((key, value))
+        pairs.append((key.lower(), value))  # header names are case-insensitive; gRPC sends them lowercase
     return pairs

@@ -143,8 +143,9 @@ async def test_an_api_key_rotates_without_reconnecting(front: TlsFront, tmp_path
 
 async def test_rpc_metadata_is_sent_on_every_call(front: TlsFront, tmp_path: Path) -> None:
     url, tls = f"https://localhost:{front.metadata_port}", TLSConfig(server_root_ca_cert=front.pki.read("ca.pem"))
+    # A header name in any case: sent lowercase, as gRPC wants.
     hs = await Handshake.connect(
-        store=sqlite_url(tmp_path), temporal=url, tls=tls, rpc_metadata={"x-test-tenant": "acme"}
+        store=sqlite_url(tmp_path), temporal=url, tls=tls, rpc_metadata={"X-Test-Tenant": "acme"}
     )
     with pytest.raises(ActivityGone):
         await hs.heartbeat_activity(workflow_id=f"no-such-{uuid.uuid4()}", activity_id="1")
