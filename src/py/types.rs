@@ -55,11 +55,14 @@ impl PyOutcome {
         self.0.name()
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         match &self.0 {
-            Outcome::Fail { message, failure_type, non_retryable, .. } => {
-                format!("Outcome.fail({message:?}, type={failure_type:?}, non_retryable={non_retryable})")
-            }
+            Outcome::Fail { message, failure_type, non_retryable, .. } => format!(
+                "Outcome.fail({}, type={}, non_retryable={})",
+                py_repr(py, message),
+                py_repr(py, failure_type),
+                py_repr(py, *non_retryable)
+            ),
             other => format!("Outcome.{}(...)", other.name()),
         }
     }
@@ -130,10 +133,14 @@ fn ms_to_seconds(ms: i64) -> f64 {
 
 #[pymethods]
 impl PyExecution {
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "Execution(id={:?}, kind={:?}, phase={:?}, callback_state={:?}, token={:?})",
-            self.id, self.kind, self.phase, self.callback_state, self.token_fingerprint
+            "Execution(id={}, kind={}, phase={}, callback_state={}, token={})",
+            py_repr(py, &self.id),
+            py_repr(py, self.kind),
+            py_repr(py, self.phase),
+            py_repr(py, self.callback_state),
+            py_repr(py, &self.token_fingerprint)
         )
     }
 
@@ -191,10 +198,13 @@ impl PySettlement {
 
 #[pymethods]
 impl PySettlement {
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "Settlement(execution_id={:?}, outcome={:?}, reason={:?}, detail={:?})",
-            self.execution_id, self.outcome, self.reason, self.detail
+            "Settlement(execution_id={}, outcome={}, reason={}, detail={})",
+            py_repr(py, &self.execution_id),
+            py_repr(py, self.outcome),
+            py_repr(py, self.reason),
+            py_repr(py, &self.detail)
         )
     }
 
@@ -263,10 +273,12 @@ pub struct PyHeartbeatReply {
 
 #[pymethods]
 impl PyHeartbeatReply {
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "HeartbeatReply(cancel_requested={}, paused={}, reset={})",
-            self.cancel_requested, self.paused, self.reset
+            py_repr(py, self.cancel_requested),
+            py_repr(py, self.paused),
+            py_repr(py, self.reset)
         )
     }
 }
@@ -275,4 +287,10 @@ impl From<HeartbeatFlags> for PyHeartbeatReply {
     fn from(flags: HeartbeatFlags) -> Self {
         Self { cancel_requested: flags.cancel_requested, paused: flags.paused, reset: flags.reset }
     }
+}
+
+/// `value` as Python's `repr()` shows it (quotes, escapes, `None`, `True`), so reprs read as Python.
+fn py_repr<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> String {
+    use pyo3::IntoPyObjectExt;
+    value.into_bound_py_any(py).and_then(|v| v.repr()).map_or_else(|_| "?".to_owned(), |r| r.to_string())
 }
