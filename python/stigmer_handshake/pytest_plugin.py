@@ -1,47 +1,17 @@
 """pytest fixtures: a session-wide real Temporal dev server, a client, and fresh store URLs (SQLite, and
 PostgreSQL in a schema of its own).
 
-Registered through the `pytest11` entry point, so installing the package is enough.
+Registered through the `pytest11` entry point. The fixtures need the `[testing]` extra (pytest-asyncio);
+without it this plugin defines nothing and imports nothing optional, so installing the package never breaks
+an unrelated test suite.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+import importlib.util
 
-import pytest
-import pytest_asyncio
-from temporalio.client import Client
+if importlib.util.find_spec("pytest_asyncio") is not None:
+    # Registered by being names of this module.
+    from stigmer_handshake._fixtures import postgres_store_url, store_url, temporal_client, temporal_server
 
-from stigmer_handshake.testing import DevServer, PostgresSchema, postgres_unavailable, sqlite_url
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def temporal_server() -> AsyncIterator[DevServer]:
-    async with DevServer() as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def temporal_client(temporal_server: DevServer) -> Client:
-    return await Client.connect(temporal_server.address, namespace=temporal_server.namespace)
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    """A new SQLite store file for one test."""
-    return sqlite_url(tmp_path)
-
-
-@pytest.fixture
-def postgres_store_url() -> Iterator[str]:
-    """A store URL in a new PostgreSQL schema, dropped after the test. Without a server the test is skipped
-    with the reason, except under CI=true, where that is a failure."""
-    reason = postgres_unavailable()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required under CI: {reason}")
-        pytest.skip(reason)
-    with PostgresSchema() as schema:
-        yield schema.url
+    __all__ = ["postgres_store_url", "store_url", "temporal_client", "temporal_server"]
