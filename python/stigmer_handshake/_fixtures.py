@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
+from stigmer_handshake.handshake import Handshake
 from stigmer_handshake.testing import DevServer, PostgresSchema, postgres_unavailable, sqlite_url
 
 
@@ -43,3 +44,11 @@ def postgres_store_url() -> Iterator[str]:
         pytest.skip(reason)
     with PostgresSchema() as schema:
         yield schema.url
+
+
+@pytest_asyncio.fixture
+async def handshake(temporal_server: DevServer, tmp_path: Path) -> AsyncIterator[Handshake]:
+    """A `Handshake` connected to `temporal_server`, on a new SQLite store in the test's folder; closed after
+    the test."""
+    async with await Handshake.connect(store=sqlite_url(tmp_path), temporal=temporal_server.url) as hs:
+        yield hs

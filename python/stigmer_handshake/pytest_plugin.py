@@ -12,6 +12,12 @@ import importlib.util
 
 if importlib.util.find_spec("pytest_asyncio") is not None:
     # Registered by being names of this module.
-    from stigmer_handshake._fixtures import postgres_store_url, store_url, temporal_client, temporal_server
+    from stigmer_handshake._fixtures import (
+        handshake,
+        postgres_store_url,
+        store_url,
+        temporal_client,
+        temporal_server,
+    )
 
-    __all__ = ["postgres_store_url", "store_url", "temporal_client", "temporal_server"]
+    __all__ = ["handshake", "postgres_store_url", "store_url", "temporal_client", "temporal_server"]
