@@ -168,7 +168,13 @@ def _current_activity_token() -> bytes:
         raise _core.InvalidInput(
             "defer() must be called inside a Temporal activity: it needs the activity's task token"
         )
-    return activity.info().task_token
+    token = activity.info().task_token
+    if token == b"test":  # temporalio.testing.ActivityEnvironment's placeholder
+        raise _core.TokenError(
+            "the activity's task token is temporalio ActivityEnvironment's placeholder b'test', not a task token: "
+            "set env.info = await stigmer_handshake.testing.activity_info(client) to run defer() under it"
+        )
+    return token
 
 
 @check_public_methods

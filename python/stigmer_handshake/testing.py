@@ -11,6 +11,7 @@ async with DevServer() as server:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -24,7 +25,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import temporalio.activity
 from temporalio.client import Client
 
 from stigmer_handshake._core import HandshakeError
@@ -228,3 +231,63 @@ class DevServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _field(number: int, value: bytes | int) -> bytes:
+    """One protobuf field: a varint for ints, length-delimited for bytes."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def task_token(
+    namespace_id: str,
+    workflow_id: str,
+    run_id: str = "",
+    activity_id: str = "1",
+    *,
+    attempt: int = 1,
+    workflow_type: str = "AgentParent",
+    activity_type: str = "run_agent",
+) -> bytes:
+    """A well-formed task token (Temporal's `TaskToken` message) for a workflow the server need not have:
+    its settle finds the parent gone, as it would a parent that timed out. `run_id` defaults to a new one."""
+    return b"".join([
+        _field(1, namespace_id.encode()), _field(2, workflow_id.encode()),
+        _field(3, (run_id or str(uuid.uuid4())).encode()), _field(4, 5), _field(5, attempt),
+        _field(6, activity_id.encode()), _field(7, workflow_type.encode()), _field(8, activity_type.encode()),
+    ])  # fmt: skip
+
+
+async def activity_info(client: Client | None = None, **changes: Any) -> temporalio.activity.Info:
+    """temporalio's `ActivityEnvironment.default_info()` with a realistic task token instead of its
+    placeholder `b"test"`, so `defer()` runs under `ActivityEnvironment`: `env.info = await
+    activity_info(client)`. With `client`, the token names its namespace (as a connected handshake
+    checks); `changes` replace other fields (`heartbeat_timeout=...`)."""
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+    from temporalio.testing import ActivityEnvironment
+
+    info = dataclasses.replace(ActivityEnvironment.default_info(), **changes)
+    namespace_id = "00000000-0000-4000-8000-000000000000"
+    if client is not None:
+        reply = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=client.namespace))
+        namespace_id = reply.namespace_info.id
+    token = task_token(
+        namespace_id,
+        info.workflow_id or "test",
+        info.workflow_run_id or "",
+        info.activity_id,
+        attempt=info.attempt,
+        workflow_type=info.workflow_type or "test",
+        activity_type=info.activity_type,
+    )
+    return dataclasses.replace(info, task_token=token, namespace=client.namespace if client else info.namespace)

@@ -66,32 +66,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the rest keep their order
 
 
-def _field(number: int, value: bytes | int) -> bytes:
-    """One protobuf field: a varint for ints, length-delimited for bytes."""
-
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-            n >>= 7
-            if not n:
-                return bytes(out)
-
-    if isinstance(value, int):
-        return varint(number << 3) + varint(value)
-    return varint(number << 3 | 2) + varint(len(value)) + value
-
-
-def task_token(namespace_id: str, workflow_id: str, run_id: str = "", activity_id: str = "1") -> bytes:
-    """A well-formed task token: by default of a workflow the server does not have (its delivery finds the
-    parent gone); with a real run and activity id, one fabricated from what listings print."""
-    return b"".join([
-        _field(1, namespace_id.encode()), _field(2, workflow_id.encode()),
-        _field(3, (run_id or str(uuid.uuid4())).encode()), _field(4, 5), _field(5, 1), _field(6, activity_id.encode()),
-        _field(7, b"AgentParent"), _field(8, b"run_agent"),
-    ])  # fmt: skip
-
-
 async def namespace_id_of(client: Client, namespace: str = "default") -> str:
     """The id the server gave a namespace (what task tokens carry)."""
     reply = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))

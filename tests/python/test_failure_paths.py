@@ -20,9 +20,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from stigmer_handshake import ConnectError, Handshake, pb
-from stigmer_handshake.testing import DevServer, free_port, sqlite_url
+from stigmer_handshake.testing import DevServer, free_port, sqlite_url, task_token
 
-from conftest import Env, alive, namespace_id_of, task_token
+from conftest import Env, alive, namespace_id_of
 from flows import AgentAnswer, AgentParent, AgentRequest, CallerActivities, RetriedAgentParent, expected_answer
 
 CLI = [sys.executable, "-m", "stigmer_handshake.cli"]

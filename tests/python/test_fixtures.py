@@ -1,8 +1,14 @@
-"""The plugin's `handshake` fixture: connected to the session's dev server, on a store of its own."""
+"""Testing as temporalio users test: the plugin's `handshake` fixture (connected to the session's dev server,
+on a store of its own), and `defer` under temporalio's `ActivityEnvironment`."""
 
 from __future__ import annotations
 
-from stigmer_handshake import Handshake, pb
+import pytest
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+from stigmer_handshake import Handshake, TokenError, pb
+from stigmer_handshake.testing import activity_info
 
 SPEC = pb.AgentExecutionSpec(agent_id="a", message="m")
 
@@ -17,3 +23,18 @@ async def test_the_handshake_fixture_is_connected_on_a_fresh_store(handshake: Ha
 
 async def test_each_test_gets_its_own_store(handshake: Handshake) -> None:
     assert await handshake.list() == []
+
+
+async def test_defer_runs_under_temporalios_activity_environment(handshake: Handshake, temporal_client: Client) -> None:
+    async def caller(topic: str) -> None:
+        await handshake.defer(pb.AgentExecutionSpec(agent_id="researcher", message=topic), execution_id="unit-1")
+
+    env = ActivityEnvironment()
+    with pytest.raises(TokenError, match="activity_info"):  # its placeholder token is named, with the fix
+        await env.run(caller, "no token")
+    env.info = await activity_info(temporal_client)
+    with pytest.raises(BaseException) as pending:  # defer makes the activity pending: complete-async
+        await env.run(caller, "sky")
+    assert type(pending.value).__name__ == "_CompleteAsyncError"
+    record = await handshake.inspect("unit-1")
+    assert (record.callback_state, record.parent_workflow_id) == ("armed", env.info.workflow_id)

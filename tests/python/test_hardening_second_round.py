@@ -27,9 +27,9 @@ from stigmer_handshake import (
     WaitTimeout,
     pb,
 )
-from stigmer_handshake.testing import free_port, sqlite_url
+from stigmer_handshake.testing import free_port, sqlite_url, task_token
 
-from conftest import BOTH_STORES, Env, namespace_id_of, task_token
+from conftest import BOTH_STORES, Env, namespace_id_of
 from flows import (
     AgentParent,
     AgentRequest,

@@ -11,9 +11,9 @@ import pytest
 from temporalio.client import Client
 
 from stigmer_handshake import Handshake, HandshakeClosed, pb
-from stigmer_handshake.testing import DevServer, sqlite_url
+from stigmer_handshake.testing import DevServer, sqlite_url, task_token
 
-from conftest import namespace_id_of, task_token
+from conftest import namespace_id_of
 
 SPEC = pb.AgentExecutionSpec(agent_id="a", message="m")
 

@@ -24,7 +24,7 @@ HERE = Path(__file__).parent
 SCRIPT = """
 import asyncio, sys, uuid
 sys.path.insert(0, sys.argv[4])
-from conftest import task_token
+from stigmer_handshake.testing import task_token
 from stigmer_handshake import Handshake, pb
 
 async def main():
