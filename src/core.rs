@@ -47,6 +47,7 @@ pub struct Core {
     capabilities: Capabilities,
     /// Where background work (pump, reconciler, deliveries at re-bind) runs: the runtime `connect` ran on.
     runtime: tokio::runtime::Handle,
+    max_result_bytes: usize,
 }
 
 /// How a handshake is set up: every face fills this one struct; `Settings::default()` holds the defaults.
@@ -155,6 +156,7 @@ impl Core {
             pump_started: std::sync::OnceLock::new(),
             capabilities,
             runtime: tokio::runtime::Handle::current(),
+            max_result_bytes: settings.max_result_bytes,
         })
     }
 
@@ -164,6 +166,12 @@ impl Core {
         check_execution_id(id)?;
         let expires_ms = crate::clock::now_ms().saturating_add(ttl_ms);
         self.capabilities.grant(&Grant { execution_id: id.to_owned(), outcomes, expires_ms })
+    }
+
+    /// The execution a capability is for, once its signature, store and expiry are checked (a callback
+    /// URL names its execution only through its capability).
+    pub fn capability_grant(&self, capability: &str) -> Result<Grant> {
+        self.capabilities.open(capability, crate::clock::now_ms())
     }
 
     /// Refuse a settle of `id` with `outcome` that `capability` does not allow.
@@ -209,6 +217,11 @@ impl Core {
         let _drained = self.background.acquire_many(BACKGROUND_PERMITS).await;
         self.store.close().await;
         Ok(())
+    }
+
+    /// Results (and details) over this size are never sent (`Settings::max_result_bytes`).
+    pub fn max_result_bytes(&self) -> usize {
+        self.max_result_bytes
     }
 
     pub fn store(&self) -> &Store {
@@ -408,10 +421,17 @@ impl Core {
         self.store.get(id, include_token).await
     }
 
-    /// Executions, oldest first, optionally of one kind and phase.
-    pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
+    /// Executions, oldest first, optionally of one kind and phase, after `after` (the created time and id
+    /// of the last execution of the page before).
+    pub async fn list(
+        &self,
+        kind: Option<Kind>,
+        phase: Option<Phase>,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<ExecutionRecord>> {
         positive(limit, "limit")?;
-        self.store.list(kind, phase, limit).await
+        self.store.list(kind, phase, after, limit).await
     }
 
     /// Hand up to `limit` executions of `kind` to this runner for `lease_ms` (renewed by each heartbeat):
@@ -456,7 +476,7 @@ impl Core {
         // Progress reported through the status rides on the next heartbeats (unless the runner set
         // details of its own).
         let summary = store::progress_json(kind, status)?;
-        self.pump.set_progress_summary(id, pump::json_details(&summary));
+        self.pump.set_progress_summary(id, crate::payload::json_payloads(&[summary]));
         Ok(())
     }
 

@@ -9,18 +9,21 @@ pub mod errors;
 pub mod failpoint;
 pub mod html;
 pub mod metrics;
+pub mod payload;
 pub mod pump;
 pub mod py;
 pub mod reconcile;
 pub mod runtime;
 pub mod secrets;
+pub mod server;
 pub mod store;
 pub mod temporal;
 pub mod token;
 pub mod vocabulary;
 
 /// Types generated from `proto/` by prost.
-#[allow(clippy::all, clippy::pedantic)]
+// tonic names the stream types of the seed's lower-case rpc names after them (`subscribeStream`).
+#[allow(clippy::all, clippy::pedantic, non_camel_case_types)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/protos.rs"));
 }

@@ -28,6 +28,7 @@ struct Metrics {
     pending: Family<Labels, Gauge>,
     errors: Family<Labels, Counter>,
     heartbeats: Counter,
+    requests: Family<Labels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -36,6 +37,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let pending = Family::<Labels, Gauge>::default();
     let errors = Family::<Labels, Counter>::default();
     let heartbeats = Counter::default();
+    let requests = Family::<Labels, Counter>::default();
     let mut registry = Registry::with_prefix("stigmer_handshake");
     registry.register("settled", "Settle calls, by execution kind and settle outcome", settled.clone());
     registry.register(
@@ -46,7 +48,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("pending", "Executions whose parent waits (armed callbacks), by age", pending.clone());
     registry.register("errors", "Errors raised to callers or met in the background, by type", errors.clone());
     registry.register("heartbeats", "Heartbeats sent to parent activities (pump and runner)", heartbeats.clone());
-    Metrics { registry, settled, delivery_duration, pending, errors, heartbeats }
+    registry.register(
+        "requests",
+        "Requests to `stigmer-handshake serve`, by face (grpc, http), method and answer code",
+        requests.clone(),
+    );
+    Metrics { registry, settled, delivery_duration, pending, errors, heartbeats, requests }
 });
 
 pub fn settled(kind: &str, outcome: &str) {
@@ -63,6 +70,11 @@ pub fn error(kind: &str) {
 
 pub fn heartbeat() {
     METRICS.heartbeats.inc();
+}
+
+pub fn request(face: &str, method: &str, code: &str) {
+    let labels = vec![("face", face.to_owned()), ("method", method.to_owned()), ("code", code.to_owned())];
+    METRICS.requests.get_or_create(&labels).inc();
 }
 
 /// Replace the pending gauge with counts per age bucket (`PENDING_AGES` order).

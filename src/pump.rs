@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use prost::Message;
-use temporalio_common::protos::temporal::api::common::v1::{Payload, Payloads};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
@@ -244,16 +242,6 @@ async fn follow_parent(pump: &Pump, id: &str, token: &TaskToken) -> Parent {
     }
 }
 
-/// JSON details as temporalio's default converter writes them, so any SDK or the CLI can read them.
-pub fn json_details(value: &serde_json::Value) -> Vec<u8> {
-    let payload = Payload {
-        metadata: HashMap::from([("encoding".to_owned(), b"json/plain".to_vec())]),
-        data: value.to_string().into_bytes(),
-        ..Default::default()
-    };
-    Payloads { payloads: vec![payload] }.encode_to_vec()
-}
-
 /// The pump's loop: runs while the pump lives (as long as its handshake).
 pub async fn run(pump: Weak<Pump>) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
@@ -373,13 +361,5 @@ mod tests {
         assert_eq!(interval(Some(30), DEFAULT), MIN_INTERVAL);
         assert_eq!(interval(Some(0), DEFAULT), MIN_INTERVAL);
         assert_eq!(interval(None, Duration::from_millis(1)), MIN_INTERVAL);
-    }
-
-    #[test]
-    fn details_are_json_payloads_any_sdk_reads() {
-        let payloads = Payloads::decode(json_details(&serde_json::json!({"step": 2})).as_slice()).unwrap();
-        let [payload] = payloads.payloads.as_slice() else { panic!("one payload") };
-        assert_eq!(payload.metadata["encoding"], b"json/plain");
-        assert_eq!(payload.data, br#"{"step":2}"#);
     }
 }

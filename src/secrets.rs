@@ -132,6 +132,24 @@ impl Capabilities {
 
     /// Check a capability for settling `execution_id` with `outcome` at `now_ms`.
     pub fn verify(&self, capability: &str, execution_id: &str, outcome: &str, now_ms: i64) -> Result<Grant> {
+        let grant = self.open(capability, now_ms)?;
+        if grant.execution_id != execution_id {
+            return Err(Error::Capability(format!(
+                "the capability is for execution {:?}, not {execution_id:?}",
+                grant.execution_id
+            )));
+        }
+        if !grant.outcomes.iter().any(|o| o == outcome) {
+            return Err(Error::Capability(format!(
+                "the capability does not allow {outcome:?} (it allows {:?})",
+                grant.outcomes
+            )));
+        }
+        Ok(grant)
+    }
+
+    /// What a capability grants, once its signature, its store and its expiry at `now_ms` are checked.
+    pub fn open(&self, capability: &str, now_ms: i64) -> Result<Grant> {
         let refuse = |why: &str| Error::Capability(why.to_owned());
         let mut parts = capability.split('.');
         let (Some(CAPABILITY_PREFIX), Some(body), Some(signature), None) =
@@ -160,15 +178,6 @@ impl Capabilities {
                 .unwrap_or_default(),
             expires_ms: fields["x"].as_i64().unwrap_or_default(),
         };
-        if grant.execution_id != execution_id {
-            return Err(refuse(&format!(
-                "the capability is for execution {:?}, not {execution_id:?}",
-                grant.execution_id
-            )));
-        }
-        if !grant.outcomes.iter().any(|o| o == outcome) {
-            return Err(refuse(&format!("the capability does not allow {outcome:?} (it allows {:?})", grant.outcomes)));
-        }
         if now_ms >= grant.expires_ms {
             return Err(refuse("the capability has expired"));
         }

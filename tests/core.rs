@@ -103,7 +103,7 @@ async fn operations(store_url: String, temporal: String) {
     assert_eq!(ended.phase, Phase::Completed);
     let report = core.reconcile().await.unwrap();
     assert_eq!((report.children_failed, report.orphaned, report.skipped), (0, 0, 0), "{report:?}");
-    let listed = core.list(Some(Kind::Agent), Some(Phase::Completed), 10).await.unwrap();
+    let listed = core.list(Some(Kind::Agent), Some(Phase::Completed), None, 10).await.unwrap();
     assert_eq!(listed.len(), 2);
 }
 

@@ -570,7 +570,7 @@ on_both_stores! {
         let outcomes = [first.await.unwrap(), second.await.unwrap()];
         let made: Vec<_> = outcomes.iter().filter(|o| matches!(o, Ok(Created::New(_)))).collect();
         assert_eq!(made.len(), 1, "exactly one child: {outcomes:?}");
-        let children = store.list(Some(Kind::Agent), None, 10).await.unwrap();
+        let children = store.list(Some(Kind::Agent), None, None, 10).await.unwrap();
         assert_eq!(children.len(), 1);
         assert_eq!(children[0].callback.as_ref().unwrap().attempt, 2, "the newest attempt holds the callback");
     }

@@ -37,6 +37,7 @@ from stigmer_handshake._core import (
 from stigmer_handshake.handshake import Executions, Handshake, ParentSignals
 from stigmer_handshake.metrics import MetricsServer
 from stigmer_handshake.redaction import redact_task_tokens
+from stigmer_handshake.server import ApiKey, Server
 from stigmer_handshake.workflow import Callback, complete_external_activity, fail_external_activity
 
 # Let the Rust core's last hand-offs to asyncio finish before the interpreter finalizes (see _core.drain).
@@ -44,6 +45,7 @@ atexit.register(_core.drain, 1.0)
 
 __all__ = [
     "ActivityGone",
+    "ApiKey",
     "Callback",
     "CapabilityError",
     "ConnectError",
@@ -62,6 +64,7 @@ __all__ = [
     "ParentSignals",
     "ReconcileReport",
     "SchemaMismatch",
+    "Server",
     "Settlement",
     "StoreAuthError",
     "StoreError",

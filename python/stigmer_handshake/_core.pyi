@@ -5,6 +5,7 @@ from collections.abc import Awaitable
 from typing import Literal, final
 
 from stigmer_handshake._settings import ConnectSettings
+from stigmer_handshake.server import ServeSettings
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
@@ -28,6 +29,7 @@ __all__ = [
     "Outcome",
     "ReconcileReport",
     "SchemaMismatch",
+    "Server",
     "Settlement",
     "StoreAuthError",
     "StoreError",
@@ -40,6 +42,7 @@ __all__ = [
     "__version__",
     "drain",
     "fingerprint_bytes",
+    "parse_api_keys",
 ]
 
 __version__: str
@@ -209,12 +212,24 @@ class HeartbeatReply:
     def reset(self) -> bool: ...
 
 @final
+class Server:
+    @property
+    def address(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    def close(self) -> Awaitable[None]: ...
+
+def parse_api_keys(text: str) -> builtins.list[tuple[str, str, builtins.list[str]]]: ...
+
+@final
 class Core:
     @staticmethod
     def connect(settings: ConnectSettings) -> Awaitable[Core]: ...
     def set_api_key(self, api_key: str | None) -> None: ...
     def close(self) -> Awaitable[None]: ...
     def grant(self, execution_id: str, outcomes: builtins.list[str], ttl: float) -> str: ...
+    def serve(self, settings: ServeSettings) -> Awaitable[Server]: ...
+    def callback_url(self, base_url: str, execution_id: str, outcomes: builtins.list[str], ttl: float) -> str: ...
     def create(
         self,
         kind: str,

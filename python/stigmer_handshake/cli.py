@@ -3,7 +3,8 @@
 Exit codes: 0 done; 1 an unexpected error; 2 bad arguments or input (nothing was changed); 3 no such
 execution, or its phase does not allow it; 4 the store or Temporal cannot be reached (or refused us);
 5 settled, but the parent activity was not told (it is gone, or the callback was dead-lettered).
-`reconcile --every` keeps running through failed passes and exits 0 on SIGTERM or SIGINT.
+`reconcile --every` keeps running through failed passes and exits 0 on SIGTERM or SIGINT; so does `serve`,
+after the requests in flight finish.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from temporalio.service import TLSConfig
 from stigmer_handshake import _core
 from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
 from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Executions, Handshake, short_age
+from stigmer_handshake.server import API_KEYS_ENV, ApiKey
 
 EXAMPLES = """\
 examples:
@@ -41,6 +43,8 @@ examples:
   stigmer-handshake settle agent-3f2a --cancel
   stigmer-handshake reconcile                 (one pass)
   stigmer-handshake reconcile --every 5       (a long-running loop)
+  stigmer-handshake serve --listen 0.0.0.0:8080 --api-keys-file keys.txt --cert cert.pem --key key.pem
+  stigmer-handshake serve --insecure-localhost   (127.0.0.1:8080, no keys: for development)
   stigmer-handshake demo --executions 60 --slots 4
   stigmer-handshake bench --only B1 B2
 
@@ -136,6 +140,24 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     reconcile.add_argument("--every", type=float, metavar="SECONDS", help="keep running, a pass every SECONDS")
 
+    serve = command(
+        "serve", "serve the handshake over gRPC and HTTP/JSON on one port, until SIGTERM or SIGINT",
+        "stigmer-handshake serve --listen 0.0.0.0:8080 --api-keys-file keys.txt --cert cert.pem --key key.pem",
+    )  # fmt: skip
+    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="default 127.0.0.1:8080")
+    serve.add_argument(
+        "--api-keys-file", metavar="FILE",
+        help=f"API keys, one per line: <name> <scope>[,<scope>...] <secret> (else ${API_KEYS_ENV})",
+    )  # fmt: skip
+    serve.add_argument("--insecure-localhost", action="store_true", help="serve without keys (loopback addresses only)")
+    serve.add_argument("--cert", metavar="PEM", help="the server's TLS certificate chain (with --key)")
+    serve.add_argument("--key", metavar="PEM", help="the server's TLS private key (with --cert)")
+    serve.add_argument("--client-ca", metavar="PEM", help="demand client certificates signed by this CA")
+    serve.add_argument("--public-url", metavar="URL", help="the base of callback URLs, behind a proxy")
+    serve.add_argument(
+        "--reconcile-every", type=float, default=5.0, metavar="SECONDS", help="reconciler interval (default 5)"
+    )
+
     from stigmer_handshake import bench, demo
 
     demo.add_arguments(
@@ -216,12 +238,14 @@ async def run(args: argparse.Namespace) -> int:
 
         await bench.main(args)
         return OK
-    needs_temporal = args.command in ("settle", "reconcile")
+    needs_temporal = args.command in ("settle", "reconcile", "serve")
     # Bad arguments are refused before anything is opened.
     if args.command == "settle":
         outcome_args(args)
     if args.command == "reconcile" and args.every is not None and not (math.isfinite(args.every) and args.every > 0):
         raise UsageError("--every must be a positive number of seconds")
+    if args.command == "serve":
+        keys = api_keys(args)
     hs = await Handshake.connect(
         store=args.store,
         temporal=(FROM_ENVIRONMENT if args.temporal is None else args.temporal) if needs_temporal else None,
@@ -235,7 +259,57 @@ async def run(args: argparse.Namespace) -> int:
         return OK
     if args.command == "settle":
         return await settle(hs, args)
+    if args.command == "serve":
+        return await serve(hs, args, keys)
     return await reconcile(hs, args)
+
+
+def api_keys(args: argparse.Namespace) -> list[ApiKey] | None:
+    """The server's keys: from --api-keys-file, else the variable; None with --insecure-localhost."""
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    if not (math.isfinite(args.reconcile_every) and args.reconcile_every > 0):
+        raise UsageError("--reconcile-every must be a positive number of seconds")
+    if args.api_keys_file is not None:
+        try:
+            text = Path(args.api_keys_file).read_text()
+        except OSError as err:
+            raise UsageError(f"--api-keys-file {args.api_keys_file!r} cannot be read: {err.strerror}") from None
+    else:
+        text = os.environ.get(API_KEYS_ENV, "")
+    if args.insecure_localhost:
+        if text.strip():
+            raise UsageError("--insecure-localhost serves without keys: give keys or it, not both")
+        return None
+    keys = ApiKey.parse(text)
+    if not keys:
+        raise UsageError(f"serving needs API keys (--api-keys-file or ${API_KEYS_ENV}), or --insecure-localhost")
+    return keys
+
+
+async def serve(hs: Handshake, args: argparse.Namespace, keys: list[ApiKey] | None) -> int:
+    """Serve until SIGTERM or SIGINT, then stop accepting, let requests in flight finish, and exit 0."""
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    hs.start_reconciler(args.reconcile_every)
+    try:
+        server = await hs.serve(
+            args.listen,
+            api_keys=keys,
+            insecure_localhost=args.insecure_localhost,
+            tls_cert=args.cert,
+            tls_key=args.key,
+            tls_client_ca=args.client_ca,
+            public_url=args.public_url,
+        )
+    except OSError as err:  # a PEM file that cannot be read
+        raise UsageError(f"{err.filename!r} cannot be read: {err.strerror}") from None
+    emit(args, {"serving": server.url, "address": server.address})
+    sys.stdout.flush()
+    await stop.wait()
+    await hs.close()
+    return OK
 
 
 def read_token(args: argparse.Namespace) -> bytes:

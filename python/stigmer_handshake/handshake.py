@@ -31,6 +31,7 @@ from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
 from stigmer_handshake._temporal_config import resolve as resolve_temporal
 from stigmer_handshake.metrics import MetricsServer, parse
 from stigmer_handshake.redaction import redact_task_tokens
+from stigmer_handshake.server import ALL_OUTCOMES, ApiKey, Server, ServeSettings, SettleOutcome, read_pem
 from stigmer_handshake.workflow import (
     COMPLETE_EXTERNAL_ACTIVITY,
     FAIL_EXTERNAL_ACTIVITY,
@@ -194,6 +195,7 @@ class Handshake:
     def __init__(self, core: _core.Core, data_converter: DataConverter) -> None:
         self._core = core
         self._converter = data_converter
+        self._servers: builtins.list[Server] = []
 
     async def __aenter__(self) -> Handshake:
         return self
@@ -205,7 +207,9 @@ class Handshake:
         """Stop this process's background work and close the store: the reconciler stops (a pass in flight
         finishes), the pump stops heartbeating, deliveries in flight finish, the store's connections close.
         Later calls raise ``HandshakeClosed``; closing again does nothing. Settles recorded but not yet
-        delivered stay due, for any process's reconciler."""
+        delivered stay due, for any process's reconciler. Servers started with ``serve`` stop first."""
+        for server in self._servers:
+            await server.close()
         await self._core.close()
 
     @classmethod
@@ -506,6 +510,56 @@ class Handshake:
         first (``CapabilityError``). Signed with ``capability_keys``, else with the store's own key (then
         whoever can read the store can also make capabilities: pass keys to keep the two apart)."""
         return self._core.grant(execution_id, list(outcomes), ttl)
+
+    async def serve(
+        self,
+        listen: str = "127.0.0.1:0",
+        *,
+        api_keys: Sequence[ApiKey] | None = None,
+        insecure_localhost: bool = False,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_client_ca: str | os.PathLike[str] | None = None,
+        public_url: str | None = None,
+    ) -> Server:
+        """Serve this handshake over the network on ``listen`` (``host:port``; port 0: any free one): gRPC
+        and HTTP/JSON on the same port (see ``stigmer_handshake.server``), until ``Server.close()`` or
+        ``close()`` here.
+
+        Every request needs one of ``api_keys`` (``ApiKey``: name, secret, scopes), except callback URLs,
+        whose path is the credential. ``insecure_localhost=True`` instead serves everyone, on a loopback
+        address only. ``tls_cert`` and ``tls_key`` (PEM files) turn TLS on; ``tls_client_ca`` also demands
+        client certificates signed by it. ``public_url`` is the base of callback URLs when callers reach the
+        server through a proxy (default: ``http(s)://<address>``)."""
+        settings = ServeSettings(
+            listen=listen,
+            api_keys=None if api_keys is None else tuple(api_keys),
+            insecure_localhost=insecure_localhost,
+            tls_cert=read_pem(tls_cert),
+            tls_key=read_pem(tls_key),
+            tls_client_ca=read_pem(tls_client_ca),
+            public_url=public_url,
+        )
+        server = Server(await self._core.serve(settings), self._core)
+        self._servers.append(server)
+        return server
+
+    def callback_url(
+        self,
+        execution_id: str,
+        outcomes: Sequence[SettleOutcome] = ALL_OUTCOMES,
+        *,
+        ttl: float = 3600.0,
+        base_url: str | None = None,
+    ) -> str:
+        """A URL that settles one execution with ``outcomes`` for ``ttl`` seconds, for a webhook sender
+        that holds no key (POST ``<url>:complete`` with the JSON result, ``:fail``, ``:cancel``). Under
+        ``base_url``, else under the URL of the server this handshake serves."""
+        if base_url is None:
+            if not self._servers:
+                raise _core.InvalidInput("callback_url needs base_url=..., or a server started with serve()")
+            base_url = self._servers[-1].url
+        return self._core.callback_url(base_url, execution_id, list(outcomes), ttl)
 
     # -- reads ------------------------------------------------------------------------------------
 

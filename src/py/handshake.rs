@@ -10,8 +10,10 @@ use crate::errors::Result;
 use crate::pump::Signals;
 use crate::py::args::{bytes_arg, duration, optional_bytes, patience, seconds_to_ms, ExecutionId};
 use crate::py::asyncio::spawn;
+use crate::py::server::{PyServeSettings, PyServer};
 use crate::py::settings::ConnectSettings;
 use crate::py::types::{PyExecution, PyHeartbeatReply, PyOutcome, PyReconcileReport, PySettlement};
+use crate::server::ServeSettings;
 use crate::store::Created;
 use crate::vocabulary::Kind;
 
@@ -54,6 +56,27 @@ impl PyCore {
     #[pyo3(signature = (execution_id, outcomes, ttl))]
     fn grant(&self, execution_id: ExecutionId, outcomes: Vec<String>, ttl: f64) -> PyResult<String> {
         Ok(self.core()?.grant(&execution_id, outcomes, seconds_to_ms(ttl, "ttl")?)?)
+    }
+
+    /// Serve this handshake over the network (gRPC and HTTP on one port) from `settings`, a
+    /// `stigmer_handshake.server.ServeSettings`. Awaitable; returns a `Server`.
+    fn serve<'py>(&self, py: Python<'py>, settings: PyServeSettings) -> PyResult<Bound<'py, PyAny>> {
+        let (core, settings) = (self.core()?, ServeSettings::try_from(settings)?);
+        spawn(py, async move { Ok(PyServer(Arc::new(crate::server::serve(core, settings).await?))) })
+    }
+
+    /// A URL under `base_url` that settles `execution_id` with one of `outcomes` for `ttl` seconds, for a
+    /// webhook sender that holds no key.
+    #[pyo3(signature = (base_url, execution_id, outcomes, ttl))]
+    fn callback_url(
+        &self,
+        base_url: &str,
+        execution_id: ExecutionId,
+        outcomes: Vec<String>,
+        ttl: f64,
+    ) -> PyResult<String> {
+        let core = self.core()?;
+        Ok(crate::server::callback_url(&core, base_url, &execution_id, outcomes, seconds_to_ms(ttl, "ttl")?)?)
     }
 
     /// Store a new PENDING execution; with `token`, arm its callback (or re-bind a retried parent to
@@ -110,7 +133,7 @@ impl PyCore {
         let phase = phase.map(parse_phase).transpose()?;
         let core = self.core()?;
         spawn(py, async move {
-            let records = core.list(kind, phase, limit).await?;
+            let records = core.list(kind, phase, None, limit).await?;
             Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }

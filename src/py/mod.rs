@@ -6,6 +6,7 @@ pub mod args;
 pub mod asyncio;
 pub mod errors;
 pub mod handshake;
+pub mod server;
 pub mod settings;
 pub mod token;
 pub mod types;
@@ -22,8 +23,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::PySettlement>()?;
     m.add_class::<types::PyHeartbeatReply>()?;
     m.add_class::<types::PyReconcileReport>()?;
+    m.add_class::<server::PyServer>()?;
     m.add_function(wrap_pyfunction!(token::fingerprint_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(asyncio::drain, m)?)?;
+    m.add_function(wrap_pyfunction!(server::parse_api_keys, m)?)?;
     settings::register(m)?;
     errors::register(m)
 }

@@ -290,7 +290,7 @@ impl From<HeartbeatFlags> for PyHeartbeatReply {
 }
 
 /// `value` as Python's `repr()` shows it (quotes, escapes, `None`, `True`), so reprs read as Python.
-fn py_repr<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> String {
+pub fn py_repr<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> String {
     use pyo3::IntoPyObjectExt;
     value.into_bound_py_any(py).and_then(|v| v.repr()).map_or_else(|_| "?".to_owned(), |r| r.to_string())
 }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use records::{CallbackInfo, ClaimedCallback, Created, ExecutionRecord, NewExecution, Settled};
 pub use sql::{Armed, SqlStore};
-pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, StatusFields};
+pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, timestamp, StatusFields};
 use writer::{SettleJob, WriteOp, Written};
 
 use crate::errors::{Error, Result};
@@ -161,8 +161,14 @@ impl Store {
         on_db!(self, db => db.get(id, include_token).await)
     }
 
-    pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
-        on_db!(self, db => db.list(kind, phase, limit).await)
+    pub async fn list(
+        &self,
+        kind: Option<Kind>,
+        phase: Option<Phase>,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<ExecutionRecord>> {
+        on_db!(self, db => db.list(kind, phase, after, limit).await)
     }
 
     pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {

@@ -103,14 +103,26 @@ where
         Self::record_from_row(&row, include_token.then_some(self.keyring.as_ref()))
     }
 
-    pub async fn list(&self, kind: Option<Kind>, phase: Option<Phase>, limit: i64) -> Result<Vec<ExecutionRecord>> {
+    /// Executions in the order they were created, after `after` (the created time and id of the last one
+    /// a previous page ended with).
+    pub async fn list(
+        &self,
+        kind: Option<Kind>,
+        phase: Option<Phase>,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<ExecutionRecord>> {
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
-             WHERE ($1 IS NULL OR e.kind = $1) AND ($2 IS NULL OR e.phase = $2) ORDER BY e.created_ms, e.id LIMIT $3"
+             WHERE ($1 IS NULL OR e.kind = $1) AND ($2 IS NULL OR e.phase = $2) \
+             AND ($3 IS NULL OR e.created_ms > $3 OR (e.created_ms = $3 AND e.id > $4)) \
+             ORDER BY e.created_ms, e.id LIMIT $5"
         );
         let rows = sqlx::query(&sql)
             .bind(kind.map(Kind::as_str))
             .bind(phase.map(Phase::to_proto))
+            .bind(after.map(|(created_ms, _)| created_ms))
+            .bind(after.map_or("", |(_, id)| id))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;

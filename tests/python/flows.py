@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
@@ -285,3 +286,68 @@ class ForgedChild:
             return await fail_external_activity(Callback(execution_id, carried), "forged", non_retryable=True)
         except ActivityError as err:
             return f"refused: {getattr(err.cause, 'type', '')}"
+
+
+@dataclass
+class NetworkRequest:
+    """A caller that defers over the network: its activity sends `create` to `server` with its own token."""
+
+    server: str
+    api_key: str
+    execution_id: str
+    prompt: str
+    kind: str = "agent"  # or "workflow"
+
+
+@activity.defn
+async def create_over_grpc(request: NetworkRequest) -> None:
+    """A caller activity as a Go or TypeScript one would be: it puts its own task token in the status of a
+    new execution, sends `create` over gRPC, and returns "result pending"."""
+    from grpc_api import AGENT, WORKFLOW, GrpcApi, agent_pb, workflow_pb
+
+    token = activity.info().task_token
+    SEEN_TOKENS.append(token)
+    if request.kind == "agent":
+        service, resource = (
+            f"{AGENT}CommandController",
+            agent_pb.AgentExecution(
+                metadata=pb.ResourceMetadata(id=request.execution_id),
+                spec=pb.AgentExecutionSpec(agent_id="researcher", message=request.prompt),
+                status=pb.AgentExecutionStatus(callback_token=token),
+            ),
+        )
+    else:
+        service, resource = (
+            f"{WORKFLOW}CommandController",
+            workflow_pb.WorkflowExecution(
+                metadata=pb.ResourceMetadata(id=request.execution_id),
+                spec=pb.WorkflowExecutionSpec(workflow_id="pipeline", trigger_message=request.prompt),
+                status=pb.WorkflowExecutionStatus(callback_token=token),
+            ),
+        )
+    async with GrpcApi(request.server, request.api_key) as api:
+        created = await api.call(service, "create", resource)
+    assert not created.status.callback_token, "create never answers with the token"
+    activity.raise_complete_async()
+
+
+@workflow.defn
+class NetworkAgentParent:
+    @workflow.run
+    async def run(self, request: NetworkRequest) -> AgentAnswer:
+        # By name: the activity function is typed `-> None` (it never returns), which would win over result_type.
+        return await workflow.execute_activity(
+            "create_over_grpc", request, start_to_close_timeout=timedelta(minutes=5), retry_policy=NO_RETRY,
+            result_type=AgentAnswer,
+        )  # fmt: skip
+
+
+@workflow.defn
+class NetworkWorkflowParent:
+    @workflow.run
+    async def run(self, request: NetworkRequest) -> dict[str, Any]:
+        result: dict[str, Any] = await workflow.execute_activity(
+            "create_over_grpc", request, start_to_close_timeout=timedelta(minutes=5), retry_policy=NO_RETRY,
+            result_type=dict,
+        )  # fmt: skip
+        return result

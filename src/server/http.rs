@@ -1,0 +1,306 @@
+//! HTTP/JSON, for webhooks, scripts and people:
+//!
+//! - `POST /v1/executions/{id}:complete` (body: the result as JSON), `:fail` (`message`, `type`,
+//!   `non_retryable`, `details`), `:cancel` (`details`), `:heartbeat` (`details`; answers cancel/pause/reset),
+//!   `:callbackUrl` (`outcomes`, `ttl_seconds`; answers `url`), `GET /v1/executions/{id}`,
+//!   `GET /v1/executions?kind=&phase=&page_size=&page_token=`: with an API key;
+//! - `GET /v1/callbacks/{capability}` and `POST /v1/callbacks/{capability}:complete|:fail|:cancel`: the
+//!   capability in the path is the credential;
+//! - `GET /metrics` (read scope), `GET /healthz` (open).
+//!
+//! Errors answer with a 4xx/5xx status and `{"error": {"code", "type", "message"}}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use super::auth::Scope;
+use super::codes::{http_error, http_refusal, http_status};
+use super::shared::Shared;
+use super::view::execution_json;
+use crate::errors::{Error, Result};
+use crate::vocabulary::{Kind, Outcome};
+
+/// The longest any one HTTP request may take (settles wait for delivery, which Temporal's client retries
+/// within this).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub fn routes(shared: &Arc<Shared>) -> axum::Router {
+    let limit = shared.core.max_result_bytes() + 64 * 1024;
+    axum::Router::new()
+        .route("/healthz", get(async || Json(json!({"status": "serving"}))))
+        .route("/metrics", get(metrics))
+        .route("/v1/executions", get(list))
+        .route("/v1/executions/{target}", get(read).post(act))
+        .route("/v1/callbacks/{target}", get(read_by_capability).post(act_by_capability))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(shared.clone())
+}
+
+/// Count each answer by route and status, in a span; bound each request's time.
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = format!("{} {route}", request.method());
+    let span = tracing::info_span!("request", face = "http", method = %method);
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request).instrument(span)).await {
+        Ok(response) => response,
+        Err(_) => http_error(StatusCode::GATEWAY_TIMEOUT, "Timeout", "the request took too long").into_response(),
+    };
+    crate::metrics::request("http", &method, response.status().as_str());
+    response
+}
+
+/// The refusal to answer with, when the request's key does not allow `scope`.
+fn refused(shared: &Shared, headers: &HeaderMap, scope: Scope) -> Option<Response> {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    shared.keys.check(authorization, scope).err().map(|refusal| http_refusal(refusal).into_response())
+}
+
+fn answer(result: Result<Value>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(err) => http_status(&err).into_response(),
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&shared, &headers, Scope::Read) {
+        return refusal;
+    }
+    match shared.core.metrics_text().await {
+        Ok(text) => {
+            ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+        }
+        Err(err) => http_status(&err).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    kind: Option<String>,
+    phase: Option<String>,
+    #[serde(default)]
+    page_size: i32,
+    #[serde(default)]
+    page_token: String,
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(refusal) = refused(&shared, &headers, Scope::Read) {
+        return refusal;
+    }
+    answer(
+        async {
+            let Query(query) = query.map_err(|e| Error::InvalidArgument(e.body_text()))?;
+            let kind = query.kind.as_deref().map(Kind::parse).transpose()?;
+            let phase = query.phase.as_deref().map(crate::core::parse_phase).transpose()?;
+            let (records, next) =
+                super::resource::list_page(&shared.core, kind, phase, query.page_size, &query.page_token).await?;
+            Ok(json!({"executions": records.iter().map(execution_json).collect::<Vec<_>>(), "next_page_token": next}))
+        }
+        .await,
+    )
+}
+
+async fn read(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(refusal) = refused(&shared, &headers, Scope::Read) {
+        return refusal;
+    }
+    answer(
+        async {
+            crate::core::check_execution_id(&id)?;
+            Ok(execution_json(&shared.core.get(&id, false).await?))
+        }
+        .await,
+    )
+}
+
+/// `{id}:{verb}` (split at the last colon: ids may hold colons, verbs do not).
+fn split_target(target: &str) -> Result<(&str, &str)> {
+    target.rsplit_once(':').ok_or_else(|| {
+        Error::InvalidArgument(format!("POST to .../{{id}}:complete, :fail, :cancel or :heartbeat, not .../{target}"))
+    })
+}
+
+async fn act(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let (id, verb) = match split_target(&target) {
+        Ok(split) => split,
+        Err(err) => return http_status(&err).into_response(),
+    };
+    let scope = if verb == "callbackUrl" { Scope::Admin } else { Scope::Settle };
+    if let Some(refusal) = refused(&shared, &headers, scope) {
+        return refusal;
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return http_error(rejection.status(), "InvalidInput", &rejection.body_text()).into_response()
+        }
+    };
+    answer(async {
+        crate::core::check_execution_id(id)?;
+        match verb {
+            "heartbeat" => {
+                let details = object(&body, &["details"])?;
+                let details = values(&details, "details")?.map(|v| crate::payload::json_payloads(&v));
+                let flags = shared.core.heartbeat(id, details).await?;
+                Ok(json!({"cancel_requested": flags.cancel_requested, "paused": flags.paused, "reset": flags.reset}))
+            }
+            "callbackUrl" => {
+                let fields = object(&body, &["outcomes", "ttl_seconds"])?;
+                let outcomes = match &fields["outcomes"] {
+                    Value::Null => Vec::new(),
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|o| o.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| Error::InvalidArgument("outcomes must be a list of strings".into()))?,
+                    _ => return Err(Error::InvalidArgument("outcomes must be a list of strings".into())),
+                };
+                let ttl = match &fields["ttl_seconds"] {
+                    Value::Null => 3600.0,
+                    value => value.as_f64().filter(|t| *t > 0.0 && t.is_finite()).ok_or_else(|| {
+                        Error::InvalidArgument("ttl_seconds must be a positive number".into())
+                    })?,
+                };
+                shared.core.get(id, false).await?;
+                #[allow(clippy::cast_possible_truncation)]
+                let url = shared.callback_url(id, outcomes, (ttl * 1000.0) as i64)?;
+                Ok(json!({"url": url}))
+            }
+            verb => settle(&shared, id, verb, &body, None).await,
+        }
+    }.await)
+}
+
+async fn read_by_capability(State(shared): State<Arc<Shared>>, Path(capability): Path<String>) -> Response {
+    answer(
+        async {
+            let grant = shared.core.capability_grant(&capability)?;
+            let mut view = execution_json(&shared.core.get(&grant.execution_id, false).await?);
+            view["allowed_outcomes"] = json!(grant.outcomes);
+            view["expires_ms"] = json!(grant.expires_ms);
+            Ok(view)
+        }
+        .await,
+    )
+}
+
+async fn act_by_capability(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return http_error(rejection.status(), "InvalidInput", &rejection.body_text()).into_response()
+        }
+    };
+    answer(
+        async {
+            let (capability, verb) = split_target(&target)?;
+            // The capability names the execution; `settle` checks it grants this outcome.
+            let grant = shared.core.capability_grant(capability)?;
+            settle(&shared, &grant.execution_id, verb, &body, Some(capability)).await
+        }
+        .await,
+    )
+}
+
+/// Settle `id` with the outcome `verb` names, from the JSON body.
+async fn settle(shared: &Shared, id: &str, verb: &str, body: &[u8], capability: Option<&str>) -> Result<Value> {
+    let outcome = match verb {
+        "complete" => {
+            let result: Value = if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { json_body(body)? };
+            Outcome::Complete { result: Some(crate::payload::json_payloads(&[result])) }
+        }
+        "fail" => {
+            let fields = object(body, &["message", "type", "non_retryable", "details"])?;
+            let message = fields["message"]
+                .as_str()
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| Error::InvalidArgument("fail needs a non-empty \"message\"".into()))?;
+            Outcome::Fail {
+                message: message.to_owned(),
+                failure_type: optional_str(&fields, "type")?,
+                non_retryable: match &fields["non_retryable"] {
+                    Value::Null => false,
+                    Value::Bool(b) => *b,
+                    _ => return Err(Error::InvalidArgument("non_retryable must be true or false".into())),
+                },
+                details: values(&fields, "details")?.map(|v| crate::payload::json_payloads(&v)),
+            }
+        }
+        "cancel" => {
+            let fields = object(body, &["details"])?;
+            Outcome::Cancel { details: values(&fields, "details")?.map(|v| crate::payload::json_payloads(&v)) }
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "the action is :complete, :fail or :cancel (or :heartbeat), not :{other}"
+            )))
+        }
+    };
+    let settled = shared.core.settle(id, outcome, None, true, capability).await?;
+    let (result, reason, previous) = super::shared::settle_reply(&settled);
+    Ok(json!({"execution_id": id, "result": result, "reason": reason, "previous_outcome": previous}))
+}
+
+fn json_body(body: &[u8]) -> Result<Value> {
+    serde_json::from_slice(body).map_err(|e| Error::InvalidArgument(format!("the body is not JSON: {e}")))
+}
+
+/// The body as a JSON object with only `allowed` fields (an empty body: no fields).
+fn object(body: &[u8], allowed: &[&str]) -> Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let value = json_body(body)?;
+    let Value::Object(fields) = &value else {
+        return Err(Error::InvalidArgument("the body must be a JSON object".into()));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Error::InvalidArgument(format!("unknown field {unknown:?} (fields: {})", allowed.join(", "))));
+    }
+    Ok(value)
+}
+
+fn optional_str(fields: &Value, name: &str) -> Result<String> {
+    match &fields[name] {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(Error::InvalidArgument(format!("{name} must be a string"))),
+    }
+}
+
+/// A list of values (`details`), or None when absent.
+fn values(fields: &Value, name: &str) -> Result<Option<Vec<Value>>> {
+    match &fields[name] {
+        Value::Null => Ok(None),
+        Value::Array(items) => Ok(Some(items.clone())),
+        _ => Err(Error::InvalidArgument(format!("{name} must be a list of JSON values"))),
+    }
+}

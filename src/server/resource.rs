@@ -1,0 +1,191 @@
+//! The seed's resources on the wire (`AgentExecution`, `WorkflowExecution`) to and from what `Core`
+//! takes and returns, for both kinds through one trait. A resource read from the store never carries the
+//! token; one sent to `create` carries the caller's.
+
+use prost::Message;
+
+use crate::core::CreateRequest;
+use crate::errors::{Error, Result};
+use crate::proto::ai::stigmer::agentic::agentexecution::v1 as agent;
+use crate::proto::ai::stigmer::agentic::workflowexecution::v1 as workflow;
+use crate::proto::ai::stigmer::commons::v1::ResourceMetadata;
+use crate::store::{timestamp, ExecutionRecord};
+use crate::vocabulary::Kind;
+
+/// The `api_version` every resource carries.
+pub const API_VERSION: &str = "agentic.stigmer.ai/v1";
+
+/// An execution resource of one kind.
+pub trait Resource: Message + Default + Sized + 'static {
+    const KIND: Kind;
+    /// The resource's `kind` field.
+    const NAME: &'static str;
+    type Spec: Message + Default;
+    type Status: Message + Default;
+
+    fn parts(self) -> (Option<ResourceMetadata>, Option<Self::Spec>, Option<Self::Status>);
+    fn assemble(metadata: ResourceMetadata, spec: Self::Spec, status: Self::Status) -> Self;
+    /// Take the token out of a status.
+    fn take_token(status: &mut Self::Status) -> Vec<u8>;
+
+    /// The resource as stored, without the token.
+    fn from_record(record: &ExecutionRecord) -> Result<Self> {
+        let malformed = |what: &str, e: prost::DecodeError| Error::Store(format!("malformed stored {what}: {e}"));
+        let spec = Self::Spec::decode(record.spec.as_slice()).map_err(|e| malformed("spec", e))?;
+        let mut status = Self::Status::decode(record.status.as_slice()).map_err(|e| malformed("status", e))?;
+        Self::take_token(&mut status);
+        let metadata = ResourceMetadata {
+            id: record.id.clone(),
+            name: record.id.clone(),
+            created_at: Some(timestamp(record.created_ms)),
+            updated_at: Some(timestamp(record.updated_ms)),
+            ..Default::default()
+        };
+        Ok(Self::assemble(metadata, spec, status))
+    }
+
+    /// What `create` stores for this resource: its id (`metadata.id`, or one made up), spec, status and
+    /// the caller's token from `status.callback_token` (none: a direct execution).
+    fn into_create(self, heartbeat_timeout_ms: Option<i64>) -> Result<CreateRequest> {
+        let (metadata, spec, status) = self.parts();
+        let metadata = metadata.unwrap_or_default();
+        if !metadata.labels.is_empty() {
+            return Err(Error::InvalidArgument(
+                "metadata.labels are not stored by this version; send the execution without them".into(),
+            ));
+        }
+        let mut status = status.unwrap_or_default();
+        let token = Self::take_token(&mut status);
+        Ok(CreateRequest {
+            kind: Self::KIND,
+            spec: spec.unwrap_or_default().encode_to_vec(),
+            id: (!metadata.id.is_empty()).then_some(metadata.id),
+            token: (!token.is_empty()).then_some(token),
+            status: Some(status.encode_to_vec()),
+            heartbeat_timeout_ms,
+        })
+    }
+}
+
+macro_rules! resource {
+    ($ty:ty, $kind:expr, $name:literal, $spec:ty, $status:ty) => {
+        impl Resource for $ty {
+            const KIND: Kind = $kind;
+            const NAME: &'static str = $name;
+            type Spec = $spec;
+            type Status = $status;
+
+            fn parts(self) -> (Option<ResourceMetadata>, Option<$spec>, Option<$status>) {
+                (self.metadata, self.spec, self.status)
+            }
+            fn assemble(metadata: ResourceMetadata, spec: $spec, status: $status) -> Self {
+                Self {
+                    api_version: API_VERSION.into(),
+                    kind: Self::NAME.into(),
+                    metadata: Some(metadata),
+                    spec: Some(spec),
+                    status: Some(status),
+                }
+            }
+            fn take_token(status: &mut $status) -> Vec<u8> {
+                std::mem::take(&mut status.callback_token)
+            }
+        }
+    };
+}
+resource!(agent::AgentExecution, Kind::Agent, "AgentExecution", agent::AgentExecutionSpec, agent::AgentExecutionStatus);
+resource!(
+    workflow::WorkflowExecution,
+    Kind::Workflow,
+    "WorkflowExecution",
+    workflow::WorkflowExecutionSpec,
+    workflow::WorkflowExecutionStatus
+);
+
+/// A list page's `next_page_token`: where the page ended (created time and id), so the next page starts
+/// after it whatever was created or deleted meanwhile. Opaque to callers.
+fn page_token(record: &ExecutionRecord) -> String {
+    format!("{}.{}", record.created_ms, hex::encode(record.id.as_bytes()))
+}
+
+/// Read a `page_token` back; empty: the first page.
+fn parse_page_token(token: &str) -> Result<Option<(i64, String)>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::InvalidArgument("page_token is not one this server returned".into());
+    let (created, id) = token.split_once('.').ok_or_else(bad)?;
+    let created: i64 = created.parse().map_err(|_| bad())?;
+    let id = String::from_utf8(hex::decode(id).map_err(|_| bad())?).map_err(|_| bad())?;
+    Ok(Some((created, id)))
+}
+
+/// One page of executions, oldest first, and the token of the next page (None: this is the last).
+pub async fn list_page(
+    core: &crate::core::Core,
+    kind: Option<Kind>,
+    phase: Option<crate::vocabulary::Phase>,
+    size: i32,
+    token: &str,
+) -> Result<(Vec<ExecutionRecord>, Option<String>)> {
+    let limit = page_size(size)?;
+    let after = parse_page_token(token)?;
+    let records = core.list(kind, phase, after.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit).await?;
+    // A full page may have more after it; the next page says (and may be empty).
+    let next = if i64::try_from(records.len()) == Ok(limit) { records.last().map(page_token) } else { None };
+    Ok((records, next))
+}
+
+/// The page size asked for (0: the default), capped.
+fn page_size(asked: i32) -> Result<i64> {
+    const DEFAULT: i64 = 100;
+    const MAX: i64 = 1000;
+    match asked {
+        0 => Ok(DEFAULT),
+        n if n < 0 => Err(Error::InvalidArgument(format!("page_size must be positive, not {n}"))),
+        n => Ok(i64::from(n).min(MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_read_back_and_others_are_refused() {
+        let record = ExecutionRecord {
+            id: "agent-é.1".into(),
+            kind: Kind::Agent,
+            phase: crate::vocabulary::Phase::Pending,
+            spec: Vec::new(),
+            status: Vec::new(),
+            created_ms: 1_700_000_000_123,
+            updated_ms: 0,
+            retry_of: None,
+            ended: None,
+            callback: None,
+        };
+        assert_eq!(parse_page_token(&page_token(&record)).unwrap(), Some((1_700_000_000_123, "agent-é.1".into())));
+        assert_eq!(parse_page_token("").unwrap(), None);
+        for bad in ["x", "1.zz", "a.00", "1.ff"] {
+            assert!(matches!(parse_page_token(bad), Err(Error::InvalidArgument(_))), "{bad}");
+        }
+        assert_eq!(page_size(0).unwrap(), 100);
+        assert_eq!(page_size(5000).unwrap(), 1000);
+        assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn create_takes_the_token_out_of_the_status() {
+        let resource = agent::AgentExecution {
+            metadata: Some(ResourceMetadata { id: "a1".into(), ..Default::default() }),
+            status: Some(agent::AgentExecutionStatus { callback_token: vec![1, 2, 3], ..Default::default() }),
+            ..Default::default()
+        };
+        let request = resource.into_create(None).unwrap();
+        assert_eq!(request.token, Some(vec![1, 2, 3]));
+        assert_eq!(request.id.as_deref(), Some("a1"));
+        let status = agent::AgentExecutionStatus::decode(request.status.unwrap().as_slice()).unwrap();
+        assert!(status.callback_token.is_empty());
+    }
+}
