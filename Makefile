@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev protos demo test test-rust test-python lint bench fuzz clean system-packages
+.PHONY: install dev protos demo test test-rust test-python lint bench fuzz clean system-packages typescript-caller
 
 # The virtualenv with pinned tools; redone when requirements-dev.txt changes.
 $(STAMP): requirements-dev.txt
@@ -69,10 +69,17 @@ system-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test-python: dev system-packages
+# The TypeScript caller (a real Temporal TypeScript worker) the network tests run: its npm packages, as the
+# lock file pins them, and its compiled JavaScript.
+TS_CALLER := examples/typescript-caller
+$(TS_CALLER)/lib/main.js: $(TS_CALLER)/package-lock.json $(TS_CALLER)/tsconfig.json $(wildcard $(TS_CALLER)/src/*.ts)
+	cd $(TS_CALLER) && npm ci --no-audit --no-fund --loglevel=error && npx tsc --build
+typescript-caller: $(TS_CALLER)/lib/main.js
+
+test-python: dev system-packages typescript-caller
 	$(PY) -m pytest
 
 test: lint test-rust test-python
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) target $(TS_CALLER)/node_modules $(TS_CALLER)/lib

@@ -60,6 +60,19 @@ impl SettleOutcome {
             SettleOutcome::ResultTooLarge(_) => "result_too_large",
         }
     }
+
+    /// The gone reason (activity_gone), and the server's or the store's words (for already_settled, the
+    /// outcome recorded first), as every face shows them.
+    pub fn reason_and_detail(self) -> (Option<&'static str>, Option<String>) {
+        match self {
+            SettleOutcome::Delivered | SettleOutcome::Recorded | SettleOutcome::NoCallback => (None, None),
+            SettleOutcome::AlreadySettled(recorded) => (None, recorded),
+            SettleOutcome::ActivityGone(reason, message) => (Some(reason.as_str()), Some(message)),
+            SettleOutcome::Retrying(error)
+            | SettleOutcome::DeadLettered(error)
+            | SettleOutcome::ResultTooLarge(error) => (None, Some(error)),
+        }
+    }
 }
 
 impl From<DeliveryResult> for SettleOutcome {

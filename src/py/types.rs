@@ -184,14 +184,7 @@ pub struct PySettlement {
 impl PySettlement {
     pub fn new(execution_id: String, settled: SettleOutcome) -> Self {
         let outcome = settled.name();
-        let (reason, detail) = match settled {
-            SettleOutcome::Delivered | SettleOutcome::Recorded | SettleOutcome::NoCallback => (None, None),
-            SettleOutcome::AlreadySettled(recorded) => (None, recorded),
-            SettleOutcome::ActivityGone(reason, message) => (Some(reason.as_str()), Some(message)),
-            SettleOutcome::Retrying(error)
-            | SettleOutcome::DeadLettered(error)
-            | SettleOutcome::ResultTooLarge(error) => (None, Some(error)),
-        };
+        let (reason, detail) = settled.reason_and_detail();
         Self { execution_id, outcome, reason, detail }
     }
 }

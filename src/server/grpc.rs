@@ -413,8 +413,13 @@ impl ours::handshake_service_server::HandshakeService for Api {
                 Some(Wire::Cancel(c)) => Outcome::Cancel { details: payloads(c.details) },
             };
             let settled = s.core.settle(&r.execution_id, outcome, None, !r.no_wait, None).await?;
-            let (result, reason, previous_outcome) = super::shared::settle_reply(&settled);
-            Ok(ours::SettleReply { result: result.into(), reason, previous_outcome })
+            let outcome = settled.name().to_owned();
+            let (reason, detail) = settled.reason_and_detail();
+            Ok(ours::SettleReply {
+                outcome,
+                reason: reason.unwrap_or_default().to_owned(),
+                detail: detail.unwrap_or_default(),
+            })
         })
         .await
     }

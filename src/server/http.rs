@@ -265,8 +265,10 @@ async fn settle(shared: &Shared, id: &str, verb: &str, body: &[u8], capability: 
         }
     };
     let settled = shared.core.settle(id, outcome, None, true, capability).await?;
-    let (result, reason, previous) = super::shared::settle_reply(&settled);
-    Ok(json!({"execution_id": id, "result": result, "reason": reason, "previous_outcome": previous}))
+    let outcome = settled.name();
+    let (reason, detail) = settled.reason_and_detail();
+    // The fields of the Python API's `Settlement`.
+    Ok(json!({"execution_id": id, "outcome": outcome, "reason": reason, "detail": detail}))
 }
 
 fn json_body(body: &[u8]) -> Result<Value> {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use crate::core::Core;
-use crate::delivery::SettleOutcome;
 use crate::errors::{Error, Result};
 
 use super::auth::Keys;
@@ -41,21 +40,7 @@ pub fn callback_url(core: &Core, base_url: &str, id: &str, outcomes: Vec<String>
     Ok(format!("{base_url}/v1/callbacks/{}", core.grant(id, outcomes, ttl_ms)?))
 }
 
-/// A settle's answer on the wire: (result, reason, the outcome it had ended with when already settled).
-pub fn settle_reply(outcome: &SettleOutcome) -> (&'static str, String, String) {
-    let (reason, previous) = match outcome {
-        SettleOutcome::ActivityGone(reason, _) => (reason.as_str().to_owned(), String::new()),
-        SettleOutcome::Retrying(why) | SettleOutcome::DeadLettered(why) | SettleOutcome::ResultTooLarge(why) => {
-            (why.clone(), String::new())
-        }
-        SettleOutcome::AlreadySettled(previous) => (String::new(), previous.clone().unwrap_or_default()),
-        SettleOutcome::Delivered | SettleOutcome::Recorded | SettleOutcome::NoCallback => {
-            (String::new(), String::new())
-        }
-    };
-    (outcome.name(), reason, previous)
-}
-
+/// A server's base URL as callers reach it: http(s), no query or fragment, no trailing slash.
 pub fn public_url(url: &str) -> Result<String> {
     let parsed = url::Url::parse(url).map_err(|e| Error::InvalidArgument(format!("a server's URL {url:?}: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || parsed.fragment().is_some() {

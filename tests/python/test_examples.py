@@ -31,3 +31,10 @@ def test_workflow_path_example() -> None:
     out = run("workflow_path.py")
     assert "parent workflow got: Receipt(order_size=2, status='shipped')" in out
     assert "phase COMPLETED" in out
+
+
+@pytest.mark.timeout(200)
+def test_webhook_approval_example() -> None:
+    out = run("webhook_approval.py")
+    assert "first click: delivered, second click: already_settled" in out
+    assert "parent workflow got: Approval(approved=True, by='dana')" in out

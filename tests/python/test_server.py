@@ -114,11 +114,11 @@ async def test_a_caller_defers_over_grpc_and_a_webhook_completes_it_through_a_ca
     assert (status, view["id"], view["phase"], view["callback"]["state"]) == (200, execution_id, "PENDING", "armed")
     answer = {"answer": "HELLO", "tokens_used": 5, "sources": ["web"]}
     status, settled = await served.http("POST", reply.url + ":complete", answer, key=None)
-    assert (status, settled["result"]) == (200, "delivered")
+    assert (status, settled["outcome"]) == (200, "delivered")
     assert await parent.result() == AgentAnswer("HELLO", 5, ["web"])
     # A repeat sends nothing and says so.
     status, again = await served.http("POST", reply.url + ":complete", {"answer": "other"}, key=None)
-    assert (status, again["result"], again["previous_outcome"]) == (200, "already_settled", "complete")
+    assert (status, again["outcome"], again["detail"]) == (200, "already_settled", "complete")
     status, view = await served.http("GET", f"/v1/executions/{execution_id}", key="read")
     assert (view["phase"], view["callback"]["state"], view["values"]) == ("COMPLETED", "delivered", [answer])
 
@@ -127,7 +127,7 @@ async def test_a_failure_over_http_reaches_the_parent_with_its_type_and_retryabi
     execution_id, parent = await served.start_parent()
     body = {"message": "card declined", "type": "PAYMENT_DECLINED", "non_retryable": True, "details": [{"code": 51}]}
     status, settled = await served.http("POST", f"/v1/executions/{execution_id}:fail", body)
-    assert (status, settled["result"]) == (200, "delivered")
+    assert (status, settled["outcome"]) == (200, "delivered")
     with pytest.raises(WorkflowFailureError) as failure:
         await parent.result()
     cause = failure.value.cause.cause
@@ -178,10 +178,10 @@ async def test_the_settle_service_sends_typed_values_and_heartbeats_answer(serve
             execution_id=execution_id, complete=handshake_pb.Complete(result=handshake_pb.Values(json=values))
         )
         reply = await api.call(HANDSHAKE, "Settle", request)
-        assert reply.result == "delivered"
+        assert reply.outcome == "delivered"
         assert await parent.result() == AgentAnswer("X", 1, [])
         again = await api.call(HANDSHAKE, "Settle", request)
-        assert (again.result, again.previous_outcome) == ("already_settled", "complete")
+        assert (again.outcome, again.detail) == ("already_settled", "complete")
         for bad, expected in [
             (handshake_pb.SettleRequest(execution_id="no-such"), grpc.StatusCode.INVALID_ARGUMENT),
             (
@@ -275,7 +275,7 @@ async def test_callback_urls_that_are_forged_expired_of_another_store_or_out_of_
     status, settled = await served.http(
         "POST", complete_only + ":complete", {"answer": "A", "tokens_used": 0, "sources": []}, key=None
     )
-    assert (status, settled["result"]) == (200, "delivered")
+    assert (status, settled["outcome"]) == (200, "delivered")
     assert await parent.result() == AgentAnswer("A", 0, [])
 
 
@@ -300,7 +300,7 @@ async def test_bad_input_gets_a_typed_answer_and_changes_nothing(served: Served)
     record = await served.hs.inspect(execution_id)
     assert (record.phase, record.callback_state) == ("PENDING", "armed")
     status, settled = await served.http("POST", f"/v1/executions/{execution_id}:fail", {"message": "m"})
-    assert (status, settled["result"]) == (200, "delivered")
+    assert (status, settled["outcome"]) == (200, "delivered")
     with pytest.raises(WorkflowFailureError):
         await parent.result()
 

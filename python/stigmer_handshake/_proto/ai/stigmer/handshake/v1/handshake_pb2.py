@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ai/stigmer/handshake/v1/handshake.proto\x12\x17\x61i.stigmer.handshake.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x8a\x01\n\x07Payload\x12@\n\x08metadata\x18\x01 \x03(\x0b\x32..ai.stigmer.handshake.v1.Payload.MetadataEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\">\n\x08Payloads\x12\x32\n\x08payloads\x18\x01 \x03(\x0b\x32 .ai.stigmer.handshake.v1.Payload\"w\n\x06Values\x12\x35\n\x08payloads\x18\x01 \x01(\x0b\x32!.ai.stigmer.handshake.v1.PayloadsH\x00\x12*\n\x04json\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValueH\x00\x42\n\n\x08\x65ncoding\";\n\x08\x43omplete\x12/\n\x06result\x18\x01 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\"n\n\x04\x46\x61il\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rnon_retryable\x18\x03 \x01(\x08\x12\x30\n\x07\x64\x65tails\x18\x04 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\":\n\x06\x43\x61ncel\x12\x30\n\x07\x64\x65tails\x18\x01 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\"\xda\x01\n\rSettleRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x35\n\x08\x63omplete\x18\x02 \x01(\x0b\x32!.ai.stigmer.handshake.v1.CompleteH\x00\x12-\n\x04\x66\x61il\x18\x03 \x01(\x0b\x32\x1d.ai.stigmer.handshake.v1.FailH\x00\x12\x31\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.CancelH\x00\x12\x0f\n\x07no_wait\x18\x05 \x01(\x08\x42\t\n\x07outcome\"G\n\x0bSettleReply\x12\x0e\n\x06result\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x10previous_outcome\x18\x03 \x01(\t\"Z\n\x10HeartbeatRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x30\n\x07\x64\x65tails\x18\x02 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\"I\n\x0eHeartbeatReply\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12\r\n\x05reset\x18\x03 \x01(\x08\"Q\n\x12\x43\x61llbackUrlRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08outcomes\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\"\x1f\n\x10\x43\x61llbackUrlReply\x12\x0b\n\x03url\x18\x01 \x01(\t2\xb2\x02\n\x10HandshakeService\x12V\n\x06Settle\x12&.ai.stigmer.handshake.v1.SettleRequest\x1a$.ai.stigmer.handshake.v1.SettleReply\x12_\n\tHeartbeat\x12).ai.stigmer.handshake.v1.HeartbeatRequest\x1a\'.ai.stigmer.handshake.v1.HeartbeatReply\x12\x65\n\x0b\x43\x61llbackUrl\x12+.ai.stigmer.handshake.v1.CallbackUrlRequest\x1a).ai.stigmer.handshake.v1.CallbackUrlReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ai/stigmer/handshake/v1/handshake.proto\x12\x17\x61i.stigmer.handshake.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x8a\x01\n\x07Payload\x12@\n\x08metadata\x18\x01 \x03(\x0b\x32..ai.stigmer.handshake.v1.Payload.MetadataEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\">\n\x08Payloads\x12\x32\n\x08payloads\x18\x01 \x03(\x0b\x32 .ai.stigmer.handshake.v1.Payload\"w\n\x06Values\x12\x35\n\x08payloads\x18\x01 \x01(\x0b\x32!.ai.stigmer.handshake.v1.PayloadsH\x00\x12*\n\x04json\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValueH\x00\x42\n\n\x08\x65ncoding\";\n\x08\x43omplete\x12/\n\x06result\x18\x01 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\"n\n\x04\x46\x61il\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rnon_retryable\x18\x03 \x01(\x08\x12\x30\n\x07\x64\x65tails\x18\x04 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\":\n\x06\x43\x61ncel\x12\x30\n\x07\x64\x65tails\x18\x01 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\"\xda\x01\n\rSettleRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x35\n\x08\x63omplete\x18\x02 \x01(\x0b\x32!.ai.stigmer.handshake.v1.CompleteH\x00\x12-\n\x04\x66\x61il\x18\x03 \x01(\x0b\x32\x1d.ai.stigmer.handshake.v1.FailH\x00\x12\x31\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.CancelH\x00\x12\x0f\n\x07no_wait\x18\x05 \x01(\x08\x42\t\n\x07outcome\">\n\x0bSettleReply\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"Z\n\x10HeartbeatRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x30\n\x07\x64\x65tails\x18\x02 \x01(\x0b\x32\x1f.ai.stigmer.handshake.v1.Values\"I\n\x0eHeartbeatReply\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12\r\n\x05reset\x18\x03 \x01(\x08\"Q\n\x12\x43\x61llbackUrlRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08outcomes\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\"\x1f\n\x10\x43\x61llbackUrlReply\x12\x0b\n\x03url\x18\x01 \x01(\t2\xb2\x02\n\x10HandshakeService\x12V\n\x06Settle\x12&.ai.stigmer.handshake.v1.SettleRequest\x1a$.ai.stigmer.handshake.v1.SettleReply\x12_\n\tHeartbeat\x12).ai.stigmer.handshake.v1.HeartbeatRequest\x1a\'.ai.stigmer.handshake.v1.HeartbeatReply\x12\x65\n\x0b\x43\x61llbackUrl\x12+.ai.stigmer.handshake.v1.CallbackUrlRequest\x1a).ai.stigmer.handshake.v1.CallbackUrlReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,15 +52,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETTLEREQUEST']._serialized_start=658
   _globals['_SETTLEREQUEST']._serialized_end=876
   _globals['_SETTLEREPLY']._serialized_start=878
-  _globals['_SETTLEREPLY']._serialized_end=949
-  _globals['_HEARTBEATREQUEST']._serialized_start=951
-  _globals['_HEARTBEATREQUEST']._serialized_end=1041
-  _globals['_HEARTBEATREPLY']._serialized_start=1043
-  _globals['_HEARTBEATREPLY']._serialized_end=1116
-  _globals['_CALLBACKURLREQUEST']._serialized_start=1118
-  _globals['_CALLBACKURLREQUEST']._serialized_end=1199
-  _globals['_CALLBACKURLREPLY']._serialized_start=1201
-  _globals['_CALLBACKURLREPLY']._serialized_end=1232
-  _globals['_HANDSHAKESERVICE']._serialized_start=1235
-  _globals['_HANDSHAKESERVICE']._serialized_end=1541
+  _globals['_SETTLEREPLY']._serialized_end=940
+  _globals['_HEARTBEATREQUEST']._serialized_start=942
+  _globals['_HEARTBEATREQUEST']._serialized_end=1032
+  _globals['_HEARTBEATREPLY']._serialized_start=1034
+  _globals['_HEARTBEATREPLY']._serialized_end=1107
+  _globals['_CALLBACKURLREQUEST']._serialized_start=1109
+  _globals['_CALLBACKURLREQUEST']._serialized_end=1190
+  _globals['_CALLBACKURLREPLY']._serialized_start=1192
+  _globals['_CALLBACKURLREPLY']._serialized_end=1223
+  _globals['_HANDSHAKESERVICE']._serialized_start=1226
+  _globals['_HANDSHAKESERVICE']._serialized_end=1532
 # @@protoc_insertion_point(module_scope)

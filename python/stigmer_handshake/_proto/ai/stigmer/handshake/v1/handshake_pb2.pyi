@@ -76,14 +76,14 @@ class SettleRequest(_message.Message):
     def __init__(self, execution_id: _Optional[str] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., no_wait: _Optional[bool] = ...) -> None: ...
 
 class SettleReply(_message.Message):
-    __slots__ = ("result", "reason", "previous_outcome")
-    RESULT_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("outcome", "reason", "detail")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
-    PREVIOUS_OUTCOME_FIELD_NUMBER: _ClassVar[int]
-    result: str
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
     reason: str
-    previous_outcome: str
-    def __init__(self, result: _Optional[str] = ..., reason: _Optional[str] = ..., previous_outcome: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, outcome: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("execution_id", "details")
