@@ -4,8 +4,11 @@ import asyncio
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -172,3 +175,30 @@ async def env(temporal_server: DevServer, temporal_client: Client, store_url: st
         max_concurrent_activities=1,
     ):
         yield Env(temporal_server, temporal_client, store_url, hs, activities, task_queue)
+
+
+def serve_process(store: str, temporal: str, keys: Path, log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`stigmer-handshake serve` on a free port with the API keys in `keys`, logging at DEBUG into `log` (a
+    pipe nobody reads would fill and stall it); returns the process and its URL once it serves."""
+    command = [sys.executable, "-m", "stigmer_handshake.cli", "--store", store, "--temporal", temporal, "serve",
+               "--listen", "127.0.0.1:0", "--api-keys-file", str(keys), *args]  # fmt: skip
+    env = {**os.environ, "STIGMER_HANDSHAKE_LOG": "debug"}
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+    for _ in range(1200):
+        match = re.search(r"^serving\s+(http://\S+)", log.read_text(), re.MULTILINE)
+        if match:
+            return process, match.group(1)
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError("the server did not start in 60 s")
+
+
+def stop_server(process: subprocess.Popen[str], log: Path) -> int:
+    """SIGTERM (if it still runs), its exit code; its log joins the suite's token scan."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    TRANSCRIPT.append(log.read_text())
+    return process.returncode

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -20,7 +19,7 @@ from temporalio.worker import Worker
 from stigmer_handshake import Handshake, pb
 from stigmer_handshake.testing import DevServer
 
-from conftest import TRANSCRIPT
+from conftest import serve_process, stop_server
 from flows import AgentAnswer, NetworkAgentParent, NetworkRequest, create_over_grpc
 from token_scan import SEEN_SECRETS
 
@@ -36,35 +35,20 @@ def readme_curl_lines() -> list[str]:
     return block.strip().splitlines()
 
 
-async def start_server(store: str, temporal: str, tmp: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+def start_server(store: str, temporal: str, tmp: Path) -> tuple[subprocess.Popen[str], str]:
     keys = tmp / "keys.txt"
     keys.write_text(
         "# name scopes secret\n"
         f"caller create {SECRETS['caller']}\nrunner settle,read {SECRETS['runner']}\nops admin {SECRETS['admin']}\n"
     )
-    command = [sys.executable, "-m", "stigmer_handshake.cli", "--store", store, "--temporal", temporal, "serve",
-               "--listen", "127.0.0.1:0", "--api-keys-file", str(keys), *args]  # fmt: skip
-    env = {**os.environ, "STIGMER_HANDSHAKE_LOG": "debug"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
-    match = re.match(r"serving\s+(http://\S+)", line)
-    assert match, f"no 'serving' line: {line!r} {process.stderr.read() if process.poll() is not None else ''}"
-    return process, match.group(1)
-
-
-def stop(process: subprocess.Popen[str]) -> int:
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=30)
-    TRANSCRIPT.extend([out, err])
-    return process.returncode
+    return serve_process(store, temporal, keys, tmp / "serve.log")
 
 
 async def test_the_readme_curl_lines_settle_a_parent_through_the_command_line_server(
     temporal_server: DevServer, temporal_client: Client, tmp_path: Path
 ) -> None:
     store = f"sqlite:///{tmp_path}/served.db"
-    process, url = await start_server(store, temporal_server.url, tmp_path)
+    process, url = await asyncio.to_thread(start_server, store, temporal_server.url, tmp_path)
     try:
         task_queue = f"cli-{uuid.uuid4()}"
         execution_id = f"cli-{uuid.uuid4()}"
@@ -103,7 +87,7 @@ async def test_the_readme_curl_lines_settle_a_parent_through_the_command_line_se
             token = (await hs.get(execution_id, include_token=True)).status.callback_token
             assert not token, "cleared once settled"
     finally:
-        returncode = stop(process)
+        returncode = stop_server(process, tmp_path / "serve.log")
     assert returncode == 0, "SIGTERM stops the server gracefully"
 
 
@@ -130,7 +114,7 @@ async def test_sigterm_lets_a_request_in_flight_finish(temporal_server: DevServe
     store = f"sqlite:///{tmp_path}/inflight.db"
     async with await Handshake.connect(store=store, temporal=None) as hs:
         await hs.create(pb.AgentExecutionSpec(agent_id="a"), execution_id="e1")
-    process, url = await start_server(store, temporal_server.url, tmp_path)
+    process, url = await asyncio.to_thread(start_server, store, temporal_server.url, tmp_path)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     body = b'{"ok": true}'
@@ -140,7 +124,7 @@ async def test_sigterm_lets_a_request_in_flight_finish(temporal_server: DevServe
     )
     await writer.drain()
     await asyncio.sleep(0.5)
-    stopping = asyncio.create_task(asyncio.to_thread(stop, process))
+    stopping = asyncio.create_task(asyncio.to_thread(stop_server, process, tmp_path / "serve.log"))
     await asyncio.sleep(0.5)  # the server has stopped accepting; this request is in flight
     writer.write(body)
     await writer.drain()
