@@ -186,11 +186,13 @@ def test_demo_and_bench_commands(tmp_path: Path) -> None:
     assert "50 agent runs, every parent activity got its typed result" in demo.stdout
     assert "activity slots       4" in demo.stdout
     figures = tmp_path / "bench.json"
-    bench = subprocess.run([*CLI, "bench", "--only", "B3", "--b3-n", "5", "--out", str(figures)],
+    small = ["--b3-n", "5", "--b6-n", "20", "--b6-one-by-one", "5"]
+    bench = subprocess.run([*CLI, "bench", "--only", "B3", "B6", *small, "--out", str(figures)],
                            capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
     assert bench.returncode == 0, bench.stderr[-3000:]
-    assert "B3 latency p50" in bench.stdout
-    assert json.loads(figures.read_text())["results"]["B3"]["n"] == 5
+    assert "B3 latency p50" in bench.stdout and "B6 HTTP settles" in bench.stdout
+    results = json.loads(figures.read_text())["results"]
+    assert (results["B3"]["n"], results["B6"]["n"], results["B6"]["http_per_s"] > 0) == (5, 20, True)
 
 
 def test_version_is_printed() -> None:

@@ -171,8 +171,9 @@ class Bench:
             await asyncio.sleep(0.02)
         await asyncio.gather(*tasks)
 
-    async def settle_all(self, calls: list[Call], path: str, concurrency: int) -> tuple[float, float]:
-        """Settle every pending activity from a separate process; returns its (wall, CPU) seconds.
+    async def settle_all(self, calls: list[Call], path: str, concurrency: int) -> dict[str, float]:
+        """Settle every pending activity from a separate process; returns its figures (wall and CPU
+        seconds, latency p50 and p99 in ms).
 
         The raw path's tokens go to that process through a pipe, never through a file or a log."""
         by_token = path in ("raw", "direct")
@@ -182,30 +183,48 @@ class Bench:
              str(concurrency)],
             input=listing, capture_output=True, text=True, check=True,
         )  # fmt: skip
-        figures = json.loads(done.stdout.strip().splitlines()[-1])
-        return figures["wall_s"], figures["cpu_s"]
+        figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+        return figures
 
-    async def settle_throughput(self, path: str, n: int, concurrency: int) -> tuple[float, float]:
-        """N pending activities settled from one process: (settles per second, CPU ms per settle)."""
+    async def settle_throughput(self, path: str, n: int, concurrency: int) -> dict[str, float]:
+        """N pending activities settled from one process: settles per second, CPU ms per settle, and each
+        settle's latency p50 and p99 (ms)."""
         task_queue = f"b2-{path}-{uuid.uuid4()}"
         by_token = path in ("raw", "direct")
         calls = [Call(f"b2-{path}-{i}-{uuid.uuid4().hex[:6]}", "raw" if by_token else "handshake") for i in range(n)]
         async with self.worker(task_queue, 200):
             handles = await self.fan_out(calls, task_queue)
             await self.wait_all_pending(calls, raw=by_token)
-            wall, cpu = await self.settle_all(calls, path, concurrency)
+            settled = await self.settle_all(calls, path, concurrency)
             await asyncio.gather(*(h.result() for h in handles))
-        return n / wall, 1000 * cpu / n
+        return {"per_s": n / settled["wall_s"], "cpu_ms": 1000 * settled["cpu_s"] / n,
+                "p50_ms": settled["p50_ms"], "p99_ms": settled["p99_ms"]}  # fmt: skip
 
     async def b2_b4_throughput(self, n: int, concurrency: int, postgres: Bench | None) -> dict[str, float]:
         figures: dict[str, float] = {"n": n, "concurrency": concurrency}
         paths = [("raw", self), ("direct", self), ("sqlite", self)] + ([("postgres", postgres)] if postgres else [])
         for path, bench in paths:
-            per_s, cpu_ms = await bench.settle_throughput(path, n, concurrency)
-            figures[f"{path}_per_s"], figures[f"{path}_cpu_ms_per_settle"] = per_s, cpu_ms
+            settled = await bench.settle_throughput(path, n, concurrency)
+            figures[f"{path}_per_s"], figures[f"{path}_cpu_ms_per_settle"] = settled["per_s"], settled["cpu_ms"]
             if path != "raw":
-                figures[f"ratio_{path}_to_raw"] = per_s / figures["raw_per_s"]
-                figures[f"cpu_ratio_{path}_to_raw"] = cpu_ms / figures["raw_cpu_ms_per_settle"]
+                figures[f"ratio_{path}_to_raw"] = settled["per_s"] / figures["raw_per_s"]
+                figures[f"cpu_ratio_{path}_to_raw"] = settled["cpu_ms"] / figures["raw_cpu_ms_per_settle"]
+        return figures
+
+    async def b6_http(self, n: int, concurrency: int, n_one_by_one: int) -> dict[str, float]:
+        """Settles through the HTTP callback endpoint (a server in the settling process, keep-alive clients)
+        beside the in-process settle (`succeed`), in the same run: throughput with `concurrency` at once, and
+        each settle's latency one at a time (what the HTTP hop adds, without queueing)."""
+        figures: dict[str, float] = {"n": n, "concurrency": concurrency, "n_one_by_one": n_one_by_one}
+        for path in ("sqlite", "http"):
+            loaded = await self.settle_throughput(path, n, concurrency)
+            alone = await self.settle_throughput(path, n_one_by_one, 1)
+            figures[f"{path}_per_s"] = loaded["per_s"]
+            figures[f"{path}_loaded_p50_ms"], figures[f"{path}_loaded_p99_ms"] = loaded["p50_ms"], loaded["p99_ms"]
+            figures[f"{path}_p50_ms"], figures[f"{path}_p99_ms"] = alone["p50_ms"], alone["p99_ms"]
+        figures["ratio_http_to_inprocess"] = figures["http_per_s"] / figures["sqlite_per_s"]
+        for p in ("p50", "p99", "loaded_p50", "loaded_p99"):
+            figures[f"added_{p}_ms"] = figures[f"http_{p}_ms"] - figures[f"sqlite_{p}_ms"]
         return figures
 
     async def b3_latency(self, n: int) -> dict[str, float]:
@@ -260,7 +279,7 @@ class Bench:
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    b1, b2, b3, b5 = (results.get(k, {}) for k in ("B1", "B2", "B3", "B5"))
+    b1, b2, b3, b5, b6 = (results.get(k, {}) for k in ("B1", "B2", "B3", "B5", "B6"))
     rows: list[tuple[str, ...]] = []
     if b1:
         rows.append(
@@ -315,6 +334,24 @@ def table(results: dict[str, dict[str, float]]) -> str:
              f"{b5['rss_kb_per_execution']:.1f} KB each", f"pump CPU {100 * b5['pump_cpu_fraction']:.1f}% of a core",
              f"{b5['heartbeats_per_s']:.0f} heartbeats/s", "<= 10 KB")
         )  # fmt: skip
+    if b6:
+        rows.append(
+            ("B6 HTTP settles", f"{b6['n']:.0f} callback URLs, {b6['concurrency']:.0f} clients",
+             f"HTTP {b6['http_per_s']:.0f}/s", f"in-process {b6['sqlite_per_s']:.0f}/s",
+             f"{b6['ratio_http_to_inprocess']:.2f} of in-process", ">= 0.8")
+        )  # fmt: skip
+        rows.append(
+            ("B6 latency p50", f"{b6['n_one_by_one']:.0f} settles one at a time", f"HTTP {b6['http_p50_ms']:.1f} ms",
+             f"in-process {b6['sqlite_p50_ms']:.1f} ms", f"{b6['added_p50_ms']:+.1f} ms", "<= +2 ms")
+        )  # fmt: skip
+        rows.append(
+            ("B6 latency p99", "", f"HTTP {b6['http_p99_ms']:.1f} ms", f"in-process {b6['sqlite_p99_ms']:.1f} ms",
+             f"{b6['added_p99_ms']:+.1f} ms", "")
+        )  # fmt: skip
+        rows.append(
+            ("B6 loaded p50", f"under the {b6['concurrency']:.0f} at once", f"HTTP {b6['http_loaded_p50_ms']:.1f} ms",
+             f"in-process {b6['sqlite_loaded_p50_ms']:.1f} ms", f"{b6['added_loaded_p50_ms']:+.1f} ms", "")
+        )  # fmt: skip
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
     header = ("figure", "setting", "stigmer-handshake", "baseline", "result", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
@@ -343,6 +380,7 @@ async def main(args: argparse.Namespace) -> None:
                 "B2": lambda: bench.b2_b4_throughput(args.b2_n, 64, postgres),
                 "B3": lambda: bench.b3_latency(args.b3_n),
                 "B5": lambda: bench.b5_scale(args.b5_n, args.b5_hold, 60.0),
+                "B6": lambda: bench.b6_http(args.b6_n, 64, args.b6_one_by_one),
             }
             for name, run in runs.items():
                 if not args.only or name in args.only:
@@ -370,6 +408,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--b3-n", type=int, default=200)
     parser.add_argument("--b5-n", type=int, default=10_000)
     parser.add_argument("--b5-hold", type=float, default=30.0)
+    parser.add_argument("--b6-n", type=int, default=2000)
+    parser.add_argument("--b6-one-by-one", type=int, default=200)
     parser.add_argument("--out", default="bench-results.json", help="write the figures here as JSON ('' for none)")
     parser.add_argument("--no-postgres", dest="postgres", action="store_false", help="skip B2's PostgreSQL path")
-    parser.add_argument("--only", nargs="*", choices=["B1", "B2", "B3", "B5"], help="run these figures only")
+    parser.add_argument("--only", nargs="*", choices=["B1", "B2", "B3", "B5", "B6"], help="run these figures only")
