@@ -87,6 +87,7 @@ async fn main() {
                 status: None,
                 token: Some(token),
                 heartbeat_timeout_ms: None,
+                labels: store::Labels::new(),
             };
             store.create(new).await.expect("create");
         }

@@ -13,7 +13,7 @@ use crate::errors::{Error, Result};
 use crate::pump::{self, Pump, PumpStats, Signals};
 use crate::reconcile::{self, ReconcileReport};
 use crate::secrets::{Capabilities, Grant, Keyring};
-use crate::store::{self, Created, ExecutionRecord, NewExecution, Store};
+use crate::store::{self, Created, ExecutionRecord, Labels, NewExecution, Store};
 use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
 use crate::token::TaskToken;
 use crate::vocabulary::{Kind, Outcome, Phase};
@@ -261,7 +261,8 @@ impl Core {
     /// has its outcome delivered to the new attempt at once, and one this process pumps is heartbeated with
     /// the new token from now on.
     pub async fn create(&self, request: CreateRequest) -> Result<Created> {
-        let CreateRequest { kind, spec, id, token, status, heartbeat_timeout_ms } = request;
+        let CreateRequest { kind, spec, id, token, status, heartbeat_timeout_ms, labels } = request;
+        check_labels(&labels)?;
         let token = token.map(|t| TaskToken::parse(&t)).transpose()?;
         let id = id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
         check_execution_id(&id)?;
@@ -272,7 +273,7 @@ impl Core {
         } else {
             tracing::info_span!("create", execution = %id, kind = kind.as_str())
         };
-        let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms };
+        let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms, labels };
         let created = self.store_new(new).instrument(span.clone()).await?;
         span.in_scope(|| {
             tracing::info!(rebound = matches!(created, Created::Rebound(_)), "stored; the parent activity is pending");
@@ -421,17 +422,19 @@ impl Core {
         self.store.get(id, include_token).await
     }
 
-    /// Executions, oldest first, optionally of one kind and phase, after `after` (the created time and id
-    /// of the last execution of the page before).
+    /// Executions, oldest first, optionally of one kind and phase and holding all of `labels`, after
+    /// `after` (the created time and id of the last execution of the page before).
     pub async fn list(
         &self,
         kind: Option<Kind>,
         phase: Option<Phase>,
+        labels: &Labels,
         after: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<ExecutionRecord>> {
         positive(limit, "limit")?;
-        self.store.list(kind, phase, after, limit).await
+        check_labels(labels)?;
+        self.store.list(kind, phase, labels, after, limit).await
     }
 
     /// Hand up to `limit` executions of `kind` to this runner for `lease_ms` (renewed by each heartbeat):
@@ -569,6 +572,8 @@ pub struct CreateRequest {
     pub status: Option<Vec<u8>>,
     /// The parent's heartbeat timeout, which sets the pump's interval for it.
     pub heartbeat_timeout_ms: Option<i64>,
+    /// `metadata.labels`: what listing filters on.
+    pub labels: Labels,
 }
 
 /// What a runner can wait for its parent to ask (`Core::wait_signal`).
@@ -616,6 +621,31 @@ pub fn check_execution_id(id: &str) -> Result<()> {
             "an execution id must be 1 to {MAX_ID_LEN} bytes without control or invisible characters (got {} bytes)",
             id.len()
         )));
+    }
+    Ok(())
+}
+
+/// Labels per execution at most, and the longest key and value: labels are for finding executions, not
+/// for carrying data.
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_KEY: usize = 128;
+const MAX_LABEL_VALUE: usize = 512;
+
+/// Refuse labels that are too many or too long, or an empty key, or keys or values with control or
+/// invisible characters.
+pub fn check_labels(labels: &Labels) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::InvalidArgument(format!("at most {MAX_LABELS} labels, not {}", labels.len())));
+    }
+    let bad = |text: &str| text.chars().any(|c| c.is_control() || is_invisible(c));
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY || value.len() > MAX_LABEL_VALUE || bad(key) || bad(value) {
+            return Err(Error::InvalidArgument(format!(
+                "a label key must be 1 to {MAX_LABEL_KEY} bytes and a value at most {MAX_LABEL_VALUE}, without \
+                 control or invisible characters (key {:?})",
+                key.chars().take(40).collect::<String>()
+            )));
+        }
     }
     Ok(())
 }

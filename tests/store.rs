@@ -41,6 +41,7 @@ fn retried(id: &str) -> NewExecution {
         status: None,
         token: Some(token_attempt("1", 2)),
         heartbeat_timeout_ms: None,
+        labels: store::Labels::new(),
     }
 }
 
@@ -58,6 +59,7 @@ async fn seed(store: &Store, id: &str, with_token: bool) {
             status: None,
             token: with_token.then(|| token("1")),
             heartbeat_timeout_ms: None,
+            labels: store::Labels::new(),
         })
         .await
         .unwrap();
@@ -71,6 +73,7 @@ fn direct(id: &str) -> NewExecution {
         status: None,
         token: None,
         heartbeat_timeout_ms: None,
+        labels: store::Labels::new(),
     }
 }
 
@@ -134,6 +137,47 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores! {
+    async fn lists_filter_by_labels_and_page_by_key(store) {
+        let labelled = |id: &str, pairs: &[(&str, &str)]| NewExecution {
+            labels: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..direct(id)
+        };
+        let news = vec![
+            labelled("a", &[("run", "gh-1"), ("team", "search")]),
+            labelled("b", &[("run", "gh-2"), ("team", "search")]),
+            labelled("c", &[("team", "ads"), ("weird \"key'", "v=1")]),
+            direct("d"),
+        ];
+        for new in news {
+            store.create(new).await.unwrap();
+        }
+        let ids = |records: Vec<store::ExecutionRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let want = |pairs: &[(&str, &str)]| -> store::Labels {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let list = |labels: store::Labels| {
+            let store = store.clone();
+            async move { ids(store.list(None, None, &labels, None, 10).await.unwrap()) }
+        };
+        assert_eq!(list(want(&[("team", "search")])).await, ["a", "b"]);
+        assert_eq!(list(want(&[("team", "search"), ("run", "gh-2")])).await, ["b"]);
+        assert_eq!(list(want(&[("weird \"key'", "v=1")])).await, ["c"]);
+        assert!(list(want(&[("team", "nobody")])).await.is_empty());
+        assert_eq!(list(want(&[])).await, ["a", "b", "c", "d"]);
+        assert_eq!(store.get("c", false).await.unwrap().labels, want(&[("team", "ads"), ("weird \"key'", "v=1")]));
+        assert!(store.get("d", false).await.unwrap().labels.is_empty());
+        // Pages by key: each page starts after the last one's (created_ms, id), whatever else changes.
+        let (mut seen, mut after) = (Vec::new(), None::<(i64, String)>);
+        loop {
+            let page = store.list(None, None, &want(&[]), after.as_ref().map(|(ms, id)| (*ms, id.as_str())), 3).await;
+            let page = page.unwrap();
+            let Some(end) = page.last() else { break };
+            after = Some((end.created_ms, end.id.clone()));
+            seen.extend(ids(page));
+        }
+        assert_eq!(seen, ["a", "b", "c", "d"]);
+    }
+
     async fn token_is_returned_only_on_request_and_cleared_after_delivery(store) {
         seed(&store, "e1", true).await;
         assert!(status_token(&store.get("e1", false).await.unwrap()).is_empty());
@@ -419,6 +463,7 @@ on_both_stores! {
             status: None,
             token: Some(token("1")),
             heartbeat_timeout_ms: None,
+            labels: store::Labels::new(),
         };
         assert!(matches!(store.create(stale).await, Err(Error::InvalidState { .. })), "attempt 1 cannot take it back");
     }
@@ -570,7 +615,7 @@ on_both_stores! {
         let outcomes = [first.await.unwrap(), second.await.unwrap()];
         let made: Vec<_> = outcomes.iter().filter(|o| matches!(o, Ok(Created::New(_)))).collect();
         assert_eq!(made.len(), 1, "exactly one child: {outcomes:?}");
-        let children = store.list(Some(Kind::Agent), None, None, 10).await.unwrap();
+        let children = store.list(Some(Kind::Agent), None, &store::Labels::new(), None, 10).await.unwrap();
         assert_eq!(children.len(), 1);
         assert_eq!(children[0].callback.as_ref().unwrap().attempt, 2, "the newest attempt holds the callback");
     }
@@ -673,6 +718,7 @@ async fn bad_urls_and_bad_specs_are_typed_errors() {
         status: None,
         token: None,
         heartbeat_timeout_ms: None,
+        labels: store::Labels::new(),
     };
     assert!(matches!(store.create(bad).await, Err(Error::InvalidArgument(_))));
 }

@@ -1,7 +1,7 @@
 """Type stubs for the Rust core (checked against the built module by `mypy.stubtest` in `make test`)."""
 
 import builtins
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Literal, final
 
 from stigmer_handshake._settings import ConnectSettings
@@ -152,6 +152,8 @@ class Execution:
     @property
     def outcome(self) -> str | None: ...
     @property
+    def labels(self) -> dict[str, str]: ...
+    @property
     def created_at(self) -> float: ...
     @property
     def updated_at(self) -> float: ...
@@ -238,10 +240,15 @@ class Core:
         token: bytes | None = None,
         status: bytes | None = None,
         heartbeat_timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Awaitable[tuple[str, bool]]: ...
     def get(self, execution_id: str, include_token: bool = False) -> Awaitable[Execution]: ...
     def list(
-        self, kind: str | None = None, phase: str | None = None, limit: int = 100
+        self,
+        kind: str | None = None,
+        phase: str | None = None,
+        limit: int = 100,
+        labels: Mapping[str, str] | None = None,
     ) -> Awaitable[builtins.list[Execution]]: ...
     def claim(
         self, kind: str, limit: int = 1, lease: float = 300.0, wait: float | None = None

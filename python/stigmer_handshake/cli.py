@@ -293,18 +293,15 @@ async def serve(hs: Handshake, args: argparse.Namespace, keys: list[ApiKey] | No
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     hs.start_reconciler(args.reconcile_every)
-    try:
-        server = await hs.serve(
-            args.listen,
-            api_keys=keys,
-            insecure_localhost=args.insecure_localhost,
-            tls_cert=args.cert,
-            tls_key=args.key,
-            tls_client_ca=args.client_ca,
-            public_url=args.public_url,
-        )
-    except OSError as err:  # a PEM file that cannot be read
-        raise UsageError(f"{err.filename!r} cannot be read: {err.strerror}") from None
+    server = await hs.serve(
+        args.listen,
+        api_keys=keys,
+        insecure_localhost=args.insecure_localhost,
+        tls_cert=args.cert,
+        tls_key=args.key,
+        tls_client_ca=args.client_ca,
+        public_url=args.public_url,
+    )
     emit(args, {"serving": server.url, "address": server.address})
     sys.stdout.flush()
     await stop.wait()

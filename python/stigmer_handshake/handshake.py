@@ -146,7 +146,7 @@ def _kind_of(spec: Spec) -> Kind:
 
 
 def _to_resource(record: _core.Execution) -> Resource:
-    metadata = pb.ResourceMetadata(id=record.id, name=record.id)
+    metadata = pb.ResourceMetadata(id=record.id, name=record.id, labels=record.labels)
     if record.kind == "agent":
         return pb.AgentExecution(
             api_version=API_VERSION,
@@ -300,7 +300,14 @@ class Handshake:
 
     # -- caller activity --------------------------------------------------------------------------
 
-    async def defer(self, spec: Spec, *, execution_id: str | None = None, status: Status | None = None) -> NoReturn:
+    async def defer(
+        self,
+        spec: Spec,
+        *,
+        execution_id: str | None = None,
+        status: Status | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> NoReturn:
         """Store the child execution with this activity's task token, then make the activity pending.
 
         Call it as the last line of an ``async`` activity. Complete-async is raised only after the
@@ -309,7 +316,8 @@ class Handshake:
         child); the child's result reaches whichever attempt is current when it ends. A retry that Temporal
         makes after the child's (retryable) failure reached the parent runs a new child instead: its
         ``retry_of`` names the failed one, and its id is ``execution_id`` or, when that one is taken,
-        ``<execution_id>-attempt-<N>``.
+        ``<execution_id>-attempt-<N>``. ``labels`` (``metadata.labels``) are what ``list`` and the server's
+        listings filter on, e.g. the id another system knows the work by.
         """
         token = _current_activity_token()
         timeout = activity.info().heartbeat_timeout
@@ -320,6 +328,7 @@ class Handshake:
             token,
             _serialize(status),
             None if timeout is None else timeout.total_seconds(),
+            labels,
         )
         activity.raise_complete_async()
 
@@ -382,12 +391,13 @@ class Handshake:
         execution_id: str | None = None,
         status: Status | None = None,
         token: bytes | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         """Store a PENDING execution and return its id. Without ``token`` it is a direct execution: it
         runs and ends like any other, and nothing is called back."""
         kind = _kind_of(spec)
         created_id, _rebound = await self._core.create(
-            kind, spec.SerializeToString(), execution_id, token, _serialize(status)
+            kind, spec.SerializeToString(), execution_id, token, _serialize(status), None, labels
         )
         return created_id
 
@@ -535,9 +545,9 @@ class Handshake:
             listen=listen,
             api_keys=None if api_keys is None else tuple(api_keys),
             insecure_localhost=insecure_localhost,
-            tls_cert=read_pem(tls_cert),
-            tls_key=read_pem(tls_key),
-            tls_client_ca=read_pem(tls_client_ca),
+            tls_cert=read_pem(tls_cert, "tls_cert"),
+            tls_key=read_pem(tls_key, "tls_key"),
+            tls_client_ca=read_pem(tls_client_ca, "tls_client_ca"),
             public_url=public_url,
         )
         server = Server(await self._core.serve(settings), self._core)
@@ -571,9 +581,16 @@ class Handshake:
         """The handshake's bookkeeping for an execution: phase, callback state, token fingerprint."""
         return await self._core.get(execution_id, False)
 
-    async def list(self, kind: Kind | None = None, phase: str | None = None, limit: int = 100) -> Executions:
-        """Executions, oldest first (a list; in Jupyter it shows as a table)."""
-        return Executions(await self._core.list(kind, phase, limit))
+    async def list(
+        self,
+        kind: Kind | None = None,
+        phase: str | None = None,
+        limit: int = 100,
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> Executions:
+        """Executions, oldest first, with every one of ``labels`` if given (a list; in Jupyter a table)."""
+        return Executions(await self._core.list(kind, phase, limit, labels))
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Resource:
         """Wait until the execution is COMPLETED, FAILED or CANCELLED (raises ``WaitTimeout``)."""

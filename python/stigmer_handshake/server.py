@@ -97,5 +97,11 @@ class Server:
         return f"Server(url={self.url!r})"
 
 
-def read_pem(path: str | os.PathLike[str] | None) -> bytes | None:
-    return None if path is None else Path(path).read_bytes()
+def read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    """A PEM file's bytes (None: none given); a file that cannot be read is bad input, named."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except (OSError, ValueError) as err:
+        raise _core.InvalidInput(f"{what} {os.fspath(path)!r} cannot be read: {err}") from None

@@ -14,7 +14,7 @@ use crate::py::server::{PyServeSettings, PyServer};
 use crate::py::settings::ConnectSettings;
 use crate::py::types::{PyExecution, PyHeartbeatReply, PyOutcome, PyReconcileReport, PySettlement};
 use crate::server::ServeSettings;
-use crate::store::Created;
+use crate::store::{Created, Labels};
 use crate::vocabulary::Kind;
 
 /// The Rust core of a `stigmer_handshake.Handshake`. Every method returns an awaitable.
@@ -81,7 +81,7 @@ impl PyCore {
 
     /// Store a new PENDING execution; with `token`, arm its callback (or re-bind a retried parent to
     /// its child). Returns (execution id, re-bound). `heartbeat_timeout` is the parent's, in seconds.
-    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None, heartbeat_timeout=None))]
+    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None, heartbeat_timeout=None, labels=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature, one argument per field
     fn create<'py>(
         &self,
@@ -92,6 +92,7 @@ impl PyCore {
         token: Option<&Bound<'py, PyAny>>,
         status: Option<&Bound<'py, PyAny>>,
         heartbeat_timeout: Option<f64>,
+        labels: Option<Labels>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = CreateRequest {
             kind: Kind::parse(kind)?,
@@ -100,6 +101,7 @@ impl PyCore {
             token: optional_bytes(token, "token")?,
             status: optional_bytes(status, "status")?,
             heartbeat_timeout_ms: heartbeat_timeout.map(|t| seconds_to_ms(t, "heartbeat_timeout")).transpose()?,
+            labels: labels.unwrap_or_default(),
         };
         let core = self.core()?;
         spawn(py, async move {
@@ -120,20 +122,22 @@ impl PyCore {
         })
     }
 
-    /// List executions, oldest first, optionally of one kind and phase.
-    #[pyo3(signature = (kind=None, phase=None, limit=100))]
+    /// List executions, oldest first, optionally of one kind and phase and holding all of `labels`.
+    #[pyo3(signature = (kind=None, phase=None, limit=100, labels=None))]
     fn list<'py>(
         &self,
         py: Python<'py>,
         kind: Option<&str>,
         phase: Option<&str>,
         limit: i64,
+        labels: Option<Labels>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = kind.map(Kind::parse).transpose()?;
         let phase = phase.map(parse_phase).transpose()?;
+        let labels = labels.unwrap_or_default();
         let core = self.core()?;
         spawn(py, async move {
-            let records = core.list(kind, phase, None, limit).await?;
+            let records = core.list(kind, phase, &labels, None, limit).await?;
             Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }

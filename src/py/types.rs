@@ -92,6 +92,8 @@ pub struct PyExecution {
     gone_reason: Option<String>,
     /// The execution this one retries (its parent activity was retried after that one's failure).
     retry_of: Option<String>,
+    /// `metadata.labels`.
+    labels: std::collections::BTreeMap<String, String>,
     /// When it was stored and last written, in seconds since the Unix epoch.
     created_at: f64,
     updated_at: f64,
@@ -120,6 +122,7 @@ impl PyExecution {
             last_error: c.and_then(|c| c.last_error.clone()),
             gone_reason: c.and_then(|c| c.gone_reason.clone()),
             retry_of: record.retry_of,
+            labels: record.labels,
             created_at: ms_to_seconds(record.created_ms),
             updated_at: ms_to_seconds(record.updated_ms),
         }

@@ -22,6 +22,9 @@ use crate::vocabulary::{Outcome, Phase};
 /// The request metadata a caller in any SDK sends with `create` when its activity has a heartbeat
 /// timeout (the token does not carry it): the pump then heartbeats well within it.
 pub const HEARTBEAT_TIMEOUT_HEADER: &str = "stigmer-heartbeat-timeout-ms";
+/// The request metadata that filters `list` by label (the seed's list requests have no field for it):
+/// one `key=value` per value, repeated for several.
+pub const LABEL_FILTER_HEADER: &str = "stigmer-label";
 /// How often `subscribe` looks at the store for a change.
 const SUBSCRIBE_POLL: Duration = Duration::from_millis(100);
 
@@ -213,13 +216,23 @@ async fn get<R: Resource>(shared: &Shared, id: &str) -> Result<R> {
     R::from_record(&record)
 }
 
-async fn list<R: Resource>(shared: &Shared, phase: i32, size: i32, token: &str) -> Result<(Vec<R>, String)> {
+async fn list<R: Resource>(
+    shared: &Shared,
+    metadata: &tonic::metadata::MetadataMap,
+    phase: i32,
+    size: i32,
+    token: &str,
+) -> Result<(Vec<R>, String)> {
     let phase = match phase {
         0 => None,
         1..=5 => Some(Phase::from_proto(phase)),
         other => return Err(Error::InvalidArgument(format!("phase must be 0 (any) to 5, not {other}"))),
     };
-    let (records, next) = super::resource::list_page(&shared.core, Some(R::KIND), phase, size, token).await?;
+    let filters = metadata.get_all(LABEL_FILTER_HEADER).iter().map(|v| v.to_str()).collect::<Result<Vec<_>, _>>();
+    let filters =
+        filters.map_err(|_| Error::InvalidArgument(format!("{LABEL_FILTER_HEADER} must be key=value in ASCII")))?;
+    let labels = super::resource::label_filters(filters)?;
+    let (records, next) = super::resource::list_page(&shared.core, Some(R::KIND), phase, &labels, size, token).await?;
     Ok((records.iter().map(R::from_record).collect::<Result<_>>()?, next.unwrap_or_default()))
 }
 
@@ -328,8 +341,9 @@ macro_rules! resource_services {
             }
 
             async fn list(&self, request: Request<$list_request>) -> Result<Response<$list>, Status> {
-                self.handle(concat!($name, "/list"), Scope::Read, request, async |s, _, r| {
-                    let (items, next_page_token) = list::<$resource>(s, r.phase, r.page_size, &r.page_token).await?;
+                self.handle(concat!($name, "/list"), Scope::Read, request, async |s, metadata, r| {
+                    let (items, next_page_token) =
+                        list::<$resource>(s, &metadata, r.phase, r.page_size, &r.page_token).await?;
                     Ok(<$list>::from((items, next_page_token)))
                 })
                 .await

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -87,32 +87,36 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    kind: Option<String>,
-    phase: Option<String>,
-    #[serde(default)]
-    page_size: i32,
-    #[serde(default)]
-    page_token: String,
-}
-
+/// `GET /v1/executions?kind=&phase=&label=key=value&...&page_size=&page_token=` (`label` repeats).
 async fn list(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
     if let Some(refusal) = refused(&shared, &headers, Scope::Read) {
         return refusal;
     }
     answer(
         async {
-            let Query(query) = query.map_err(|e| Error::InvalidArgument(e.body_text()))?;
-            let kind = query.kind.as_deref().map(Kind::parse).transpose()?;
-            let phase = query.phase.as_deref().map(crate::core::parse_phase).transpose()?;
-            let (records, next) =
-                super::resource::list_page(&shared.core, kind, phase, query.page_size, &query.page_token).await?;
+            let (mut kind, mut phase, mut size, mut token, mut filters) = (None, None, 0, String::new(), Vec::new());
+            for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+                match name.as_ref() {
+                    "kind" => kind = Some(Kind::parse(&value)?),
+                    "phase" => phase = Some(crate::core::parse_phase(&value)?),
+                    "label" => filters.push(value.into_owned()),
+                    "page_size" => {
+                        size = value.parse().map_err(|_| Error::InvalidArgument(format!("page_size {value:?}")))?;
+                    }
+                    "page_token" => token = value.into_owned(),
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "unknown parameter {other:?} (kind, phase, label, page_size, page_token)"
+                        )))
+                    }
+                }
+            }
+            let labels = super::resource::label_filters(filters.iter().map(String::as_str))?;
+            let (records, next) = super::resource::list_page(&shared.core, kind, phase, &labels, size, &token).await?;
             Ok(json!({"executions": records.iter().map(execution_json).collect::<Vec<_>>(), "next_page_token": next}))
         }
         .await,

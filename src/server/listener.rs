@@ -1,12 +1,12 @@
 //! Accepting connections: TLS when configured (rustls, optionally asking for client certificates),
-//! HTTP/1.1 and HTTP/2 on each, timeouts so slow or half-open clients cannot pin the server, and a
+//! HTTP/1.1 or HTTP/2 on each (told by ALPN, or by the first bytes), timeouts so slow or half-open clients cannot pin the server, and a
 //! graceful stop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
@@ -64,6 +64,92 @@ pub fn acceptor(tls: ServerTls) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The two protocols a connection may speak; HTTP/2 clients open with this preface (cleartext), or say
+/// `h2` in TLS's ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which protocol a cleartext connection speaks, from its first bytes (left unread); None when the client
+/// does not send enough to tell within `HANDSHAKE_TIMEOUT` (a silent or half-open client), or goes away.
+async fn sniff(stream: &tokio::net::TcpStream) -> Option<Protocol> {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Protocol::Http2);
+        }
+        // A prefix of the preface so far: look again shortly (peek returns at once while bytes wait).
+        tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(5)).min(deadline)).await;
+    }
+}
+
+/// The connection builders, configured once.
+struct Builders {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .max_concurrent_streams(1000);
+        Self { http1, http2 }
+    }
+
+    /// Serve one connection in `protocol` until it ends, or until a graceful stop lets it finish.
+    async fn serve<I>(&self, io: I, protocol: Protocol, app: axum::Router, watcher: Watcher) -> Result<(), hyper::Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http1 => watcher.watch(self.http1.serve_connection(io, service)).await,
+            Protocol::Http2 => watcher.watch(self.http2.serve_connection(io, service)).await,
+        }
+    }
+}
+
+/// One connection: its TLS handshake (when configured) and its protocol, each within `HANDSHAKE_TIMEOUT`,
+/// then its requests until it ends.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builders: &Builders,
+    app: axum::Router,
+    watcher: Watcher,
+) -> Result<(), String> {
+    let Some(tls) = tls else {
+        let protocol = sniff(&stream).await.ok_or("no request in time")?;
+        return builders.serve(stream, protocol, app, watcher).await.map_err(|e| e.to_string());
+    };
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+    builders.serve(stream, protocol, app, watcher).await.map_err(|e| e.to_string())
+}
+
 /// Serve `app` on `socket` until `stopping` turns true; then stop accepting, and wait for the
 /// connections' requests in flight (up to the shutdown grace) before returning.
 pub async fn run(
@@ -72,15 +158,7 @@ pub async fn run(
     app: axum::Router,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_TIMEOUT)
-        .max_concurrent_streams(1000);
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -101,36 +179,11 @@ pub async fn run(
             () = super::shared::stopped(&mut stopping) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, tls, builder, watcher) = (app.clone(), tls.clone(), builder.clone(), graceful.watcher());
+        let (app, tls, builders, watcher) = (app.clone(), tls.clone(), builders.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                app.clone().oneshot(request.map(axum::body::Body::new))
-            });
-            let served = match tls {
-                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                            .await
-                    }
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-                None => {
-                    watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                        .await
-                }
-            };
-            if let Err(err) = served {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            if let Err(err) = connection(stream, tls, &builders, app, watcher).await {
+                tracing::debug!(%peer, error = %err, "connection ended");
             }
         });
     }

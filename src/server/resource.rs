@@ -9,7 +9,7 @@ use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::agentic::agentexecution::v1 as agent;
 use crate::proto::ai::stigmer::agentic::workflowexecution::v1 as workflow;
 use crate::proto::ai::stigmer::commons::v1::ResourceMetadata;
-use crate::store::{timestamp, ExecutionRecord};
+use crate::store::{timestamp, ExecutionRecord, Labels};
 use crate::vocabulary::Kind;
 
 /// The `api_version` every resource carries.
@@ -37,9 +37,9 @@ pub trait Resource: Message + Default + Sized + 'static {
         let metadata = ResourceMetadata {
             id: record.id.clone(),
             name: record.id.clone(),
+            labels: record.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             created_at: Some(timestamp(record.created_ms)),
             updated_at: Some(timestamp(record.updated_ms)),
-            ..Default::default()
         };
         Ok(Self::assemble(metadata, spec, status))
     }
@@ -49,11 +49,6 @@ pub trait Resource: Message + Default + Sized + 'static {
     fn into_create(self, heartbeat_timeout_ms: Option<i64>) -> Result<CreateRequest> {
         let (metadata, spec, status) = self.parts();
         let metadata = metadata.unwrap_or_default();
-        if !metadata.labels.is_empty() {
-            return Err(Error::InvalidArgument(
-                "metadata.labels are not stored by this version; send the execution without them".into(),
-            ));
-        }
         let mut status = status.unwrap_or_default();
         let token = Self::take_token(&mut status);
         Ok(CreateRequest {
@@ -63,6 +58,7 @@ pub trait Resource: Message + Default + Sized + 'static {
             token: (!token.is_empty()).then_some(token),
             status: Some(status.encode_to_vec()),
             heartbeat_timeout_ms,
+            labels: metadata.labels.into_iter().collect(),
         })
     }
 }
@@ -125,15 +121,30 @@ pub async fn list_page(
     core: &crate::core::Core,
     kind: Option<Kind>,
     phase: Option<crate::vocabulary::Phase>,
+    labels: &Labels,
     size: i32,
     token: &str,
 ) -> Result<(Vec<ExecutionRecord>, Option<String>)> {
     let limit = page_size(size)?;
     let after = parse_page_token(token)?;
-    let records = core.list(kind, phase, after.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit).await?;
+    let records = core.list(kind, phase, labels, after.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit).await?;
     // A full page may have more after it; the next page says (and may be empty).
     let next = if i64::try_from(records.len()) == Ok(limit) { records.last().map(page_token) } else { None };
     Ok((records, next))
+}
+
+/// Label filters written `key=value` (the first `=` splits), each one label an execution must have.
+pub fn label_filters<'a>(filters: impl IntoIterator<Item = &'a str>) -> Result<Labels> {
+    let mut labels = Labels::new();
+    for filter in filters {
+        let (key, value) = filter
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidArgument(format!("a label filter is key=value, not {filter:?}")))?;
+        if labels.insert(key.to_owned(), value.to_owned()).is_some_and(|other| other != value) {
+            return Err(Error::InvalidArgument(format!("label {key:?} is asked with two values")));
+        }
+    }
+    Ok(labels)
 }
 
 /// The page size asked for (0: the default), capped.
@@ -162,6 +173,7 @@ mod tests {
             created_ms: 1_700_000_000_123,
             updated_ms: 0,
             retry_of: None,
+            labels: Labels::new(),
             ended: None,
             callback: None,
         };
@@ -171,6 +183,9 @@ mod tests {
             assert!(matches!(parse_page_token(bad), Err(Error::InvalidArgument(_))), "{bad}");
         }
         assert_eq!(page_size(0).unwrap(), 100);
+        let labels = label_filters(["run=gh-7", "expr=a=b"]).unwrap();
+        assert_eq!((labels["run"].as_str(), labels["expr"].as_str()), ("gh-7", "a=b"));
+        assert!(label_filters(["nokey"]).is_err() && label_filters(["a=1", "a=2"]).is_err());
         assert_eq!(page_size(5000).unwrap(), 1000);
         assert!(page_size(-1).is_err());
     }

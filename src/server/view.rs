@@ -42,6 +42,7 @@ pub fn execution_json(record: &ExecutionRecord) -> Value {
         "created_ms": record.created_ms,
         "updated_ms": record.updated_ms,
         "retry_of": record.retry_of,
+        "labels": record.labels,
         "spec": spec,
         "progress": progress_json(record.kind, &record.status).unwrap_or(Value::Null),
         "outcome": outcome,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use sqlx::{Postgres, Sqlite};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use records::{CallbackInfo, ClaimedCallback, Created, ExecutionRecord, NewExecution, Settled};
+pub use records::{CallbackInfo, ClaimedCallback, Created, ExecutionRecord, Labels, NewExecution, Settled};
 pub use sql::{Armed, SqlStore};
 pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, timestamp, StatusFields};
 use writer::{SettleJob, WriteOp, Written};
@@ -165,10 +165,11 @@ impl Store {
         &self,
         kind: Option<Kind>,
         phase: Option<Phase>,
+        labels: &Labels,
         after: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<ExecutionRecord>> {
-        on_db!(self, db => db.list(kind, phase, after, limit).await)
+        on_db!(self, db => db.list(kind, phase, labels, after, limit).await)
     }
 
     pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {

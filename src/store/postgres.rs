@@ -32,6 +32,10 @@ impl Backend for Postgres {
     fn ids_in_json(param: &str) -> String {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")
     }
+
+    fn labels_hold(param: &str) -> String {
+        format!("e.labels::jsonb @> {param}::jsonb")
+    }
 }
 
 /// Connect, create the schema if asked, and migrate.

@@ -17,7 +17,12 @@ pub struct NewExecution {
     pub token: Option<TaskToken>,
     /// The parent activity's heartbeat timeout, if it has one: the pump heartbeats well within it.
     pub heartbeat_timeout_ms: Option<i64>,
+    /// `metadata.labels`, checked by `check_labels`.
+    pub labels: Labels,
 }
+
+/// An execution's labels (`metadata.labels`): what listing filters on.
+pub type Labels = std::collections::BTreeMap<String, String>;
 
 /// The callback side of an execution, without the token.
 #[derive(Clone, Debug)]
@@ -49,6 +54,7 @@ pub struct ExecutionRecord {
     pub updated_ms: i64,
     /// The execution this one retries: its parent activity was retried after that one's failure reached it.
     pub retry_of: Option<String>,
+    pub labels: Labels,
     /// How it ended (complete, fail, cancel) and the payloads it ended with (result or details): its
     /// callback's, or a direct execution's own. None while it runs.
     pub ended: Option<(String, Option<Vec<u8>>)>,

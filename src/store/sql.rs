@@ -13,7 +13,7 @@ use sqlx::database::HasStatementCache;
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::records::{CallbackInfo, ClaimedCallback, ExecutionRecord};
+use super::records::{CallbackInfo, ClaimedCallback, ExecutionRecord, Labels};
 use super::status::{edit_status, edit_status_if_changed, started_at, timestamp, StatusFields};
 use crate::clock::now_ms;
 use crate::errors::{Error, Result};
@@ -22,7 +22,7 @@ use crate::token::TaskToken;
 use crate::vocabulary::{CallbackState, Kind, Outcome, Phase};
 
 const RECORD_COLUMNS: &str =
-    "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, e.retry_of, e.outcome AS e_outcome, \
+    "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, e.retry_of, e.labels, e.outcome AS e_outcome, \
      e.payloads AS e_payloads, c.state, c.fingerprint, c.workflow_id, \
      c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token, c.token_key_id";
 /// Rows in one multi-row statement at most: with at most 12 bound values a row, far below SQLite's 32,766
@@ -50,6 +50,8 @@ pub trait Backend: Database + HasStatementCache {
     const NOTIFY_PENDING: &'static str;
     /// A sub-select of the ids in a JSON array of strings bound as `param`.
     fn ids_in_json(param: &str) -> String;
+    /// A condition: the labels of execution `e` hold every pair of the JSON object bound as `param`.
+    fn labels_hold(param: &str) -> String;
 }
 
 /// Executions and callbacks in one SQL database.
@@ -109,6 +111,7 @@ where
         &self,
         kind: Option<Kind>,
         phase: Option<Phase>,
+        labels: &Labels,
         after: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<ExecutionRecord>> {
@@ -116,13 +119,16 @@ where
             "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
              WHERE ($1 IS NULL OR e.kind = $1) AND ($2 IS NULL OR e.phase = $2) \
              AND ($3 IS NULL OR e.created_ms > $3 OR (e.created_ms = $3 AND e.id > $4)) \
-             ORDER BY e.created_ms, e.id LIMIT $5"
+             AND ($5 IS NULL OR {}) ORDER BY e.created_ms, e.id LIMIT $6",
+            DB::labels_hold("$5")
         );
+        let wanted = (!labels.is_empty()).then(|| labels_json(labels));
         let rows = sqlx::query(&sql)
             .bind(kind.map(Kind::as_str))
             .bind(phase.map(Phase::to_proto))
             .bind(after.map(|(created_ms, _)| created_ms))
             .bind(after.map_or("", |(_, id)| id))
+            .bind(wanted.as_deref())
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -547,6 +553,12 @@ where
             created_ms: row.try_get("created_ms")?,
             updated_ms: row.try_get("updated_ms")?,
             retry_of: row.try_get("retry_of")?,
+            labels: match row.try_get::<Option<String>, _>("labels")? {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| Error::Store(format!("malformed stored labels: {e}")))?
+                }
+                None => Labels::new(),
+            },
             ended,
             callback,
         })
@@ -595,6 +607,11 @@ pub(super) fn values(rows: usize, columns: usize, first: usize) -> String {
 }
 
 /// Ids as a JSON array, bound as one value (see `Backend::ids_in_json`): no limit on how many.
+/// Labels as stored: a JSON object (keys in order).
+pub(super) fn labels_json(labels: &Labels) -> String {
+    serde_json::to_string(labels).unwrap_or_default()
+}
+
 fn json_ids(ids: &[impl AsRef<str>]) -> Result<String> {
     let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
     serde_json::to_string(&ids).map_err(|e| Error::Store(e.to_string()))

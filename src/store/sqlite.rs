@@ -19,6 +19,14 @@ impl Backend for Sqlite {
     fn ids_in_json(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
     }
+
+    fn labels_hold(param: &str) -> String {
+        // No wanted pair that the execution's labels lack (any key, however it is spelt).
+        format!(
+            "NOT EXISTS (SELECT 1 FROM json_each({param}) want WHERE NOT EXISTS \
+             (SELECT 1 FROM json_each(e.labels) have WHERE have.key = want.key AND have.value = want.value))"
+        )
+    }
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);

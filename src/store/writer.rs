@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 
 use super::records::{ClaimedCallback, Created, NewExecution, Settled};
-use super::sql::{values, Backend, SqlStore};
+use super::sql::{labels_json, values, Backend, SqlStore};
 use super::status::{check_spec, edit_status, started_at, timestamp};
 use crate::clock::now_ms;
 use crate::errors::{Error, Result};
@@ -224,11 +224,13 @@ where
     async fn insert_all(&self, tx: &mut DB::Connection, rows: &[(&NewExecution, Vec<u8>)]) -> Result<bool> {
         let now = now_ms();
         let sql = format!(
-            "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms) VALUES {}",
-            values(rows.len(), 7, 1)
+            "INSERT INTO executions (id, kind, phase, spec, status, created_ms, updated_ms, labels) VALUES {}",
+            values(rows.len(), 8, 1)
         );
+        let labels: Vec<Option<String>> =
+            rows.iter().map(|(new, _)| (!new.labels.is_empty()).then(|| labels_json(&new.labels))).collect();
         let mut query = sqlx::query(&sql).persistent(rows.len() == 1);
-        for (new, status) in rows {
+        for ((new, status), labels) in rows.iter().zip(&labels) {
             query = query
                 .bind(new.id.as_str())
                 .bind(new.kind.as_str())
@@ -236,7 +238,8 @@ where
                 .bind(new.spec.as_slice())
                 .bind(status.as_slice())
                 .bind(now)
-                .bind(now);
+                .bind(now)
+                .bind(labels.as_deref());
         }
         let inserted = query.execute(&mut *tx).await;
         // One execution: say which id is taken. Several: the batch runs again one by one, which says it.

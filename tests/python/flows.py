@@ -297,6 +297,7 @@ class NetworkRequest:
     execution_id: str
     prompt: str
     kind: str = "agent"  # or "workflow"
+    labels: dict[str, str] | None = None
 
 
 @activity.defn
@@ -311,7 +312,7 @@ async def create_over_grpc(request: NetworkRequest) -> None:
         service, resource = (
             f"{AGENT}CommandController",
             agent_pb.AgentExecution(
-                metadata=pb.ResourceMetadata(id=request.execution_id),
+                metadata=pb.ResourceMetadata(id=request.execution_id, labels=request.labels or {}),
                 spec=pb.AgentExecutionSpec(agent_id="researcher", message=request.prompt),
                 status=pb.AgentExecutionStatus(callback_token=token),
             ),
@@ -320,7 +321,7 @@ async def create_over_grpc(request: NetworkRequest) -> None:
         service, resource = (
             f"{WORKFLOW}CommandController",
             workflow_pb.WorkflowExecution(
-                metadata=pb.ResourceMetadata(id=request.execution_id),
+                metadata=pb.ResourceMetadata(id=request.execution_id, labels=request.labels or {}),
                 spec=pb.WorkflowExecutionSpec(workflow_id="pipeline", trigger_message=request.prompt),
                 status=pb.WorkflowExecutionStatus(callback_token=token),
             ),

@@ -55,6 +55,8 @@ def good_arguments(execution_id: str) -> dict[str, dict[str, Any]]:
         "report_activity_cancellation": dict(target),
         "heartbeat_activity": dict(target),
         "defer": {"spec": SPEC},
+        "serve": {"listen": "127.0.0.1:0", "insecure_localhost": True},
+        "callback_url": {"execution_id": execution_id, "base_url": "http://127.0.0.1:1"},
         "defer_to_workflow": {"workflow": "Child", "arg": 1, "spec": pb.WorkflowExecutionSpec(), "task_queue": "q"},
     }
 
@@ -92,6 +94,8 @@ def spoiled(hint: Any, name: str) -> list[Any]:
             values += ["nope", ""]
         elif origin in (Sequence, list):
             values += [[object()]] + ([] if str in arms else ["not a list"])
+        elif origin in (Mapping, dict) and get_args(arm)[1:] == (str,):  # labels
+            values += [[("k", "v")], {"k": b"bytes"}, {"": "v"}, {"k": "\x00"}, {"k": HUGE_TEXT}]
         elif origin in (Mapping, dict):
             values += [[("k", b"")], {"k": "not bytes"}, {"k": b"short"}]
         elif isinstance(arm, type) and issubclass(arm, Message):

@@ -52,12 +52,13 @@ async def test_the_readme_curl_lines_settle_a_parent_through_the_command_line_se
     try:
         task_queue = f"cli-{uuid.uuid4()}"
         execution_id = f"cli-{uuid.uuid4()}"
-        address = url.removeprefix("http://")
+        caller = NetworkRequest(
+            url.removeprefix("http://"), SECRETS["caller"], execution_id, "approve?", labels={"ticket": "OPS-7"}
+        )
         async with Worker(temporal_client, task_queue=task_queue, workflows=[NetworkAgentParent],
                           activities=[create_over_grpc]):  # fmt: skip
             parent = await temporal_client.start_workflow(
-                NetworkAgentParent.run, NetworkRequest(address, SECRETS["caller"], execution_id, "approve?"),
-                id=f"cli-parent-{execution_id}", task_queue=task_queue,
+                NetworkAgentParent.run, caller, id=f"cli-parent-{execution_id}", task_queue=task_queue,
             )  # fmt: skip
             env = {**os.environ, "HANDSHAKE": url, "EXECUTION": execution_id,
                    "RUNNER_KEY": SECRETS["runner"], "ADMIN_KEY": SECRETS["admin"]}  # fmt: skip

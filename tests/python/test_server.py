@@ -26,8 +26,8 @@ from temporalio.worker import Worker
 from stigmer_handshake import ApiKey, Handshake, InvalidInput, pb
 from stigmer_handshake.testing import DevServer
 
-from conftest import BOTH_STORES
-from flows import AgentAnswer, NetworkAgentParent, NetworkRequest, NetworkWorkflowParent, create_over_grpc
+from conftest import BOTH_STORES, namespace_id_of
+from flows import SEEN_TOKENS, AgentAnswer, NetworkAgentParent, NetworkRequest, NetworkWorkflowParent, create_over_grpc
 from grpc_api import AGENT, HANDSHAKE, WORKFLOW, GrpcApi, agent_pb, handshake_pb, workflow_pb
 from token_scan import SEEN_SECRETS
 
@@ -426,3 +426,75 @@ async def test_serving_without_keys_is_refused_beyond_loopback_and_callback_urls
             bare.callback_url("x")
         with pytest.raises(InvalidInput, match="http"):
             bare.callback_url("x", base_url="ftp://host")
+
+
+async def test_labels_travel_with_the_execution_and_filter_listings_on_both_faces(served: Served) -> None:
+    async with served.grpc("create") as creator:
+        for n, team in enumerate(["search", "search", "ads"]):
+            resource = agent_pb.AgentExecution(
+                metadata=pb.ResourceMetadata(id=f"lab-{n}-{uuid.uuid4()}", labels={"team": team, "run": f"gh-{n}"}),
+                spec=pb.AgentExecutionSpec(agent_id="a"),
+            )
+            created = await creator.call(f"{AGENT}CommandController", "create", resource)
+            assert dict(created.metadata.labels) == {"team": team, "run": f"gh-{n}"}
+        bad = agent_pb.AgentExecution(metadata=pb.ResourceMetadata(labels={"": "x"}), spec=pb.AgentExecutionSpec())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await creator.call(f"{AGENT}CommandController", "create", bad)
+        assert code(refused) == grpc.StatusCode.INVALID_ARGUMENT
+    async with served.grpc("read") as reader:
+        request = agent_pb.ListAgentExecutionsRequest()
+        page = await reader.call(f"{AGENT}QueryController", "list", request, extra=(("stigmer-label", "team=search"),))
+        assert [dict(i.metadata.labels)["run"] for i in page.items] == ["gh-0", "gh-1"]
+        both = (("stigmer-label", "team=search"), ("stigmer-label", "run=gh-1"))
+        page = await reader.call(f"{AGENT}QueryController", "list", request, extra=both)
+        assert [dict(i.metadata.labels)["run"] for i in page.items] == ["gh-1"]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await reader.call(f"{AGENT}QueryController", "list", request, extra=(("stigmer-label", "team"),))
+        assert code(refused) == grpc.StatusCode.INVALID_ARGUMENT
+    # A webhook sender finds its execution by the id it knows it by.
+    status, found = await served.http("GET", "/v1/executions?label=run%3Dgh-2", key="read")
+    assert (status, [e["labels"] for e in found["executions"]]) == (200, [{"team": "ads", "run": "gh-2"}])
+    status, none = await served.http("GET", "/v1/executions?label=run%3Dgh-2&label=team%3Dsearch", key="read")
+    assert (status, none["executions"]) == (200, [])
+    assert len(await served.hs.list(labels={"team": "search"})) == 2
+
+
+async def test_a_retried_caller_re_binds_over_grpc_and_unsupported_or_oversized_calls_are_refused(
+    served: Served,
+) -> None:
+    from stigmer_handshake.testing import task_token
+
+    namespace_id = await namespace_id_of(served.client)
+    run_id, execution_id = str(uuid.uuid4()), f"rebind-{uuid.uuid4()}"
+    async with served.grpc("create") as creator:
+        for attempt in (1, 2):
+            token = task_token(namespace_id, f"wf-{execution_id}", run_id, attempt=attempt)
+            SEEN_TOKENS.append(token)
+            resource = agent_pb.AgentExecution(
+                metadata=pb.ResourceMetadata(id=execution_id if attempt == 1 else f"other-{execution_id}"),
+                spec=pb.AgentExecutionSpec(agent_id="a"),
+                status=agent_pb.AgentExecutionStatus(callback_token=token),
+            )
+            created = await creator.call(f"{AGENT}CommandController", "create", resource)
+            # The retried attempt is bound to the child the first one made: no second child.
+            assert created.metadata.id == execution_id
+        record = await served.hs.inspect(execution_id)
+        assert (record.parent_attempt, len(await served.hs.list())) == (2, 1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            bad = agent_pb.AgentExecution(status=agent_pb.AgentExecutionStatus(callback_token=b"not a token"))
+            await creator.call(f"{AGENT}CommandController", "create", bad)
+        assert code(refused) == grpc.StatusCode.INVALID_ARGUMENT
+    async with served.grpc("admin") as admin:
+        for method, request in [
+            ("update", agent_pb.AgentExecution(metadata=pb.ResourceMetadata(id=execution_id))),
+            ("delete", agent_pb.AgentExecutionId(value=execution_id)),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await admin.call(f"{AGENT}CommandController", method, request)
+            assert code(refused) == grpc.StatusCode.UNIMPLEMENTED, method
+        huge = agent_pb.AgentExecution(spec=pb.AgentExecutionSpec(message="x" * 3_000_000))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.call(f"{AGENT}CommandController", "create", huge)
+        # tonic's answer to a message over the limit (the limit is the result limit plus 64 KiB).
+        assert code(refused) == grpc.StatusCode.OUT_OF_RANGE and "too large" in str(refused.value.details())
+    assert len(await served.hs.list()) == 1

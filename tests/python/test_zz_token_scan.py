@@ -14,7 +14,7 @@ from temporalio.client import Client
 
 from conftest import TRANSCRIPT
 from flows import SEEN_TOKENS
-from token_scan import SEEN_SECRETS, find_tokens, history_bytes
+from token_scan import SEEN_SECRETS, TokenFinder, find_tokens, history_bytes
 
 
 def test_the_scan_finds_what_it_looks_for() -> None:
@@ -24,6 +24,8 @@ def test_the_scan_finds_what_it_looks_for() -> None:
     assert find_tokens(f"x {repr(token)[2:-1]} y", {token})
     assert find_tokens(f"x{token.hex()[30:46].upper()}y", {token})
     assert not find_tokens(f"{token.hex()[:15]} and {base64.b64encode(token).decode()[:15]}", {token})
+    assert TokenFinder({token}).find(f"raw {token.decode('latin-1')} bytes", raw=True)
+    assert not TokenFinder({token}).find(f"raw {token.decode('latin-1')[:-1]} bytes", raw=True)
 
 
 @pytest.mark.last
@@ -58,11 +60,8 @@ async def test_no_workflow_history_the_suite_made_holds_a_token(
     histories = len(sources)
     databases = sorted(Path(tmp_path_factory.getbasetemp()).rglob("temporal.db*"))
     sources.update({f"database {db}": db.read_bytes().decode("latin-1") for db in databases})
-    found = {
-        where: len(hits)
-        for where, text in sources.items()
-        if (hits := find_tokens(text, tokens) + [t for t in tokens if t.decode("latin-1") in text])
-    }
+    finder = TokenFinder(tokens)
+    found = {where: len(hits) for where, text in sources.items() if (hits := finder.find(text, raw=True))}
     size = sum(map(len, sources.values()))
     print(f"\nhistory scan: {len(tokens)} tokens against {histories} histories and {len(databases)} dev-server "
           f"databases ({size:,} bytes): {sum(found.values())} hits")  # fmt: skip

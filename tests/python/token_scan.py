@@ -16,26 +16,44 @@ CANDIDATE = re.compile(r"[0-9A-Za-z+/=_-]{16,}")
 SEEN_SECRETS: list[bytes] = []
 
 
+class TokenFinder:
+    """Every form of `tokens` indexed once, then looked for in any number of texts: in one pass over each
+    text for the encoded forms (escaped bytes, hex, base64, any 16-character run of those), and by a
+    shared prefix for the raw bytes (found whole, as latin-1 text)."""
+
+    RAW_PREFIX = 24
+
+    def __init__(self, tokens: set[bytes]) -> None:
+        self.runs: set[str] = set()
+        self.escaped: dict[str, list[str]] = {}
+        self.raw: dict[str, list[str]] = {}
+        for token in tokens:
+            for form in (token.hex(), token.hex().upper(), base64.b64encode(token).decode(),
+                         base64.urlsafe_b64encode(token).decode()):  # fmt: skip
+                self.runs.update(form[i : i + 16] for i in range(len(form) - 15))
+            whole = repr(token)[2:-1]
+            self.escaped.setdefault(whole[:16], []).append(whole)
+            raw = token.decode("latin-1")
+            self.raw.setdefault(raw[: self.RAW_PREFIX], []).append(raw)
+
+    def find(self, text: str, *, raw: bool = False) -> list[str]:
+        """Token forms found in `text` (their first characters only); with `raw`, whole raw tokens too."""
+        hits = []
+        for match in CANDIDATE.finditer(text):
+            candidate = match.group()
+            hits += [candidate[i : i + 16] for i in range(len(candidate) - 15) if candidate[i : i + 16] in self.runs]
+        for groups in (self.escaped, *((self.raw,) if raw else ())):
+            for prefix, forms in groups.items():
+                position = text.find(prefix)
+                while position != -1:
+                    hits += [repr(form[:16]) for form in forms if text.startswith(form, position)]
+                    position = text.find(prefix, position + 1)
+        return hits
+
+
 def find_tokens(text: str, tokens: set[bytes]) -> list[str]:
     """Token forms found in `text` (their first characters only), in one pass over it."""
-    runs: set[str] = set()
-    escaped: dict[str, list[str]] = {}
-    for token in tokens:
-        for form in (token.hex(), token.hex().upper(), base64.b64encode(token).decode(),
-                     base64.urlsafe_b64encode(token).decode()):  # fmt: skip
-            runs.update(form[i : i + 16] for i in range(len(form) - 15))
-        whole = repr(token)[2:-1]
-        escaped.setdefault(whole[:16], []).append(whole)
-    hits = []
-    for match in CANDIDATE.finditer(text):
-        candidate = match.group()
-        hits += [candidate[i : i + 16] for i in range(len(candidate) - 15) if candidate[i : i + 16] in runs]
-    for prefix, forms in escaped.items():
-        position = text.find(prefix)
-        while position != -1:
-            hits += [form[:16] for form in forms if text.startswith(form, position)]
-            position = text.find(prefix, position + 1)
-    return hits
+    return TokenFinder(tokens).find(text)
 
 
 def history_bytes(history: WorkflowHistory) -> bytes:

@@ -112,3 +112,27 @@ async def test_bad_tls_files_are_refused_before_anything_listens(pki: Pki, tmp_p
             await hs.serve(api_keys=[KEY], tls_cert=pki.folder / "server.pem", tls_key=pki.folder / "client.key")
         with pytest.raises(InvalidInput, match="tls_cert and tls_key"):
             await hs.serve(api_keys=[KEY], tls_cert=pki.folder / "server.pem")
+
+
+async def test_silent_and_slow_clients_are_cut_off_and_do_not_pin_the_server(tmp_path: Path) -> None:
+    async with await Handshake.connect(store=f"sqlite:///{tmp_path}/slow.db", temporal=None) as hs:
+        server = await hs.serve("127.0.0.1:0", api_keys=[KEY])
+        host, port = server.address.rsplit(":", 1)
+        silent = [await asyncio.open_connection(host, int(port)) for _ in range(20)]  # connect, say nothing
+        slow = await asyncio.open_connection(host, int(port))
+        slow[1].write(b"GET /v1/executions HTTP/1.1\r\nhost: x\r\n")  # and never the rest of the headers
+        await slow[1].drain()
+        started = asyncio.get_running_loop().time()
+
+        def health() -> int:
+            with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as response:
+                return int(response.status)
+
+        assert await asyncio.to_thread(health) == 200, "everyone else is served meanwhile"
+        for reader, writer in [*silent, slow]:
+            # The server closes each (a read that never ends fails here with TimeoutError).
+            ended = await asyncio.wait_for(reader.read(), 20)
+            assert ended == b"" or ended.startswith(b"HTTP/1.1 408"), ended[:100]
+            writer.close()
+        elapsed = asyncio.get_running_loop().time() - started
+        assert elapsed < 15, f"closed only after {elapsed:.1f} s"
