@@ -178,19 +178,21 @@ async def env(temporal_server: DevServer, temporal_client: Client, store_url: st
 
 
 def serve_process(store: str, temporal: str, keys: Path, log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    """`stigmer-handshake serve` on a free port with the API keys in `keys`, logging at DEBUG into `log` (a
-    pipe nobody reads would fill and stall it); returns the process and its URL once it serves."""
+    """`stigmer-handshake serve` on a free port with the API keys in `keys`, logging at DEBUG into `log` and
+    printing into `log` + ".out" (a pipe nobody reads would fill and stall it); returns the process and its
+    URL once it serves."""
     command = [sys.executable, "-m", "stigmer_handshake.cli", "--store", store, "--temporal", temporal, "serve",
                "--listen", "127.0.0.1:0", "--api-keys-file", str(keys), *args]  # fmt: skip
     env = {**os.environ, "STIGMER_HANDSHAKE_LOG": "debug"}
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+    printed = log.with_name(log.name + ".out")
+    with log.open("w") as err, printed.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
     for _ in range(1200):
-        match = re.search(r"^serving\s+(http://\S+)", log.read_text(), re.MULTILINE)
+        match = re.search(r"^serving\s+(http://\S+)$", printed.read_text(), re.MULTILINE)
         if match:
             return process, match.group(1)
         if process.poll() is not None:
-            raise AssertionError(f"the server exited: {log.read_text()[-2000:]}")
+            raise AssertionError(f"the server exited: {log.read_text()[-2000:]}{printed.read_text()}")
         time.sleep(0.05)
     raise AssertionError("the server did not start in 60 s")
 
@@ -200,5 +202,5 @@ def stop_server(process: subprocess.Popen[str], log: Path) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
-    TRANSCRIPT.append(log.read_text())
+    TRANSCRIPT.extend([log.read_text(), log.with_name(log.name + ".out").read_text()])
     return process.returncode

@@ -25,6 +25,10 @@ def test_the_scan_finds_what_it_looks_for() -> None:
     assert find_tokens(f"x{token.hex()[30:46].upper()}y", {token})
     assert not find_tokens(f"{token.hex()[:15]} and {base64.b64encode(token).decode()[:15]}", {token})
     assert TokenFinder({token}).find(f"raw {token.decode('latin-1')} bytes", raw=True)
+    # Inside a capability's hex body, a token would be found as what the body decodes to.
+    body = b'{"e":"' + token + b'"}'
+    inside = "shc1." + body.hex() + "." + "0" * 64
+    assert TokenFinder({token}).find(inside, raw=True)
     assert not TokenFinder({token}).find(f"raw {token.decode('latin-1')[:-1]} bytes", raw=True)
 
 
