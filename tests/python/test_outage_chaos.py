@@ -199,10 +199,26 @@ async def test_retries_outages_restarts_and_kills_end_every_parent_once(tmp_path
             if expected == 2:
                 first, retry = sorted(children, key=lambda c: c.retry_of is not None)
                 assert retry.retry_of == first.id and first.phase == "FAILED" and retry.phase == "COMPLETED"
-        with sqlite3.connect(store.removeprefix("sqlite://")) as db:
-            [(holding,)] = db.execute("SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL").fetchall()
-        assert holding == 0, f"{holding} callbacks still hold a token"
-        assert {r.callback_state for r in records} == {"delivered"}, sorted({r.callback_state for r in records})
+
+        def holding() -> int:
+            with sqlite3.connect(store.removeprefix("sqlite://")) as db:
+                [(count,)] = db.execute("SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL").fetchall()
+            return int(count)
+
+        # A delivery a kill cut short stays `delivering` until its lease (20 s) runs out, which may be after
+        # every parent ended (a cancelled parent does not wait for its cancel's callback); a reconcile pass
+        # then delivers it, or finds its parent gone. Seen once in CI: the kill in the outage cut a cancel's.
+        deadline = time.monotonic() + 60
+        while holding() and time.monotonic() < deadline:
+            await caller.reconcile()
+            await asyncio.sleep(1)
+        assert holding() == 0, f"{holding()} callbacks still hold a token"
+        records = await caller.list(limit=1000)
+        states = {r.callback_state for r in records}
+        assert states <= {"delivered", "gone"}, sorted(states)
+        # Only a cancel's callback can end gone: a parent that waits for its child's result is told it.
+        cancels = {c.id for prompt, children in by_prompt.items() if prompt.startswith("cancel") for c in children}
+        assert {r.id for r in records if r.callback_state == "gone"} <= cancels
         print(f"\noutage chaos: {len(requests)} parents, {len(records)} executions, {kills} SIGKILLs, "
               f"Temporal down {OUTAGE_SECONDS} s, {time.monotonic() - started:.0f} s in all")  # fmt: skip
     finally:
