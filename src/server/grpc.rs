@@ -173,8 +173,9 @@ async fn update_status<R: Resource>(
     error: impl Fn(&R::Status) -> Option<ExecutionError>,
     output: impl Fn(&R::Status) -> Option<serde_json::Value>,
 ) -> Result<R> {
-    crate::core::check_execution_id(&id)?;
     let mut status = status.ok_or_else(|| Error::InvalidArgument("updateStatus needs a status".into()))?;
+    // The status is of this service's kind: an execution of the other kind is not found here.
+    get::<R>(shared, &id).await?;
     if !R::take_token(&mut status).is_empty() {
         return Err(Error::InvalidArgument(
             "a status update cannot carry callback_token: the token is given once, at create".into(),

@@ -329,7 +329,15 @@ async def test_lists_page_by_key_over_grpc_and_http_and_never_carry_a_token(serv
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await api.call(f"{AGENT}QueryController", "list", agent_pb.ListAgentExecutionsRequest(page_token="x.y"))
         assert code(refused) == grpc.StatusCode.INVALID_ARGUMENT
-        # A workflow execution is not found as an agent one.
+    async with served.grpc("runner") as runner:
+        # A workflow execution is not found as an agent one, and takes no agent status.
+        update = agent_pb.UpdateStatusRequest(
+            execution_id=workflows.items[0].metadata.id, status=agent_pb.AgentExecutionStatus(phase=2)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await runner.call(f"{AGENT}CommandController", "updateStatus", update)
+        assert code(refused) == grpc.StatusCode.NOT_FOUND
+    async with served.grpc("read") as api:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await api.call(
                 f"{AGENT}QueryController", "get", agent_pb.AgentExecutionId(value=workflows.items[0].metadata.id)
