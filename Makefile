@@ -59,12 +59,13 @@ lint: dev
 test-rust:
 	cargo test --locked
 
-# Debian packages the tests drive: nginx (the TLS front of the Temporal TLS tests) and openssl (their
-# certificates). Installed only when missing.
+# Debian packages the tests drive: nginx (the TLS front of the Temporal TLS tests), openssl (their
+# certificates) and Chromium (the console's browser tests, driven by Playwright). Installed only when missing.
 system-packages:
 	@missing=""; \
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi

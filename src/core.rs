@@ -13,10 +13,10 @@ use crate::errors::{Error, Result};
 use crate::pump::{self, Pump, PumpStats, Signals};
 use crate::reconcile::{self, ReconcileReport};
 use crate::secrets::{Capabilities, Grant, Keyring};
-use crate::store::{self, Created, ExecutionRecord, Labels, NewExecution, Store};
+use crate::store::{self, Created, ExecutionRecord, Labels, ListFilter, NewExecution, Overview, Store};
 use crate::temporal::{HeartbeatFlags, LazyTemporal, Target, Temporal};
 use crate::token::TaskToken;
-use crate::vocabulary::{Kind, Outcome, Phase};
+use crate::vocabulary::{CallbackState, Kind, Outcome, Phase};
 
 /// Background deliveries in flight at most (far above what re-binds start at once).
 const BACKGROUND_PERMITS: u32 = 1 << 16;
@@ -172,6 +172,17 @@ impl Core {
     /// URL names its execution only through its capability).
     pub fn capability_grant(&self, capability: &str) -> Result<Grant> {
         self.capabilities.open(capability, crate::clock::now_ms())
+    }
+
+    /// Sign `body` for `purpose` with the store's capability key, so that every server of this store
+    /// accepts what one of them signed (console sessions).
+    pub fn sign(&self, purpose: &str, body: &str) -> String {
+        self.capabilities.sign(purpose, body)
+    }
+
+    /// Whether `signature` is `sign(purpose, body)`.
+    pub fn signed(&self, purpose: &str, body: &str, signature: &str) -> bool {
+        self.capabilities.signed(purpose, body, signature)
     }
 
     /// Refuse a settle of `id` with `outcome` that `capability` does not allow.
@@ -422,19 +433,60 @@ impl Core {
         self.store.get(id, include_token).await
     }
 
-    /// Executions, oldest first, optionally of one kind and phase and holding all of `labels`, after
-    /// `after` (the created time and id of the last execution of the page before).
+    /// Executions, oldest first, that pass `filter`, after `after` (the created time and id of the last
+    /// execution of the page before).
     pub async fn list(
         &self,
-        kind: Option<Kind>,
-        phase: Option<Phase>,
-        labels: &Labels,
+        filter: &ListFilter,
         after: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<ExecutionRecord>> {
         positive(limit, "limit")?;
-        check_labels(labels)?;
-        self.store.list(kind, phase, labels, after, limit).await
+        check_labels(&filter.labels)?;
+        if let Some(state) = filter.callback_state.as_deref() {
+            if state != "none" {
+                CallbackState::parse(state).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "a callback state is armed, due, delivering, delivered, gone, dead or none, not {state:?}"
+                    ))
+                })?;
+            }
+        }
+        if filter.text.as_deref().is_some_and(|t| t.is_empty() || t.len() > 200) {
+            return Err(Error::InvalidArgument("the text to find must be 1 to 200 bytes".into()));
+        }
+        self.store.list(filter, after, limit).await
+    }
+
+    /// Counts by kind and phase, the callbacks whose delivery failed (retrying or dead-lettered, up to
+    /// `troubled_limit`), and the settles per minute over the last hour.
+    pub async fn overview(&self, troubled_limit: i64) -> Result<Overview> {
+        positive(troubled_limit, "troubled_limit")?;
+        self.store.overview(crate::clock::now_ms() - 3_600_000, troubled_limit).await
+    }
+
+    /// A marker that changes whenever any execution or callback is written (`Store::last_change`).
+    pub async fn last_change(&self) -> Result<String> {
+        self.store.last_change().await
+    }
+
+    /// Deliver a dead-lettered callback again (after an operator fixed what refused it): it is offered
+    /// for delivery at once and, with Temporal reachable, delivered now; otherwise the reconciler does.
+    pub async fn redeliver(&self, id: &str) -> Result<SettleOutcome> {
+        check_execution_id(id)?;
+        self.store.redeliver(id).await?;
+        let temporal = match &self.temporal {
+            None => return Ok(SettleOutcome::Recorded),
+            Some(lazy) => match lazy.get().await {
+                Ok(temporal) => temporal,
+                Err(err) => return Ok(SettleOutcome::Retrying(err.to_string())),
+            },
+        };
+        match self.store.claim_due_one(id, delivery::DELIVERY_LEASE_MS).await? {
+            // A reconciler took it first: it delivers.
+            None => Ok(SettleOutcome::Recorded),
+            Some(claimed) => Ok(delivery::deliver(&self.store, temporal, claimed).await?.into()),
+        }
     }
 
     /// Hand up to `limit` executions of `kind` to this runner for `lease_ms` (renewed by each heartbeat):

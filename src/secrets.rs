@@ -185,6 +185,20 @@ impl Capabilities {
     }
 }
 
+impl Capabilities {
+    /// Sign `body` for `purpose` (console sessions) with the signing key: hex HMAC-SHA256 of
+    /// `<purpose>\n<body>`, which never equals a capability's (whose signed body is hex, without a newline).
+    pub fn sign(&self, purpose: &str, body: &str) -> String {
+        hex::encode(mac(&self.keys[0], &format!("{purpose}\n{body}")).finalize().into_bytes())
+    }
+
+    /// Whether `signature` is `sign(purpose, body)` under any of the keys (they rotate).
+    pub fn signed(&self, purpose: &str, body: &str, signature: &str) -> bool {
+        let Ok(signature) = hex::decode(signature) else { return false };
+        self.keys.iter().any(|key| mac(key, &format!("{purpose}\n{body}")).verify_slice(&signature).is_ok())
+    }
+}
+
 /// HMAC-SHA256 over `body`; `Capabilities::new` checked the key's length.
 fn mac(key: &[u8], body: &str) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");

@@ -12,7 +12,7 @@ use prost::Message;
 use temporalio_client::grpc::WorkflowService;
 use temporalio_client::{Client, ClientOptions, Connection};
 use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowExecution};
-use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
+use temporalio_common::protos::temporal::api::enums::v1::{PendingActivityState, WorkflowExecutionStatus};
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
@@ -49,6 +49,17 @@ pub struct HeartbeatFlags {
     pub cancel_requested: bool,
     pub paused: bool,
     pub reset: bool,
+}
+
+/// A pending activity as its workflow shows it.
+pub struct PendingActivity {
+    /// SCHEDULED, STARTED or CANCEL_REQUESTED.
+    pub state: String,
+    pub attempt: i32,
+    /// The latest heartbeat's details (encoded `Payloads`).
+    pub heartbeat_details: Option<Vec<u8>>,
+    pub last_heartbeat_ms: Option<i64>,
+    pub paused: bool,
 }
 
 /// What the handshake needs to know of a workflow: whether it still runs, and its pending activities.
@@ -256,6 +267,11 @@ impl Temporal {
         })
     }
 
+    /// The namespace this client works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// The id the server gave namespace `name` (what task tokens carry), if this handshake serves it.
     pub fn namespace_id(&self, name: &str) -> Option<&str> {
         self.served.iter().find(|(_, (served, _))| served == name).map(|(id, _)| id.as_str())
@@ -451,6 +467,35 @@ impl Temporal {
         };
         let pending_activities = reply.pending_activities.into_iter().map(|a| (a.activity_id, a.attempt)).collect();
         Ok(Some(WorkflowState { closed_as, pending_activities }))
+    }
+
+    /// What the parent workflow shows of one of its pending activities (as Temporal's Web UI does): None
+    /// when the workflow is unknown or the activity is not pending.
+    pub async fn pending_activity(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        activity_id: &str,
+    ) -> Result<Option<PendingActivity>> {
+        let mut client = self.client.clone();
+        let request = DescribeWorkflowExecutionRequest {
+            namespace: self.namespace.clone(),
+            execution: Some(WorkflowExecution { workflow_id: workflow_id.to_owned(), run_id: run_id.to_owned() }),
+        };
+        let reply = match client.describe_workflow_execution(request.into_request()).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => return Err(status.into()),
+        };
+        Ok(reply.pending_activities.into_iter().find(|a| a.activity_id == activity_id).map(|a| PendingActivity {
+            state: PendingActivityState::try_from(a.state)
+                .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("PENDING_ACTIVITY_STATE_"))
+                .to_owned(),
+            attempt: a.attempt,
+            heartbeat_details: a.heartbeat_details.map(|d| d.encode_to_vec()),
+            last_heartbeat_ms: a.last_heartbeat_time.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
+            paused: a.paused,
+        }))
     }
 
     /// How the activity scheduled by `scheduled_event_id` ended, read from the newest history events back

@@ -208,7 +208,7 @@ pub enum DeliveryResult {
         error: String,
         retry_in_ms: i64,
     },
-    /// A permanent failure: dead-lettered with the reason; the token is cleared.
+    /// A permanent failure: dead-lettered with the reason; the token is kept for `redeliver`.
     Dead(String),
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use _core::core::{Core, CreateRequest, Settings};
 use _core::errors::Error;
 use _core::proto::ai::stigmer::agentic::agentexecution::v1::{AgentExecutionSpec, AgentExecutionStatus};
-use _core::store::{Created, Labels};
+use _core::store::{Created, Labels, ListFilter};
 use _core::token::TaskProto;
 use _core::vocabulary::{Kind, Outcome, Phase};
 use prost::Message;
@@ -104,7 +104,10 @@ async fn operations(store_url: String, temporal: String) {
     assert_eq!(ended.phase, Phase::Completed);
     let report = core.reconcile().await.unwrap();
     assert_eq!((report.children_failed, report.orphaned, report.skipped), (0, 0, 0), "{report:?}");
-    let listed = core.list(Some(Kind::Agent), Some(Phase::Completed), &Labels::new(), None, 10).await.unwrap();
+    let listed = core
+        .list(&ListFilter { kind: Some(Kind::Agent), phase: Some(Phase::Completed), ..ListFilter::default() }, None, 10)
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 2);
 }
 

@@ -6,7 +6,7 @@
 use _core::errors::Error;
 use _core::proto::ai::stigmer::agentic::agentexecution::v1::{AgentExecutionSpec, AgentExecutionStatus};
 use _core::proto::ai::stigmer::agentic::workflowexecution::v1::WorkflowExecutionStatus;
-use _core::store::{self, Created, NewExecution, Settled, Store};
+use _core::store::{self, Created, ListFilter, NewExecution, Settled, Store};
 use _core::token::{TaskProto, TaskToken};
 use _core::vocabulary::{CallbackState, DeliveryResult, GoneReason, Kind, Outcome, Phase};
 use prost::Message;
@@ -157,7 +157,7 @@ on_both_stores! {
         };
         let list = |labels: store::Labels| {
             let store = store.clone();
-            async move { ids(store.list(None, None, &labels, None, 10).await.unwrap()) }
+            async move { ids(store.list(&ListFilter { labels, ..ListFilter::default() }, None, 10).await.unwrap()) }
         };
         assert_eq!(list(want(&[("team", "search")])).await, ["a", "b"]);
         assert_eq!(list(want(&[("team", "search"), ("run", "gh-2")])).await, ["b"]);
@@ -169,7 +169,7 @@ on_both_stores! {
         // Pages by key: each page starts after the last one's (created_ms, id), whatever else changes.
         let (mut seen, mut after) = (Vec::new(), None::<(i64, String)>);
         loop {
-            let page = store.list(None, None, &want(&[]), after.as_ref().map(|(ms, id)| (*ms, id.as_str())), 3).await;
+            let page = store.list(&ListFilter::default(), after.as_ref().map(|(ms, id)| (*ms, id.as_str())), 3).await;
             let page = page.unwrap();
             let Some(end) = page.last() else { break };
             after = Some((end.created_ms, end.id.clone()));
@@ -245,6 +245,49 @@ on_both_stores! {
         store.settle("e1", &Outcome::Complete { result: None }, None, 1).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         assert_eq!(store.claim_due(10, 60_000).await.unwrap().len(), 1, "a dead deliverer's lease runs out");
+    }
+
+    async fn a_dead_letter_keeps_its_token_until_redelivered_and_the_console_sees_it(store) {
+        seed(&store, "e1", true).await;
+        seed(&store, "e2", false).await;
+        store.settle("e1", &Outcome::Complete { result: None }, None, 0).await.unwrap();
+        let marker = store.last_change().await.unwrap();
+        let claimed = store.claim_due(10, 60_000).await.unwrap().remove(0);
+        assert_ne!(store.last_change().await.unwrap(), marker, "a claim for delivery is a change");
+        store.record_delivery(&claimed, &DeliveryResult::Dead("permission denied".into())).await.unwrap();
+        let record = store.get("e1", true).await.unwrap();
+        assert_eq!(record.callback.as_ref().unwrap().state, CallbackState::Dead);
+        assert_eq!(status_token(&record), token("1").secret_bytes(), "kept, for redeliver");
+
+        let overview = store.overview(0, 10).await.unwrap();
+        assert_eq!(overview.troubled.len(), 1);
+        assert_eq!(overview.troubled[0].execution_id, "e1");
+        assert_eq!(overview.troubled[0].last_error.as_deref(), Some("permission denied"));
+        assert_eq!(overview.settles_per_minute.iter().map(|(_, n)| n).sum::<i64>(), 1);
+        let counts: Vec<_> = overview.counts.iter().map(|(k, p, n)| (k.as_str(), p.name(), *n)).collect();
+        assert_eq!(counts, [("agent", "PENDING", 1), ("agent", "COMPLETED", 1)]);
+
+        let by_state = |state: &str| ListFilter { callback_state: Some(state.into()), ..ListFilter::default() };
+        let ids = |records: Vec<store::ExecutionRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list(&by_state("dead"), None, 10).await.unwrap()), ["e1"]);
+        assert_eq!(ids(store.list(&by_state("none"), None, 10).await.unwrap()), ["e2"]);
+        assert!(store.list(&by_state("armed"), None, 10).await.unwrap().is_empty());
+        let text = |t: &str| ListFilter { text: Some(t.into()), ..ListFilter::default() };
+        assert_eq!(ids(store.list(&text("e2"), None, 10).await.unwrap()), ["e2"], "found in the id");
+        assert_eq!(ids(store.list(&text("hi"), None, 10).await.unwrap()), ["e1", "e2"], "found in the spec");
+        assert!(store.list(&text("nowhere"), None, 10).await.unwrap().is_empty());
+
+        assert!(matches!(store.redeliver("e2").await, Err(Error::InvalidState { .. })), "no callback");
+        let marker = store.last_change().await.unwrap();
+        store.redeliver("e1").await.unwrap();
+        assert_ne!(store.last_change().await.unwrap(), marker);
+        assert!(matches!(store.redeliver("e1").await, Err(Error::InvalidState { .. })), "due now, not dead");
+        let again = store.claim_due(10, 60_000).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].token.fingerprint(), token("1").fingerprint());
+        store.record_delivery(&again[0], &DeliveryResult::Delivered).await.unwrap();
+        assert!(status_token(&store.get("e1", true).await.unwrap()).is_empty(), "cleared once delivered");
+        assert!(matches!(store.redeliver("nope").await, Err(Error::ExecutionNotFound(_))));
     }
 
     async fn direct_execution_has_no_callback(store) {
@@ -615,7 +658,7 @@ on_both_stores! {
         let outcomes = [first.await.unwrap(), second.await.unwrap()];
         let made: Vec<_> = outcomes.iter().filter(|o| matches!(o, Ok(Created::New(_)))).collect();
         assert_eq!(made.len(), 1, "exactly one child: {outcomes:?}");
-        let children = store.list(Some(Kind::Agent), None, &store::Labels::new(), None, 10).await.unwrap();
+        let children = store.list(&ListFilter { kind: Some(Kind::Agent), ..ListFilter::default() }, None, 10).await.unwrap();
         assert_eq!(children.len(), 1);
         assert_eq!(children[0].callback.as_ref().unwrap().attempt, 2, "the newest attempt holds the callback");
     }

@@ -28,7 +28,7 @@ from temporalio.service import TLSConfig
 
 from stigmer_handshake import _core
 from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
-from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Executions, Handshake, short_age
+from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Handshake, short_age
 from stigmer_handshake.server import API_KEYS_ENV, ApiKey
 
 EXAMPLES = """\
@@ -115,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--kind", choices=["agent", "workflow"])
     listing.add_argument("--phase", choices=["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"])
     listing.add_argument("--state", choices=["armed", "due", "delivering", "delivered", "gone", "dead", "none"])
+    listing.add_argument("--text", help="only executions with this text in the id or the spec (case-sensitive)")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
 
     show = command("show", "show one execution", "stigmer-handshake show agent-3f2a")
@@ -133,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
     settle.add_argument("--non-retryable", action="store_true", help="the failure is final (with --fail)")
     settle.add_argument("--details", metavar="JSON", help="failure or cancellation details")
     settle.add_argument("--no-wait", action="store_true", help="return once recorded; deliver in the background")
+
+    redeliver = command(
+        "redeliver", "deliver a dead-lettered callback again, once what refused it is fixed",
+        "stigmer-handshake redeliver agent-3f2a",
+    )  # fmt: skip
+    redeliver.add_argument("execution")
 
     reconcile = command(
         "reconcile", "deliver what is due and fail parents of closed children; once, or --every N seconds",
@@ -154,6 +161,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", metavar="PEM", help="the server's TLS private key (with --cert)")
     serve.add_argument("--client-ca", metavar="PEM", help="demand client certificates signed by this CA")
     serve.add_argument("--public-url", metavar="URL", help="the base of callback URLs, behind a proxy")
+    serve.add_argument(
+        "--temporal-ui", metavar="URL", help="Temporal's Web UI, which the console links parent workflows to"
+    )
     serve.add_argument(
         "--reconcile-every", type=float, default=5.0, metavar="SECONDS", help="reconciler interval (default 5)"
     )
@@ -238,7 +248,7 @@ async def run(args: argparse.Namespace) -> int:
 
         await bench.main(args)
         return OK
-    needs_temporal = args.command in ("settle", "reconcile", "serve")
+    needs_temporal = args.command in ("settle", "redeliver", "reconcile", "serve")
     # Bad arguments are refused before anything is opened.
     if args.command == "settle":
         outcome_args(args)
@@ -259,6 +269,8 @@ async def run(args: argparse.Namespace) -> int:
         return OK
     if args.command == "settle":
         return await settle(hs, args)
+    if args.command == "redeliver":
+        return settled(args, await hs.redeliver(args.execution))
     if args.command == "serve":
         return await serve(hs, args, keys)
     return await reconcile(hs, args)
@@ -301,6 +313,7 @@ async def serve(hs: Handshake, args: argparse.Namespace, keys: list[ApiKey] | No
         tls_key=args.key,
         tls_client_ca=args.client_ca,
         public_url=args.public_url,
+        temporal_ui=args.temporal_ui,
     )
     emit(args, {"serving": server.url, "address": server.address})
     sys.stdout.flush()
@@ -381,10 +394,7 @@ def describe(e: _core.Execution) -> dict[str, Any]:
 async def list_executions(hs: Handshake, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    records = await hs.list(args.kind, args.phase, args.limit if args.state is None else 1_000_000)
-    if args.state is not None:
-        wanted = None if args.state == "none" else args.state
-        records = Executions([r for r in records if r.callback_state == wanted][: args.limit])
+    records = await hs.list(args.kind, args.phase, args.limit, state=args.state, text=args.text)
     rows = [describe(r) for r in records]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -433,6 +443,11 @@ async def settle(hs: Handshake, args: argparse.Namespace) -> int:
     else:
         extra = () if details is None else (details,)
         settlement = await hs.cancel(args.execution, *extra, wait_for_delivery=wait)
+    return settled(args, settlement)
+
+
+def settled(args: argparse.Namespace, settlement: _core.Settlement) -> int:
+    """Print a settlement; exit 5 when the parent was not told."""
     emit(
         args,
         {

@@ -41,6 +41,7 @@ from stigmer_handshake.workflow import (
 )
 
 Kind: TypeAlias = Literal["agent", "workflow"]
+CallbackStateFilter: TypeAlias = Literal["armed", "due", "delivering", "delivered", "gone", "dead", "none"]
 Spec: TypeAlias = pb.AgentExecutionSpec | pb.WorkflowExecutionSpec
 Status: TypeAlias = pb.AgentExecutionStatus | pb.WorkflowExecutionStatus
 Resource: TypeAlias = pb.AgentExecution | pb.WorkflowExecution
@@ -511,6 +512,12 @@ class Handshake:
         outcome = _core.Outcome.cancel(await self._encode(details) if details else None)
         return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery, capability)
 
+    async def redeliver(self, execution_id: str) -> _core.Settlement:
+        """Deliver a dead-lettered callback again, once what refused it is fixed (a revoked API key, a
+        permission): its recorded outcome goes to the parent now (``delivered``), or stays due for the
+        reconciler when Temporal is out of reach. ``InvalidState`` unless the callback is dead-lettered."""
+        return await self._core.redeliver(execution_id)
+
     def grant(
         self, execution_id: str, outcomes: Sequence[str] = ("complete", "fail", "cancel"), *, ttl: float = 3600.0
     ) -> str:
@@ -531,6 +538,7 @@ class Handshake:
         tls_key: str | os.PathLike[str] | None = None,
         tls_client_ca: str | os.PathLike[str] | None = None,
         public_url: str | None = None,
+        temporal_ui: str | None = None,
     ) -> Server:
         """Serve this handshake over the network on ``listen`` (``host:port``; port 0: any free one): gRPC
         and HTTP/JSON on the same port (see ``stigmer_handshake.server``), until ``Server.close()`` or
@@ -540,7 +548,11 @@ class Handshake:
         whose path is the credential. ``insecure_localhost=True`` instead serves everyone, on a loopback
         address only. ``tls_cert`` and ``tls_key`` (PEM files) turn TLS on; ``tls_client_ca`` also demands
         client certificates signed by it. ``public_url`` is the base of callback URLs when callers reach the
-        server through a proxy (default: ``http(s)://<address>``)."""
+        server through a proxy (default: ``http(s)://<address>``).
+
+        The console (pages for people: what waits, one execution, settling by hand, approval pages for
+        callback URLs) is served at ``/``; ``temporal_ui`` (Temporal's Web UI, e.g.
+        ``http://localhost:8233``) links its parent workflows there."""
         settings = ServeSettings(
             listen=listen,
             api_keys=None if api_keys is None else tuple(api_keys),
@@ -549,6 +561,7 @@ class Handshake:
             tls_key=read_pem(tls_key, "tls_key"),
             tls_client_ca=read_pem(tls_client_ca, "tls_client_ca"),
             public_url=public_url,
+            temporal_ui=temporal_ui,
         )
         server = Server(await self._core.serve(settings), self._core)
         self._servers.append(server)
@@ -588,9 +601,13 @@ class Handshake:
         limit: int = 100,
         *,
         labels: Mapping[str, str] | None = None,
+        state: CallbackStateFilter | None = None,
+        text: str | None = None,
     ) -> Executions:
-        """Executions, oldest first, with every one of ``labels`` if given (a list; in Jupyter a table)."""
-        return Executions(await self._core.list(kind, phase, limit, labels))
+        """Executions, oldest first (a list; in Jupyter a table): of ``kind``, in ``phase``, whose callback is
+        in ``state`` (``"none"``: executions without one), with every one of ``labels``, and with ``text``
+        in the id or the spec (case-sensitive)."""
+        return Executions(await self._core.list(kind, phase, limit, labels, state, text))
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Resource:
         """Wait until the execution is COMPLETED, FAILED or CANCELLED (raises ``WaitTimeout``)."""

@@ -1,6 +1,7 @@
 """The handshake over the network: ``Handshake.serve`` runs gRPC (the seed's command and query services,
-``ai.stigmer.handshake.v1.HandshakeService``, health, reflection) and HTTP/JSON (webhooks, callback URLs,
-``/metrics``) on one port, in this process, on the same core as the Python API.
+``ai.stigmer.handshake.v1.HandshakeService``, health, reflection), HTTP/JSON (webhooks, callback URLs,
+``/metrics``) and the console (pages for people at ``/``; a callback URL opened in a browser is an approval
+page) on one port, in this process, on the same core as the Python API.
 
     keys = ApiKey.from_file("api-keys.txt")  # lines of: <name> <scope>[,<scope>...] <secret>
     async with await hs.serve("0.0.0.0:8080", api_keys=keys, tls_cert="cert.pem", tls_key="key.pem") as server:
@@ -59,6 +60,7 @@ class ServeSettings:
     tls_key: bytes | None = field(default=None, repr=False)
     tls_client_ca: bytes | None = field(default=None, repr=False)
     public_url: str | None = None
+    temporal_ui: str | None = None
 
 
 class Server:

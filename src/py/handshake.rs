@@ -14,7 +14,7 @@ use crate::py::server::{PyServeSettings, PyServer};
 use crate::py::settings::ConnectSettings;
 use crate::py::types::{PyExecution, PyHeartbeatReply, PyOutcome, PyReconcileReport, PySettlement};
 use crate::server::ServeSettings;
-use crate::store::{Created, Labels};
+use crate::store::{Created, Labels, ListFilter};
 use crate::vocabulary::Kind;
 
 /// The Rust core of a `stigmer_handshake.Handshake`. Every method returns an awaitable.
@@ -122,8 +122,10 @@ impl PyCore {
         })
     }
 
-    /// List executions, oldest first, optionally of one kind and phase and holding all of `labels`.
-    #[pyo3(signature = (kind=None, phase=None, limit=100, labels=None))]
+    /// List executions, oldest first, optionally of one kind, phase and callback state, holding all of
+    /// `labels`, with `text` in the id or spec.
+    #[pyo3(signature = (kind=None, phase=None, limit=100, labels=None, state=None, text=None))]
+    #[allow(clippy::too_many_arguments)]
     fn list<'py>(
         &self,
         py: Python<'py>,
@@ -131,13 +133,15 @@ impl PyCore {
         phase: Option<&str>,
         limit: i64,
         labels: Option<Labels>,
+        state: Option<String>,
+        text: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = kind.map(Kind::parse).transpose()?;
         let phase = phase.map(parse_phase).transpose()?;
-        let labels = labels.unwrap_or_default();
+        let filter = ListFilter { kind, phase, callback_state: state, labels: labels.unwrap_or_default(), text };
         let core = self.core()?;
         spawn(py, async move {
-            let records = core.list(kind, phase, &labels, None, limit).await?;
+            let records = core.list(&filter, None, limit).await?;
             Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
         })
     }
@@ -238,6 +242,15 @@ impl PyCore {
         let core = self.core()?;
         spawn(py, async move {
             let settled = core.settle(&execution_id, outcome, status, wait_for_delivery, capability.as_deref()).await?;
+            Ok(PySettlement::new(execution_id.0, settled))
+        })
+    }
+
+    /// Deliver a dead-lettered callback again (its outcome and token were kept).
+    fn redeliver<'py>(&self, py: Python<'py>, execution_id: ExecutionId) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
+        spawn(py, async move {
+            let settled = core.redeliver(&execution_id).await?;
             Ok(PySettlement::new(execution_id.0, settled))
         })
     }

@@ -20,6 +20,7 @@ pub struct PyServeSettings {
     tls_key: Option<Vec<u8>>,
     tls_client_ca: Option<Vec<u8>>,
     public_url: Option<String>,
+    temporal_ui: Option<String>,
 }
 
 /// `stigmer_handshake.server.ApiKey`, by attribute.
@@ -60,6 +61,7 @@ impl TryFrom<PyServeSettings> for ServeSettings {
             insecure_localhost: py.insecure_localhost,
             tls,
             public_url: py.public_url,
+            temporal_ui: py.temporal_ui,
         })
     }
 }

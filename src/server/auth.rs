@@ -107,25 +107,56 @@ impl Keys {
 
     /// The name of the key `authorization` (the header's value) presents, if it allows `scope`.
     pub fn check(&self, authorization: Option<&str>, scope: Scope) -> Result<String, Refusal> {
-        let Some(keys) = &self.keys else { return Ok("insecure-localhost".into()) };
+        if self.keys.is_none() {
+            return Ok(OPEN_NAME.into());
+        }
         let presented = authorization
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| Refusal::Unauthenticated("send an API key as `authorization: Bearer <key>`".into()))?;
+        let (name, scopes, _) =
+            self.find(presented).ok_or_else(|| Refusal::Unauthenticated("the API key is not valid".into()))?;
+        allows(&name, &scopes, scope).map(|()| name)
+    }
+
+    /// The key whose secret is `presented`: its name, its scopes and a tag that changes with its secret
+    /// (a console session names its key by both, so replacing a secret ends the sessions it opened).
+    pub fn find(&self, presented: &str) -> Option<(String, Vec<Scope>, String)> {
+        let Some(keys) = &self.keys else { return Some((OPEN_NAME.into(), vec![Scope::Admin], OPEN_NAME.into())) };
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         // Every key is compared, so the time taken does not say which one matched.
         let mut found = None;
         for (name, key, scopes) in keys {
             if bool::from(key.ct_eq(&digest)) {
-                found = Some((name, scopes));
+                found = Some((name.clone(), scopes.clone(), tag(key)));
             }
         }
-        let (name, scopes) = found.ok_or_else(|| Refusal::Unauthenticated("the API key is not valid".into()))?;
-        if scopes.iter().any(|s| *s == scope || *s == Scope::Admin) {
-            Ok(name.clone())
-        } else {
-            Err(Refusal::PermissionDenied(format!("API key {name:?} lacks the {:?} scope", scope.as_str())))
-        }
+        found
+    }
+
+    /// The scopes of key `name`, if its secret still has `secret_tag` (`find`).
+    pub fn scopes_of(&self, name: &str, secret_tag: &str) -> Option<Vec<Scope>> {
+        let Some(keys) = &self.keys else { return (name == OPEN_NAME).then(|| vec![Scope::Admin]) };
+        keys.iter()
+            .find(|(kept, key, _)| kept == name && bool::from(tag(key).as_bytes().ct_eq(secret_tag.as_bytes())))
+            .map(|(_, _, scopes)| scopes.clone())
+    }
+}
+
+/// Who everyone is when the server runs without keys (`--insecure-localhost`).
+const OPEN_NAME: &str = "insecure-localhost";
+
+/// A short digest of a key's digest: names its secret without revealing anything about it.
+fn tag(digest: &[u8; 32]) -> String {
+    hex::encode(&Sha256::digest([b"stigmer-session-tag:".as_slice(), digest].concat())[..8])
+}
+
+/// Whether key `name` with `scopes` allows `scope` (admin allows all).
+pub fn allows(name: &str, scopes: &[Scope], scope: Scope) -> Result<(), Refusal> {
+    if scopes.iter().any(|s| *s == scope || *s == Scope::Admin) {
+        Ok(())
+    } else {
+        Err(Refusal::PermissionDenied(format!("API key {name:?} lacks the {:?} scope", scope.as_str())))
     }
 }
 

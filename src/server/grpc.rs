@@ -17,6 +17,7 @@ use crate::proto::ai::stigmer::agentic::agentexecution::v1 as agent;
 use crate::proto::ai::stigmer::agentic::workflowexecution::v1 as workflow;
 use crate::proto::ai::stigmer::commons::v1::ExecutionError;
 use crate::proto::ai::stigmer::handshake::v1 as ours;
+use crate::store::ListFilter;
 use crate::vocabulary::{Outcome, Phase};
 
 /// The request metadata a caller in any SDK sends with `create` when its activity has a heartbeat
@@ -233,7 +234,8 @@ async fn list<R: Resource>(
     let filters =
         filters.map_err(|_| Error::InvalidArgument(format!("{LABEL_FILTER_HEADER} must be key=value in ASCII")))?;
     let labels = super::resource::label_filters(filters)?;
-    let (records, next) = super::resource::list_page(&shared.core, Some(R::KIND), phase, &labels, size, token).await?;
+    let filter = ListFilter { kind: Some(R::KIND), phase, labels, ..ListFilter::default() };
+    let (records, next) = super::resource::list_page(&shared.core, &filter, size, token).await?;
     Ok((records.iter().map(R::from_record).collect::<Result<_>>()?, next.unwrap_or_default()))
 }
 

@@ -2,8 +2,9 @@
 //!
 //! - `POST /v1/executions/{id}:complete` (body: the result as JSON), `:fail` (`message`, `type`,
 //!   `non_retryable`, `details`), `:cancel` (`details`), `:heartbeat` (`details`; answers cancel/pause/reset),
-//!   `:callbackUrl` (`outcomes`, `ttl_seconds`; answers `url`), `GET /v1/executions/{id}`,
-//!   `GET /v1/executions?kind=&phase=&page_size=&page_token=`: with an API key;
+//!   `:redeliver` (a dead-lettered callback), `:callbackUrl` (`outcomes`, `ttl_seconds`; answers `url`),
+//!   `GET /v1/executions/{id}`, `GET /v1/executions?kind=&phase=&state=&text=&label=&page_size=&page_token=`:
+//!   with an API key, or the console's session (and its CSRF token for a POST);
 //! - `GET /v1/callbacks/{capability}` and `POST /v1/callbacks/{capability}:complete|:fail|:cancel`: the
 //!   capability in the path is the credential;
 //! - `GET /metrics` (read scope), `GET /healthz` (open).
@@ -22,11 +23,14 @@ use axum::Json;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use super::auth::Scope;
+use super::auth::{Refusal, Scope};
 use super::codes::{http_error, http_refusal, http_status};
+use super::session::refused;
 use super::shared::Shared;
-use super::view::execution_json;
+use super::view::{execution_full_json, execution_json};
+use crate::delivery::SettleOutcome;
 use crate::errors::{Error, Result};
+use crate::store::ListFilter;
 use crate::vocabulary::{Kind, Outcome};
 
 /// The longest any one HTTP request may take (settles wait for delivery, which Temporal's client retries
@@ -41,7 +45,9 @@ pub fn routes(shared: &Arc<Shared>) -> axum::Router {
         .route("/v1/executions", get(list))
         .route("/v1/executions/{target}", get(read).post(act))
         .route("/v1/callbacks/{target}", get(read_by_capability).post(act_by_capability))
+        .merge(super::console::routes())
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(super::console::secure_headers))
         .layer(axum::middleware::from_fn(observe))
         .with_state(shared.clone())
 }
@@ -60,12 +66,6 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
     };
     crate::metrics::request("http", &method, response.status().as_str());
     response
-}
-
-/// The refusal to answer with, when the request's key does not allow `scope`.
-fn refused(shared: &Shared, headers: &HeaderMap, scope: Scope) -> Option<Response> {
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
-    shared.keys.check(authorization, scope).err().map(|refusal| http_refusal(refusal).into_response())
 }
 
 fn answer(result: Result<Value>) -> Response {
@@ -98,39 +98,52 @@ async fn list(
     }
     answer(
         async {
-            let (mut kind, mut phase, mut size, mut token, mut filters) = (None, None, 0, String::new(), Vec::new());
+            let (mut filter, mut size, mut token, mut labels) = (ListFilter::default(), 0, String::new(), Vec::new());
             for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
                 match name.as_ref() {
-                    "kind" => kind = Some(Kind::parse(&value)?),
-                    "phase" => phase = Some(crate::core::parse_phase(&value)?),
-                    "label" => filters.push(value.into_owned()),
+                    "kind" => filter.kind = Some(Kind::parse(&value)?),
+                    "phase" => filter.phase = Some(crate::core::parse_phase(&value)?),
+                    "state" => filter.callback_state = Some(value.into_owned()),
+                    "text" => filter.text = Some(value.into_owned()),
+                    "label" => labels.push(value.into_owned()),
                     "page_size" => {
                         size = value.parse().map_err(|_| Error::InvalidArgument(format!("page_size {value:?}")))?;
                     }
                     "page_token" => token = value.into_owned(),
                     other => {
                         return Err(Error::InvalidArgument(format!(
-                            "unknown parameter {other:?} (kind, phase, label, page_size, page_token)"
+                            "unknown parameter {other:?} (kind, phase, state, text, label, page_size, page_token)"
                         )))
                     }
                 }
             }
-            let labels = super::resource::label_filters(filters.iter().map(String::as_str))?;
-            let (records, next) = super::resource::list_page(&shared.core, kind, phase, &labels, size, &token).await?;
+            filter.labels = super::resource::label_filters(labels.iter().map(String::as_str))?;
+            let (records, next) = super::resource::list_page(&shared.core, &filter, size, &token).await?;
             Ok(json!({"executions": records.iter().map(execution_json).collect::<Vec<_>>(), "next_page_token": next}))
         }
         .await,
     )
 }
 
-async fn read(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+/// `GET /v1/executions/{id}`; `?view=full` adds the status as people read it (messages, tool calls, ...).
+async fn read(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
     if let Some(refusal) = refused(&shared, &headers, Scope::Read) {
         return refusal;
     }
     answer(
         async {
             crate::core::check_execution_id(&id)?;
-            Ok(execution_json(&shared.core.get(&id, false).await?))
+            let record = shared.core.get(&id, false).await?;
+            match query.as_deref() {
+                None | Some("") => Ok(execution_json(&record)),
+                Some("view=full") => Ok(execution_full_json(&record)),
+                Some(other) => Err(Error::InvalidArgument(format!("unknown query {other:?} (view=full)"))),
+            }
         }
         .await,
     )
@@ -194,12 +207,25 @@ async fn act(
                 let url = shared.callback_url(id, outcomes, (ttl * 1000.0) as i64)?;
                 Ok(json!({"url": url}))
             }
+            "redeliver" => {
+                let settled = shared.core.redeliver(id).await?;
+                Ok(settlement_json(id, settled))
+            }
             verb => settle(&shared, id, verb, &body, None).await,
         }
     }.await)
 }
 
-async fn read_by_capability(State(shared): State<Arc<Shared>>, Path(capability): Path<String>) -> Response {
+/// The execution a callback URL settles, as JSON; a browser asking for a page gets the approval page,
+/// which reads the same JSON.
+async fn read_by_capability(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(capability): Path<String>,
+) -> Response {
+    if super::console::wants_page(&headers) {
+        return super::console::approval_page();
+    }
     answer(
         async {
             let grant = shared.core.capability_grant(&capability)?;
@@ -214,9 +240,14 @@ async fn read_by_capability(State(shared): State<Arc<Shared>>, Path(capability):
 
 async fn act_by_capability(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Path(target): Path<String>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
+    if super::session::cross_origin(&headers) {
+        let refusal = Refusal::PermissionDenied("a request from a page of another origin is refused".into());
+        return http_refusal(refusal).into_response();
+    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -269,10 +300,14 @@ async fn settle(shared: &Shared, id: &str, verb: &str, body: &[u8], capability: 
         }
     };
     let settled = shared.core.settle(id, outcome, None, true, capability).await?;
+    Ok(settlement_json(id, settled))
+}
+
+/// The fields of the Python API's `Settlement`.
+fn settlement_json(id: &str, settled: SettleOutcome) -> Value {
     let outcome = settled.name();
     let (reason, detail) = settled.reason_and_detail();
-    // The fields of the Python API's `Settlement`.
-    Ok(json!({"execution_id": id, "outcome": outcome, "reason": reason, "detail": detail}))
+    json!({"execution_id": id, "outcome": outcome, "reason": reason, "detail": detail})
 }
 
 fn json_body(body: &[u8]) -> Result<Value> {

@@ -6,10 +6,12 @@
 
 pub mod auth;
 mod codes;
+mod console;
 mod grpc;
 mod http;
 mod listener;
 mod resource;
+mod session;
 mod shared;
 mod view;
 
@@ -35,6 +37,8 @@ pub struct ServeSettings {
     pub tls: Option<ServerTls>,
     /// The URL callers reach this server at (behind a proxy); None: `http(s)://<listen address>`.
     pub public_url: Option<String>,
+    /// Temporal's Web UI, for the console's links to parent workflows (e.g. `http://localhost:8233`).
+    pub temporal_ui: Option<String>,
 }
 
 /// A running server: its address, and `close` for a graceful stop.
@@ -93,7 +97,8 @@ pub async fn serve(core: Arc<Core>, settings: ServeSettings) -> Result<Server> {
         None => format!("{scheme}://{address}"),
     };
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared { core, keys, base_url: url.clone(), stopping: stopping.clone() });
+    let temporal_ui = settings.temporal_ui.as_deref().map(public_url).transpose()?;
+    let shared = Arc::new(Shared { core, keys, base_url: url.clone(), temporal_ui, stopping: stopping.clone() });
     let app = grpc::routes(&shared).await?.merge(http::routes(&shared));
     tracing::info!(%address, %url, tls = tls.is_some(), open = shared.keys.open(), "serving");
     let task = tokio::spawn(listener::run(socket, tls, app, stopping));

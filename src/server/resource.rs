@@ -9,7 +9,7 @@ use crate::errors::{Error, Result};
 use crate::proto::ai::stigmer::agentic::agentexecution::v1 as agent;
 use crate::proto::ai::stigmer::agentic::workflowexecution::v1 as workflow;
 use crate::proto::ai::stigmer::commons::v1::ResourceMetadata;
-use crate::store::{timestamp, ExecutionRecord, Labels};
+use crate::store::{timestamp, ExecutionRecord, Labels, ListFilter};
 use crate::vocabulary::Kind;
 
 /// The `api_version` every resource carries.
@@ -119,15 +119,13 @@ fn parse_page_token(token: &str) -> Result<Option<(i64, String)>> {
 /// One page of executions, oldest first, and the token of the next page (None: this is the last).
 pub async fn list_page(
     core: &crate::core::Core,
-    kind: Option<Kind>,
-    phase: Option<crate::vocabulary::Phase>,
-    labels: &Labels,
+    filter: &ListFilter,
     size: i32,
     token: &str,
 ) -> Result<(Vec<ExecutionRecord>, Option<String>)> {
     let limit = page_size(size)?;
     let after = parse_page_token(token)?;
-    let records = core.list(kind, phase, labels, after.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit).await?;
+    let records = core.list(filter, after.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit).await?;
     // A full page may have more after it; the next page says (and may be empty).
     let next = if i64::try_from(records.len()) == Ok(limit) { records.last().map(page_token) } else { None };
     Ok((records, next))

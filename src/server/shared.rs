@@ -14,6 +14,8 @@ pub struct Shared {
     pub keys: Keys,
     /// Where callback URLs point.
     pub base_url: String,
+    /// Temporal's Web UI, which the console links parent workflows to.
+    pub temporal_ui: Option<String>,
     /// Set when the server stops: streams (subscribe) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }

@@ -21,7 +21,10 @@ use std::sync::Arc;
 use sqlx::{Postgres, Sqlite};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use records::{CallbackInfo, ClaimedCallback, Created, ExecutionRecord, Labels, NewExecution, Settled};
+pub use records::{
+    CallbackInfo, ClaimedCallback, Created, ExecutionRecord, Labels, ListFilter, NewExecution, Overview, Settled,
+    Troubled,
+};
 pub use sql::{Armed, SqlStore};
 pub use status::{check_spec, edit_status, progress_json, temporal_workflow_id, timestamp, StatusFields};
 use writer::{SettleJob, WriteOp, Written};
@@ -29,7 +32,7 @@ use writer::{SettleJob, WriteOp, Written};
 use crate::errors::{Error, Result};
 use crate::secrets::Keyring;
 use crate::token::TaskToken;
-use crate::vocabulary::{DeliveryResult, Kind, Outcome, Phase};
+use crate::vocabulary::{DeliveryResult, Kind, Outcome};
 
 /// The store, on whichever database its URL names. Cheap to clone (a pool inside).
 #[derive(Clone)]
@@ -163,13 +166,23 @@ impl Store {
 
     pub async fn list(
         &self,
-        kind: Option<Kind>,
-        phase: Option<Phase>,
-        labels: &Labels,
+        filter: &ListFilter,
         after: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<ExecutionRecord>> {
-        on_db!(self, db => db.list(kind, phase, labels, after, limit).await)
+        on_db!(self, db => db.list(filter, after, limit).await)
+    }
+
+    pub async fn overview(&self, since_ms: i64, troubled_limit: i64) -> Result<Overview> {
+        on_db!(self, db => db.overview(since_ms, troubled_limit).await)
+    }
+
+    pub async fn last_change(&self) -> Result<String> {
+        on_db!(self, db => db.last_change().await)
+    }
+
+    pub async fn redeliver(&self, id: &str) -> Result<()> {
+        on_db!(self, db => db.redeliver(id).await)
     }
 
     pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {

@@ -33,6 +33,10 @@ impl Backend for Postgres {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")
     }
 
+    fn contains(haystack: &str, needle: &str) -> String {
+        format!("position({needle} in {haystack}) > 0")
+    }
+
     fn labels_hold(param: &str) -> String {
         format!("e.labels::jsonb @> {param}::jsonb")
     }

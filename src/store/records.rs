@@ -24,6 +24,41 @@ pub struct NewExecution {
 /// An execution's labels (`metadata.labels`): what listing filters on.
 pub type Labels = std::collections::BTreeMap<String, String>;
 
+/// Which executions `list` returns: every condition given must hold.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub kind: Option<Kind>,
+    pub phase: Option<Phase>,
+    /// The callback's state, or `"none"` for executions without a callback (checked by `Core::list`).
+    pub callback_state: Option<String>,
+    /// Labels the execution must all hold.
+    pub labels: Labels,
+    /// Text found in the id or in the spec (its message), case-sensitive.
+    pub text: Option<String>,
+}
+
+/// What the console's overview shows, from one read of the store.
+#[derive(Clone, Debug, Default)]
+pub struct Overview {
+    /// Executions by (kind, phase name, count).
+    pub counts: Vec<(Kind, Phase, i64)>,
+    /// Callbacks whose delivery failed and that wait to retry, or were dead-lettered: the most recent first.
+    pub troubled: Vec<Troubled>,
+    /// Settles (outcomes recorded) per minute: (minute since the Unix epoch, count), oldest first.
+    pub settles_per_minute: Vec<(i64, i64)>,
+}
+
+/// A callback whose delivery failed: retrying (`due` with attempts) or dead-lettered.
+#[derive(Clone, Debug)]
+pub struct Troubled {
+    pub execution_id: String,
+    pub state: CallbackState,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (retrying), ms since the Unix epoch.
+    pub next_attempt_ms: i64,
+}
+
 /// The callback side of an execution, without the token.
 #[derive(Clone, Debug)]
 pub struct CallbackInfo {

@@ -13,7 +13,7 @@ use sqlx::database::HasStatementCache;
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::records::{CallbackInfo, ClaimedCallback, ExecutionRecord, Labels};
+use super::records::{CallbackInfo, ClaimedCallback, ExecutionRecord, Labels, ListFilter, Overview, Troubled};
 use super::status::{edit_status, edit_status_if_changed, started_at, timestamp, StatusFields};
 use crate::clock::now_ms;
 use crate::errors::{Error, Result};
@@ -52,6 +52,8 @@ pub trait Backend: Database + HasStatementCache {
     fn ids_in_json(param: &str) -> String;
     /// A condition: the labels of execution `e` hold every pair of the JSON object bound as `param`.
     fn labels_hold(param: &str) -> String;
+    /// A condition: `needle` (text or bytes, like `haystack`) occurs in `haystack`.
+    fn contains(haystack: &str, needle: &str) -> String;
 }
 
 /// Executions and callbacks in one SQL database.
@@ -105,13 +107,11 @@ where
         Self::record_from_row(&row, include_token.then_some(self.keyring.as_ref()))
     }
 
-    /// Executions in the order they were created, after `after` (the created time and id of the last one
-    /// a previous page ended with).
+    /// Executions in the order they were created that pass `filter`, after `after` (the created time and
+    /// id of the last one a previous page ended with).
     pub async fn list(
         &self,
-        kind: Option<Kind>,
-        phase: Option<Phase>,
-        labels: &Labels,
+        filter: &ListFilter,
         after: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<ExecutionRecord>> {
@@ -119,20 +119,129 @@ where
             "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
              WHERE ($1 IS NULL OR e.kind = $1) AND ($2 IS NULL OR e.phase = $2) \
              AND ($3 IS NULL OR e.created_ms > $3 OR (e.created_ms = $3 AND e.id > $4)) \
-             AND ($5 IS NULL OR {}) ORDER BY e.created_ms, e.id LIMIT $6",
-            DB::labels_hold("$5")
+             AND ($5 IS NULL OR {}) AND ($6 IS NULL OR COALESCE(c.state, 'none') = $6) \
+             AND ($7 IS NULL OR {} OR {}) ORDER BY e.created_ms, e.id LIMIT $8",
+            DB::labels_hold("$5"),
+            DB::contains("e.id", "$7"),
+            DB::contains("e.spec", "$9"),
         );
-        let wanted = (!labels.is_empty()).then(|| labels_json(labels));
+        let wanted = (!filter.labels.is_empty()).then(|| labels_json(&filter.labels));
         let rows = sqlx::query(&sql)
-            .bind(kind.map(Kind::as_str))
-            .bind(phase.map(Phase::to_proto))
+            .bind(filter.kind.map(Kind::as_str))
+            .bind(filter.phase.map(Phase::to_proto))
             .bind(after.map(|(created_ms, _)| created_ms))
             .bind(after.map_or("", |(_, id)| id))
             .bind(wanted.as_deref())
+            .bind(filter.callback_state.as_deref())
+            .bind(filter.text.as_deref())
             .bind(limit)
+            .bind(filter.text.as_deref().map(str::as_bytes))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|row| Self::record_from_row(row, None)).collect()
+    }
+
+    /// Counts by kind and phase, the callbacks in trouble (up to `troubled_limit`), and the settles per
+    /// minute since `since_ms`.
+    pub async fn overview(&self, since_ms: i64, troubled_limit: i64) -> Result<Overview> {
+        let mut overview = Overview::default();
+        let rows =
+            sqlx::query("SELECT kind, phase, COUNT(*) AS n FROM executions GROUP BY kind, phase ORDER BY kind, phase")
+                .fetch_all(&self.pool)
+                .await?;
+        for row in rows {
+            let kind = Kind::parse(&row.try_get::<String, _>("kind")?)?;
+            let phase = Phase::from_proto(row.try_get("phase")?);
+            overview.counts.push((kind, phase, row.try_get("n")?));
+        }
+        let rows = sqlx::query(
+            "SELECT execution_id, state, attempts, last_error, next_attempt_ms FROM callbacks \
+             WHERE state = 'dead' OR (state IN ('due', 'delivering') AND attempts > 0) \
+             ORDER BY COALESCE(settled_ms, due_ms) DESC LIMIT $1",
+        )
+        .bind(troubled_limit)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            overview.troubled.push(Troubled {
+                execution_id: row.try_get("execution_id")?,
+                state: CallbackState::parse(&row.try_get::<String, _>("state")?)?,
+                attempts: row.try_get("attempts")?,
+                last_error: row.try_get("last_error")?,
+                next_attempt_ms: row.try_get("next_attempt_ms")?,
+            });
+        }
+        // A settle records the outcome: `due_ms` on a callback, the last write on a direct execution.
+        let rows = sqlx::query(
+            "SELECT minute, COUNT(*) AS n FROM (\
+             SELECT due_ms / 60000 AS minute FROM callbacks WHERE due_ms >= $1 \
+             UNION ALL SELECT e.updated_ms / 60000 AS minute FROM executions e \
+             WHERE e.outcome IS NOT NULL AND e.updated_ms >= $1) settles GROUP BY minute ORDER BY minute",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            overview.settles_per_minute.push((row.try_get("minute")?, row.try_get("n")?));
+        }
+        Ok(overview)
+    }
+
+    /// A marker that changes whenever an execution or its callback is written: the latest write of an
+    /// execution and the latest end of a delivery (both indexed), and the callbacks on their way to the
+    /// parent by state (few, from the state index), so watching for change costs a few index reads.
+    pub async fn last_change(&self) -> Result<String> {
+        let row = sqlx::query(
+            "SELECT COALESCE((SELECT MAX(updated_ms) FROM executions), 0) AS e, \
+             COALESCE((SELECT MAX(settled_ms) FROM callbacks), 0) AS c",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let mut marker = format!("{}.{}", row.try_get::<i64, _>("e")?, row.try_get::<i64, _>("c")?);
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM callbacks WHERE state IN ('due', 'delivering', 'dead') \
+             GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let (state, count) = (row.try_get::<String, _>("state")?, row.try_get::<i64, _>("n")?);
+            marker = format!("{marker}.{state}{count}");
+        }
+        Ok(marker)
+    }
+
+    /// Offer a dead-lettered callback for delivery again, at once (its outcome and token were kept).
+    pub async fn redeliver(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        Self::touch(&mut tx, id).await?;
+        let state: Option<(String, bool)> =
+            sqlx::query("SELECT state, token IS NOT NULL AS held FROM callbacks WHERE execution_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| Ok::<_, Error>((row.try_get("state")?, row.try_get("held")?)))
+                .transpose()?;
+        let refuse = |why: String| Error::InvalidState { id: id.to_owned(), phase: "not dead-lettered", why };
+        match state {
+            None => return Err(refuse("it has no callback (no parent waits on it)".into())),
+            Some((state, _)) if state != "dead" => {
+                return Err(refuse(format!("its callback is {state}: only a dead-lettered one is redelivered")))
+            }
+            Some((_, false)) => {
+                return Err(refuse("its callback was dead-lettered by a version that cleared the token".into()))
+            }
+            Some(_) => {}
+        }
+        sqlx::query(
+            "UPDATE callbacks SET state = 'due', next_attempt_ms = 0, lease_until_ms = 0 \
+             WHERE execution_id = $1 AND state = 'dead'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Hand up to `limit` executions of `kind` to a runner for `lease_ms`: PENDING ones, and IN_PROGRESS

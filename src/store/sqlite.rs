@@ -20,6 +20,10 @@ impl Backend for Sqlite {
         format!("SELECT value FROM json_each({param})")
     }
 
+    fn contains(haystack: &str, needle: &str) -> String {
+        format!("instr({haystack}, {needle}) > 0")
+    }
+
     fn labels_hold(param: &str) -> String {
         // No wanted pair that the execution's labels lack (any key, however it is spelt).
         format!(

@@ -516,7 +516,8 @@ where
     }
 
     /// Record what delivering claimed callbacks did, in one statement. A callback that reached its end
-    /// (delivered, gone, dead) has its token cleared. Only the claim that sent a token can record: if the
+    /// (delivered, gone) has its token cleared; a dead-lettered one keeps it (sealed as stored), so that
+    /// `redeliver` can send it once an operator fixed what refused it. Only the claim that sent a token can record: if the
     /// callback was re-bound to a newer attempt meanwhile, the stale result is dropped. A repeated
     /// callback's second record runs in a second round (the first one's claim wins).
     async fn record_all(tx: &mut DB::Connection, records: &[(&ClaimedCallback, &DeliveryResult)]) -> Result<()> {
@@ -532,8 +533,9 @@ where
         let now = now_ms();
         let sql = format!(
             "UPDATE callbacks SET state = v.column2, settled_ms = CASE WHEN v.column3 THEN $1 END, \
-             token = CASE WHEN v.column3 THEN NULL ELSE token END, \
-             token_key_id = CASE WHEN v.column3 THEN NULL ELSE token_key_id END, attempts = attempts + 1, \
+             token = CASE WHEN v.column3 AND v.column2 <> 'dead' THEN NULL ELSE token END, \
+             token_key_id = CASE WHEN v.column3 AND v.column2 <> 'dead' THEN NULL ELSE token_key_id END, \
+             attempts = attempts + 1, \
              last_error = v.column4, gone_reason = v.column5, next_attempt_ms = v.column6, lease_until_ms = 0 \
              FROM (VALUES {}) AS v \
              WHERE callbacks.execution_id = v.column1 AND callbacks.state = 'delivering' \

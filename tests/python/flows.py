@@ -352,3 +352,32 @@ class NetworkWorkflowParent:
             result_type=dict,
         )  # fmt: skip
         return result
+
+
+@dataclass
+class AskRequest:
+    """A step that waits for an answer from outside (a person, a runner): its child is an agent execution
+    whose spec message is the question."""
+
+    execution_id: str
+    question: str
+
+
+class AskActivities:
+    def __init__(self, hs: Handshake) -> None:
+        self.hs = hs
+
+    @activity.defn
+    async def ask(self, request: AskRequest) -> Any:
+        SEEN_TOKENS.append(activity.info().task_token)
+        await self.hs.defer(pb.AgentExecutionSpec(agent_id="approver", message=request.question),
+                            execution_id=request.execution_id)  # fmt: skip
+
+
+@workflow.defn
+class AskParent:
+    @workflow.run
+    async def run(self, request: AskRequest) -> Any:
+        return await workflow.execute_activity_method(
+            AskActivities.ask, request, start_to_close_timeout=timedelta(minutes=5), retry_policy=NO_RETRY
+        )

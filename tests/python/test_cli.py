@@ -92,6 +92,9 @@ async def test_list_and_show_report_callbacks_with_ages(env: Env) -> None:
     assert 0 <= row["age_seconds"] < 60
     assert [r["id"] for r in json_out(await cli(env, "list", "--state", "armed", "--json"))] == [request.execution_id]
     assert json_out(await cli(env, "list", "--state", "delivered", "--json")) == []
+    found = json_out(await cli(env, "list", "--text", request.execution_id[4:], "--json"))
+    assert [r["id"] for r in found] == [request.execution_id], "found by a piece of its id"
+    assert json_out(await cli(env, "list", "--text", "no such text", "--json")) == []
     table = await cli(env, "list")
     assert request.execution_id in table.stdout and "1 executions, 1 armed" in table.stdout
 
@@ -142,6 +145,9 @@ async def test_settle_tells_the_parent_and_bad_arguments_change_nothing(env: Env
     assert done.returncode == 5 and json.loads(done.stdout)["reason"] == "PARENT_WORKFLOW_CLOSED"
     missing = await cli(env, "settle", "no-such-execution", "--cancel")
     assert missing.returncode == 3
+    # Only a dead-lettered callback is redelivered (test_console redelivers one): this one was delivered.
+    done = await cli(env, "redeliver", request.execution_id)
+    assert done.returncode == 3 and "only a dead-lettered one is redelivered" in done.stderr, done.stderr
 
 
 async def test_reconcile_once_and_as_a_loop_delivers_what_is_due(env: Env) -> None:

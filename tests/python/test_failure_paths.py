@@ -33,10 +33,11 @@ def new_id(prefix: str) -> str:
 
 
 def settled_rows_holding_a_token(store: str) -> int:
-    """Callbacks that reached an end (delivered, gone, dead) and still hold a token: there must be none."""
+    """Callbacks that reached an end (delivered, gone) and still hold a token: there must be none. (A
+    dead-lettered one keeps its token, for `redeliver`.)"""
     with sqlite3.connect(store.removeprefix("sqlite://")) as db:
         [(count,)] = db.execute(
-            "SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL AND state IN ('delivered', 'gone', 'dead')"
+            "SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL AND state IN ('delivered', 'gone')"
         ).fetchall()
     return int(count)
 
