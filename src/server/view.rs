@@ -38,6 +38,8 @@ pub fn execution_json(record: &ExecutionRecord) -> Value {
             "delivery_attempts": c.attempts,
             "last_error": c.last_error,
             "gone_reason": c.gone_reason,
+            "due_ms": c.due_ms,
+            "ended_ms": c.ended_ms,
         })
     });
     json!({

@@ -74,6 +74,10 @@ pub struct CallbackInfo {
     pub attempts: i64,
     pub last_error: Option<String>,
     pub gone_reason: Option<String>,
+    /// When the outcome was recorded (the callback became due), and when its delivery ended (delivered,
+    /// gone, dead), ms since the Unix epoch.
+    pub due_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
 }
 
 /// One stored execution. `status` holds the token only when it was read with `include_token`.

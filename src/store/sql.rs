@@ -24,7 +24,8 @@ use crate::vocabulary::{CallbackState, Kind, Outcome, Phase};
 const RECORD_COLUMNS: &str =
     "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, e.retry_of, e.labels, e.outcome AS e_outcome, \
      e.payloads AS e_payloads, c.state, c.fingerprint, c.workflow_id, \
-     c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.token, c.token_key_id";
+     c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.due_ms, \
+     c.settled_ms, c.token, c.token_key_id";
 /// Rows in one multi-row statement at most: with at most 12 bound values a row, far below SQLite's 32,766
 /// and PostgreSQL's 65,535. The writer's batches are no larger (`MAX_WRITE_BATCH`).
 pub(super) const ROWS_PER_STATEMENT: usize = 256;
@@ -606,7 +607,7 @@ where
     pub(super) async fn callback(tx: &mut DB::Connection, id: &str) -> Result<Option<CallbackInfo>> {
         let row = sqlx::query(
             "SELECT state, fingerprint, workflow_id, run_id, activity_id, attempt, outcome, payloads, attempts, \
-             last_error, gone_reason FROM callbacks WHERE execution_id = $1",
+             last_error, gone_reason, due_ms, settled_ms FROM callbacks WHERE execution_id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -629,6 +630,8 @@ where
             attempts: row.try_get("attempts")?,
             last_error: row.try_get("last_error")?,
             gone_reason: row.try_get("gone_reason")?,
+            due_ms: row.try_get("due_ms")?,
+            ended_ms: row.try_get("settled_ms")?,
         }))
     }
 

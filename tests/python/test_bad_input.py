@@ -42,6 +42,7 @@ def good_arguments(execution_id: str) -> dict[str, dict[str, Any]]:
         "succeed": {"execution_id": execution_id},
         "fail": {"execution_id": execution_id, "message": "m"},
         "cancel": {"execution_id": execution_id},
+        "redeliver": {"execution_id": execution_id},
         "grant": {"execution_id": execution_id, "outcomes": ["complete"], "ttl": 60.0},
         "get": {"execution_id": execution_id},
         "inspect": {"execution_id": execution_id},
