@@ -527,10 +527,11 @@ impl Core {
 
     /// Replace a running execution's status (progress); terminal phases go through `settle`.
     pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<()> {
-        let kind = self.store.update_status(id, status).await?;
+        let (kind, phase) = self.store.update_status(id, status).await?;
         // Progress reported through the status rides on the next heartbeats (unless the runner set
-        // details of its own).
-        let summary = store::progress_json(kind, status)?;
+        // details of its own), with the phase as stored (a status without one keeps the phase it had).
+        let mut summary = store::progress_json(kind, status)?;
+        summary["phase"] = phase.name().into();
         self.pump.set_progress_summary(id, crate::payload::json_payloads(&[summary]));
         Ok(())
     }

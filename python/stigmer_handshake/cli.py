@@ -315,7 +315,7 @@ async def serve(hs: Handshake, args: argparse.Namespace, keys: list[ApiKey] | No
         public_url=args.public_url,
         temporal_ui=args.temporal_ui,
     )
-    emit(args, {"serving": server.url, "address": server.address})
+    emit(args, {"serving": server.url, "address": server.address, "console": f"{server.url}/"})
     sys.stdout.flush()
     await stop.wait()
     await hs.close()

@@ -32,7 +32,7 @@ use writer::{SettleJob, WriteOp, Written};
 use crate::errors::{Error, Result};
 use crate::secrets::Keyring;
 use crate::token::TaskToken;
-use crate::vocabulary::{DeliveryResult, Kind, Outcome};
+use crate::vocabulary::{DeliveryResult, Kind, Outcome, Phase};
 
 /// The store, on whichever database its URL names. Cheap to clone (a pool inside).
 #[derive(Clone)]
@@ -197,7 +197,7 @@ impl Store {
         on_db!(self, db => db.renew_claim(id).await)
     }
 
-    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<Kind> {
+    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<(Kind, Phase)> {
         on_db!(self, db => db.update_status(id, status).await)
     }
 

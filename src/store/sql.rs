@@ -337,8 +337,10 @@ where
     }
 
     /// Replace a running execution's status (progress). A terminal phase is refused: it is reached only
-    /// through `settle`, which also records the callback.
-    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<Kind> {
+    /// through `settle`, which also records the callback. Returns its kind and the phase stored (a status
+    /// without one keeps the phase it had).
+    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<(Kind, Phase)> {
+        let mut stored = Phase::Unspecified;
         let written = self.rewrite_status(id, |kind, phase, current| {
             if phase.is_terminal() {
                 return Err(Error::InvalidState {
@@ -373,9 +375,11 @@ where
                         .into(),
                 ));
             }
+            stored = new_phase;
             Ok(Some((new_phase, blob)))
         });
-        written.await?.ok_or_else(|| Error::Store("update_status wrote nothing".into()))
+        let kind = written.await?.ok_or_else(|| Error::Store("update_status wrote nothing".into()))?;
+        Ok((kind, stored))
     }
 
     /// Lock execution `id`, let `edit` make its new phase and status from its kind, phase and current

@@ -379,5 +379,6 @@ class AskParent:
     @workflow.run
     async def run(self, request: AskRequest) -> Any:
         return await workflow.execute_activity_method(
-            AskActivities.ask, request, start_to_close_timeout=timedelta(minutes=5), retry_policy=NO_RETRY
-        )
+            AskActivities.ask, request, start_to_close_timeout=timedelta(minutes=5), retry_policy=NO_RETRY,
+            heartbeat_timeout=timedelta(seconds=5),  # the runner's pump heartbeats the progress within it
+        )  # fmt: skip

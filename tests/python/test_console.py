@@ -68,14 +68,19 @@ class Console:
         """What the pages logged as errors, but for the refusals a test provoked (Chromium logs each 4xx)."""
         return [e for e in self.errors if "Failed to load resource: the server responded with a status of 4" not in e]
 
-    async def page(self, key: str | None = "ops") -> Page:
-        """A fresh browser profile (no cookies), signed in through the form with `key` if given."""
+    async def page(self, key: str | None = "ops", *, keyboard: bool = False) -> Page:
+        """A fresh browser profile (no cookies), signed in through the form with `key` if given (typed and
+        sent with Enter, as a keyboard user does, with `keyboard`)."""
         context: BrowserContext = await self.browser.new_context(viewport={"width": 1280, "height": 900})
         page = await context.new_page()
         page.on("console", lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
         await page.goto(self.url + "/")
-        if key is not None:
+        if key is not None and keyboard:
+            await expect(page.get_by_label("API key")).to_be_focused()
+            await page.keyboard.type(KEYS[key].secret)
+            await page.keyboard.press("Enter")
+        elif key is not None:
             await page.get_by_label("API key").fill(KEYS[key].secret)
             await page.get_by_role("button", name="Sign in").click()
             await expect(page.locator("#who")).to_contain_text(KEYS[key].name)
@@ -254,6 +259,11 @@ async def test_actions_need_the_settle_scope_the_csrf_token_and_the_same_origin(
         const r = await fetch(url, {method: "POST", headers, body: '{"by": "console"}'});
         return [r.status, await r.text()];
     }"""
+    stranger = await console.page(None)
+    await stranger.get_by_label("API key").fill("not-a-key-of-this-server")
+    await stranger.get_by_role("button", name="Sign in").click()
+    await expect(stranger.locator("#notice")).to_contain_text("the API key is not valid")
+    assert (await stranger.evaluate("fetch('/console/session').then(r => r.json())")) == {"signed_in": False}
     viewer = await console.page("viewer")
     await viewer.goto(f"{console.url}/#/execution/{execution_id}")
     await expect(viewer.locator("#callback")).to_be_visible()
@@ -339,7 +349,14 @@ async def test_the_overview_and_an_execution_render_without_errors(console: Cons
     ))  # fmt: skip
     await console.hs.succeed(done, {"labelled": 40})
     await parent.result()
-    page = await console.page()
+    # The pump heartbeats the progress: wait until the parent shows it, as the page will.
+    waiting_parent = console.client.get_workflow_handle(f"parent-{waiting}")
+    for _ in range(100):
+        [pending] = (await waiting_parent.describe()).raw_description.pending_activities
+        if pending.heartbeat_details.payloads:
+            break
+        await asyncio.sleep(0.1)
+    page = await console.page(keyboard=True)
     await expect(page.locator("#waiting-title")).to_have_text("Callbacks waiting: 1")
     await expect(page.locator("#settles")).to_contain_text("(1 in all)")
     await expect(page.locator("#counts table")).to_contain_text("agent")
@@ -350,6 +367,8 @@ async def test_the_overview_and_an_execution_render_without_errors(console: Cons
     await expect(page.locator("#status")).to_be_visible()
     await expect(page.locator("main")).to_contain_text("Todos: 1 done of 2")
     await expect(page.locator("#parent dl")).to_contain_text("STARTED")
+    await expect(page.locator("#parent dl")).to_contain_text('"todos_done": 1')
+    await expect(page.locator("#parent dl")).to_contain_text('"phase": "IN_PROGRESS"')  # as stored
     link = page.get_by_role("link", name=f"parent-{waiting}")
     assert (await link.get_attribute("href") or "").startswith("http://localhost:8233/namespaces/default/workflows/")
     await expect(page.locator("#callback")).to_contain_text("fingerprint")
