@@ -83,7 +83,7 @@ async def main() -> None:
                 )
             print(f"parent workflow got: {receipt!r}")
             [record] = await hs.list(kind="workflow")
-            execution = await hs.get(record.id)
+            execution = await hs.get(record.id, kind="workflow")
             print(
                 f"execution {record.id}: phase {record.phase}, child workflow "
                 f"{execution.status.temporal_workflow_id}, callback {record.callback_state}"

@@ -15,7 +15,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, TypeAlias
+from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, overload
 
 import temporalio.api.common.v1
 from temporalio import activity
@@ -41,6 +41,7 @@ from stigmer_handshake.workflow import (
 )
 
 Kind: TypeAlias = Literal["agent", "workflow"]
+Phase: TypeAlias = Literal["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"]
 CallbackStateFilter: TypeAlias = Literal["armed", "due", "delivering", "delivered", "gone", "dead", "none"]
 Spec: TypeAlias = pb.AgentExecutionSpec | pb.WorkflowExecutionSpec
 Status: TypeAlias = pb.AgentExecutionStatus | pb.WorkflowExecutionStatus
@@ -52,6 +53,7 @@ API_VERSION = "agentic.stigmer.ai/v1"
 
 
 SignalKind: TypeAlias = Literal["cancel", "pause", "reset"]
+T = TypeVar("T")
 
 
 class Executions(builtins.list[_core.Execution]):
@@ -144,6 +146,13 @@ def _kind_of(spec: Spec) -> Kind:
     if isinstance(spec, pb.WorkflowExecutionSpec):
         return "workflow"
     raise _core.InvalidInput(f"spec must be an AgentExecutionSpec or WorkflowExecutionSpec, not {type(spec).__name__}")
+
+
+def _of_kind(record: _core.Execution, kind: Kind | None) -> _core.Execution:
+    """`record`, if it is of `kind` (None: any); an execution of the other kind is not found."""
+    if kind is not None and record.kind != kind:
+        raise _core.ExecutionNotFound(f"no {kind} execution with id {record.id!r} (its kind is {record.kind})")
+    return record
 
 
 def _to_resource(record: _core.Execution) -> Resource:
@@ -404,13 +413,22 @@ class Handshake:
 
     # -- runner -----------------------------------------------------------------------------------
 
+    @overload
+    async def claim(
+        self, kind: Literal["agent"] = "agent", limit: int = 1, *, lease: float = 300.0, wait: float | None = None
+    ) -> list[pb.AgentExecution]: ...
+    @overload
+    async def claim(
+        self, kind: Literal["workflow"], limit: int = 1, *, lease: float = 300.0, wait: float | None = None
+    ) -> list[pb.WorkflowExecution]: ...
     async def claim(
         self, kind: Kind = "agent", limit: int = 1, *, lease: float = 300.0, wait: float | None = None
-    ) -> list[Resource]:
-        """Take up to ``limit`` executions for this runner: PENDING ones (now IN_PROGRESS), and running ones
-        whose runner died. The claim lasts ``lease`` seconds and each ``heartbeat`` renews it. With ``wait``
-        (seconds), when there is none, wait up to that long for one instead of returning ``[]`` at once:
-        woken by new executions (at once on PostgreSQL, from any process; within 50 ms on SQLite)."""
+    ) -> list[Any]:
+        """Take up to ``limit`` executions of ``kind`` (``pb.AgentExecution`` or ``pb.WorkflowExecution``)
+        for this runner: PENDING ones (now IN_PROGRESS), and running ones whose runner died. The claim lasts
+        ``lease`` seconds and each ``heartbeat`` renews it. With ``wait`` (seconds), when there is none, wait
+        up to that long for one instead of returning ``[]`` at once: woken by new executions (at once on
+        PostgreSQL, from any process; within 50 ms on SQLite)."""
         return [_to_resource(r) for r in await self._core.claim(kind, limit, lease, wait)]
 
     async def update_status(self, execution_id: str, status: Status) -> None:
@@ -586,9 +604,20 @@ class Handshake:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def get(self, execution_id: str, *, include_token: bool = False) -> Resource:
-        """The execution as its resource message. ``status.callback_token`` is filled only on request."""
-        return _to_resource(await self._core.get(execution_id, include_token))
+    @overload
+    async def get(
+        self, execution_id: str, *, kind: Literal["agent"], include_token: bool = False
+    ) -> pb.AgentExecution: ...
+    @overload
+    async def get(
+        self, execution_id: str, *, kind: Literal["workflow"], include_token: bool = False
+    ) -> pb.WorkflowExecution: ...
+    @overload
+    async def get(self, execution_id: str, *, kind: None = None, include_token: bool = False) -> Resource: ...
+    async def get(self, execution_id: str, *, kind: Kind | None = None, include_token: bool = False) -> Any:
+        """The execution as its resource message (with ``kind``, typed as that kind's, and
+        ``ExecutionNotFound`` for one of the other kind). ``status.callback_token`` is filled only on request."""
+        return _to_resource(_of_kind(await self._core.get(execution_id, include_token), kind))
 
     async def inspect(self, execution_id: str) -> _core.Execution:
         """The handshake's bookkeeping for an execution: phase, callback state, token fingerprint."""
@@ -597,7 +626,7 @@ class Handshake:
     async def list(
         self,
         kind: Kind | None = None,
-        phase: str | None = None,
+        phase: Phase | None = None,
         limit: int = 100,
         *,
         labels: Mapping[str, str] | None = None,
@@ -609,10 +638,27 @@ class Handshake:
         in the id or the spec (case-sensitive)."""
         return Executions(await self._core.list(kind, phase, limit, labels, state, text))
 
-    async def wait(self, execution_id: str, timeout: float | None = None) -> Resource:
-        """Wait until the execution is COMPLETED, FAILED or CANCELLED (raises ``WaitTimeout``)."""
+    @overload
+    async def wait(
+        self, execution_id: str, timeout: float | None = None, *, kind: Literal["agent"]
+    ) -> pb.AgentExecution: ...
+    @overload
+    async def wait(
+        self, execution_id: str, timeout: float | None = None, *, kind: Literal["workflow"]
+    ) -> pb.WorkflowExecution: ...
+    @overload
+    async def wait(self, execution_id: str, timeout: float | None = None, *, kind: None = None) -> Resource: ...
+    async def wait(self, execution_id: str, timeout: float | None = None, *, kind: Kind | None = None) -> Any:
+        """Wait until the execution is COMPLETED, FAILED or CANCELLED (raises ``WaitTimeout``); ``kind`` as
+        for ``get``."""
+        if kind is not None:
+            _of_kind(await self._core.get(execution_id, False), kind)
         return _to_resource(await self._core.wait(execution_id, timeout))
 
+    @overload
+    async def result(self, execution_id: str) -> Any: ...
+    @overload
+    async def result(self, execution_id: str, type_hint: type[T]) -> T: ...
     async def result(self, execution_id: str, type_hint: type[Any] | None = None) -> Any:
         """The result an execution ended with, decoded by the data converter (kept even when its parent
         activity was gone, and for a direct execution). Raises ``InvalidState`` when it has not completed."""
