@@ -19,6 +19,15 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// A table cell of `text`: one without spaces (an id, a fingerprint) never wraps mid-token; prose wraps.
+pub fn cell(text: &str) -> String {
+    if text.chars().any(char::is_whitespace) {
+        format!("<td>{}</td>", escape(text))
+    } else {
+        format!("<td style=\"white-space:nowrap\">{}</td>", escape(text))
+    }
+}
+
 /// A titled table of field/value rows; rows without a value are left out.
 pub fn record(title: &str, rows: &[(&str, Option<String>)]) -> String {
     let mut html = format!(
@@ -27,7 +36,7 @@ pub fn record(title: &str, rows: &[(&str, Option<String>)]) -> String {
     );
     for (field, value) in rows {
         if let Some(value) = value {
-            let _ = write!(html, "<tr><td>{}</td><td>{}</td></tr>", escape(field), escape(value));
+            let _ = write!(html, "<tr><td>{}</td>{}</tr>", escape(field), cell(value));
         }
     }
     html.push_str("</tbody></table>");
@@ -42,5 +51,6 @@ mod tests {
         assert!(html.contains("&lt;script&gt;&amp;&quot;&#39;"));
         assert!(html.contains("&lt;x&gt;"));
         assert!(!html.contains("<td>b</td>"));
+        assert!(super::cell("tok-1f2e").contains("nowrap") && !super::cell("two words").contains("nowrap"));
     }
 }

@@ -8,8 +8,10 @@ import binascii
 import builtins
 import contextlib
 import html
+import importlib
 import logging
 import os
+import sys
 import time
 import urllib.parse
 import uuid
@@ -56,6 +58,13 @@ SignalKind: TypeAlias = Literal["cancel", "pause", "reset"]
 T = TypeVar("T")
 
 
+def _cell(text: str) -> str:
+    """A table cell: one without spaces (an id, a fingerprint) never wraps mid-token; prose wraps."""
+    if any(c.isspace() for c in text):
+        return f"<td>{html.escape(text)}</td>"
+    return f'<td style="white-space:nowrap">{html.escape(text)}</td>'
+
+
 class Executions(builtins.list[_core.Execution]):
     """A list of executions that Jupyter shows as one table (tokens by fingerprint only)."""
 
@@ -69,7 +78,7 @@ class Executions(builtins.list[_core.Execution]):
             parent = f"{e.parent_workflow_id} / {e.parent_activity_id}" if e.parent_workflow_id else ""
             cells = (e.id, e.kind, e.phase, e.callback_state or "", e.token_fingerprint or "", parent,
                      short_age(now - e.created_at), e.last_error or "")  # fmt: skip
-            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            rows.append("<tr>" + "".join(_cell(c) for c in cells) + "</tr>")
         return (
             f'<table class="stigmer-handshake"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             f"<p>{len(self)} execution{'s' if len(self) != 1 else ''}</p>"
@@ -85,10 +94,25 @@ _said: set[str] = set()
 
 
 def _say_once(message: str) -> None:
-    """Log a start-up notice once per process."""
-    if message not in _said:
-        _said.add(message)
+    """Log a start-up notice once per process. In a notebook whose logging nobody set up, it is shown as a
+    quiet note instead (Python would print it to stderr: a red box on a normal run)."""
+    if message in _said:
+        return
+    _said.add(message)
+    if _in_notebook() and not _log.hasHandlers():
+        shown: Any = importlib.import_module("IPython.display")  # present: this is a Jupyter kernel
+        shown.display(
+            shown.HTML(f'<p style="color:#5b6475;font-size:90%">stigmer-handshake: {html.escape(message)}</p>')
+        )
+    else:
         _log.warning(message)
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython with a kernel, not the terminal shell)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _capability_keys(keys: Sequence[bytes] | None) -> list[bytes]:

@@ -11,6 +11,7 @@ async with DevServer() as server:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -148,6 +149,7 @@ class DevServer:
         self.start_timeout = start_timeout
         self._log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
+        self._own_log: str | None = None
 
     @property
     def address(self) -> str:
@@ -205,6 +207,9 @@ class DevServer:
                 raise _ExitedEarly(f"temporal dev server exited with {self._process.returncode}; see {log_path}")
             try:
                 await Client.connect(self.address, namespace=self.namespace)
+                # A log of our own making goes with a server that started: `stop` removes it. (One that
+                # failed to start keeps its log, which its error names.)
+                self._own_log = None if self._log_file else log_path
                 return
             except Exception as err:  # the server is still starting
                 last_error = err
@@ -214,14 +219,17 @@ class DevServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        own_log, self._own_log = self._own_log, None
+        if own_log is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(own_log)
 
     async def __aenter__(self) -> DevServer:
         await self.start()

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -73,6 +74,23 @@ async def namespace_id_of(client: Client, namespace: str = "default") -> str:
     """The id the server gave a namespace (what task tokens carry)."""
     reply = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
     return reply.namespace_info.id
+
+
+def sqlite_rows(path: str | Path, sql: str) -> list[list[Any]]:
+    """The rows of a read-only query on a SQLite store, read by another process. Never open the store
+    with Python's own sqlite3 in a process where the core has it open: the two copies of SQLite do not see
+    each other's locks (POSIX locks are per process), so Python's closing connection takes itself for the
+    last one, checkpoints and removes the WAL under the core ("database disk image is malformed")."""
+    script = (
+        "import json, sqlite3, sys\n"
+        "db = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)\n"
+        "print(json.dumps([list(row) for row in db.execute(sys.argv[2])]))\n"
+        "db.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path), sql], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows: list[list[Any]] = json.loads(done.stdout)
+    return rows
 
 
 def alive(pid: int) -> bool:

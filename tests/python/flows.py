@@ -361,6 +361,7 @@ class AskRequest:
 
     execution_id: str
     question: str
+    heartbeat_timeout_seconds: float = 0  # 0: none (a runner's pump heartbeats within one if given)
 
 
 class AskActivities:
@@ -380,5 +381,5 @@ class AskParent:
     async def run(self, request: AskRequest) -> Any:
         return await workflow.execute_activity_method(
             AskActivities.ask, request, start_to_close_timeout=timedelta(minutes=5), retry_policy=NO_RETRY,
-            heartbeat_timeout=timedelta(seconds=5),  # the runner's pump heartbeats the progress within it
+            heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_seconds) or None,
         )  # fmt: skip

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from browser import chromium
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import TLSConfig
@@ -34,11 +35,6 @@ from flows import AskActivities, AskParent, AskRequest
 from tls_front import TlsFront, free_port
 from token_scan import SEEN_SECRETS
 
-CHROMIUM = "/usr/bin/chromium"
-# As root, without a sandbox; no background connections (the machine's network is closed to them).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-
 KEYS = {
     "ops": ApiKey("ops", "ops-" + uuid.uuid4().hex, ("settle", "read")),
     "viewer": ApiKey("viewer", "viewer-" + uuid.uuid4().hex, ("read",)),
@@ -49,10 +45,8 @@ XSS = ["<script>window.__xss = 1</script>", '<img src=x onerror="window.__xss = 
 
 @pytest_asyncio.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    async with chromium() as launched:
         yield launched
-        await launched.close()
 
 
 @dataclass
@@ -86,11 +80,14 @@ class Console:
             await expect(page.locator("#who")).to_contain_text(KEYS[key].name)
         return page
 
-    async def ask(self, question: str, execution_id: str | None = None) -> tuple[str, WorkflowHandle[Any, Any]]:
+    async def ask(
+        self, question: str, execution_id: str | None = None, heartbeat_timeout: float = 0
+    ) -> tuple[str, WorkflowHandle[Any, Any]]:
         """A parent workflow whose step waits on a new execution; returns once the execution is stored."""
         execution_id = execution_id or f"ask-{uuid.uuid4()}"
+        request = AskRequest(execution_id, question, heartbeat_timeout)
         handle = await self.client.start_workflow(
-            AskParent.run, AskRequest(execution_id, question), id=f"parent-{execution_id}", task_queue=self.task_queue
+            AskParent.run, request, id=f"parent-{execution_id}", task_queue=self.task_queue
         )
         for _ in range(400):
             try:
@@ -338,7 +335,8 @@ async def test_a_dead_lettered_callback_is_redelivered_from_its_page_once_the_pa
 
 
 async def test_the_overview_and_an_execution_render_without_errors(console: Console) -> None:
-    waiting, _ = await console.ask("Approve the release plan for 2.4?")
+    # Its activity declares a heartbeat timeout: the runner's pump heartbeats the progress within it.
+    waiting, _ = await console.ask("Approve the release plan for 2.4?", heartbeat_timeout=5)
     done, parent = await console.ask("Label 40 support tickets")
     await console.hs.claim("agent", limit=2)
     drafted = "Drafted the plan; waiting for a person."

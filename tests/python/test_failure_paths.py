@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from temporalio.worker import Worker
 from stigmer_handshake import ConnectError, Handshake, pb
 from stigmer_handshake.testing import DevServer, free_port, sqlite_url, task_token
 
-from conftest import Env, alive, namespace_id_of
+from conftest import Env, alive, namespace_id_of, sqlite_rows
 from flows import AgentAnswer, AgentParent, AgentRequest, CallerActivities, RetriedAgentParent, expected_answer
 
 CLI = [sys.executable, "-m", "stigmer_handshake.cli"]
@@ -35,10 +34,8 @@ def new_id(prefix: str) -> str:
 def settled_rows_holding_a_token(store: str) -> int:
     """Callbacks that reached an end (delivered, gone) and still hold a token: there must be none. (A
     dead-lettered one keeps its token, for `redeliver`.)"""
-    with sqlite3.connect(store.removeprefix("sqlite://")) as db:
-        [(count,)] = db.execute(
-            "SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL AND state IN ('delivered', 'gone')"
-        ).fetchall()
+    sql = "SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL AND state IN ('delivered', 'gone')"
+    [[count]] = sqlite_rows(store.removeprefix("sqlite://"), sql)
     return int(count)
 
 

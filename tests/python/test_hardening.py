@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -22,7 +21,7 @@ from temporalio.worker import Worker
 from stigmer_handshake import CapabilityError, Handshake, NamespaceMismatch, TaskToken, TokenKeyError, pb
 from stigmer_handshake.testing import DevServer, postgres_base_url, sqlite_url
 
-from conftest import BOTH_STORES, Env
+from conftest import BOTH_STORES, Env, sqlite_rows
 from flows import AgentParent, AgentRequest, CallerActivities, expected_answer
 
 STORE_BACKENDS = BOTH_STORES
@@ -44,8 +43,8 @@ def at_rest(store: str) -> tuple[bytes, bytes]:
     """(what the token column holds, every byte the store keeps: the SQLite files, or the PostgreSQL table)."""
     if store.startswith("sqlite://"):
         path = Path(store.removeprefix("sqlite://"))
-        with sqlite3.connect(path) as conn:
-            column = b"".join(r[0] for r in conn.execute("SELECT token FROM callbacks WHERE token IS NOT NULL"))
+        rows = sqlite_rows(path, "SELECT hex(token) FROM callbacks WHERE token IS NOT NULL")
+        column = b"".join(bytes.fromhex(hexed) for [hexed] in rows)
         return column, b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
     schema = store.rsplit("schema=", 1)[1]
     with psycopg.connect(postgres_base_url()) as conn:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -29,7 +28,7 @@ from stigmer_handshake import (
 )
 from stigmer_handshake.testing import free_port, sqlite_url, task_token
 
-from conftest import BOTH_STORES, Env, namespace_id_of
+from conftest import BOTH_STORES, Env, namespace_id_of, sqlite_rows
 from flows import (
     AgentParent,
     AgentRequest,
@@ -146,9 +145,7 @@ async def test_a_sqlite_path_with_mode_memory_in_it_keeps_wal(tmp_path: Path) ->
     folder.mkdir()
     hs = await Handshake.connect(store=sqlite_url(folder), temporal=None)
     await hs.create(pb.AgentExecutionSpec(message="durable"))
-    with sqlite3.connect(folder / "handshake.db") as db:
-        [(mode,)] = db.execute("PRAGMA journal_mode").fetchall()
-    assert mode == "wal"
+    assert sqlite_rows(folder / "handshake.db", "PRAGMA journal_mode") == [["wal"]]
 
 
 async def test_a_reconcile_pass_skips_an_expired_claim_it_cannot_open_and_says_so(env: Env) -> None:

@@ -3,16 +3,19 @@ the token's fingerprint, and the example notebook runs headless and renders read
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import chromium
 
 from stigmer_handshake.metrics import parse
 
@@ -90,7 +93,7 @@ def test_spans_link_defer_settle_and_delivery_by_fingerprint() -> None:
 
 
 @pytest.mark.timeout(200)
-def test_example_notebook_runs_headless_and_renders_tables(tmp_path: Path) -> None:
+async def test_example_notebook_runs_headless_and_renders_tables(tmp_path: Path) -> None:
     executed = tmp_path / "executed.ipynb"
     script = (
         "import sys, nbformat, nbclient\n"
@@ -99,15 +102,33 @@ def test_example_notebook_runs_headless_and_renders_tables(tmp_path: Path) -> No
         ".execute()\n"
         "nbformat.write(nb, sys.argv[2])\n"
     )
-    done = subprocess.run(
+    before = set(os.listdir(tempfile.gettempdir()))
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", script, str(ROOT / "examples" / "notebook.ipynb"), str(executed), str(tmp_path)],
         capture_output=True, text=True, timeout=190, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    left = set(os.listdir(tempfile.gettempdir())) - before
+    assert not {name for name in left if "temporal" in name or "stigmer" in name}, (
+        f"left in the temporary folder: {left}"
+    )
     notebook = json.loads(executed.read_text())
     outputs = [o for cell in notebook["cells"] if cell["cell_type"] == "code" for o in cell["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error"]
+    assert not [o for o in outputs if o.get("name") == "stderr"], "nothing on stderr (a red box) on a normal run"
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     rendered = "".join("".join(h) if isinstance(h, list) else h for h in html)
     assert rendered.count("<table") >= 4, "executions, a token, a settlement and the finished list render as tables"
     assert "tok-" in rendered and "delivered" in rendered
+    # Rendered narrow, as in a notebook's column: no id or fingerprint breaks across lines.
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 480, "height": 800})
+        await page.set_content(f"<!doctype html><body>{rendered}</body>")
+        broken = await page.evaluate("""() => [...document.querySelectorAll("td")]
+            .filter((td) => td.textContent && !/\\s/.test(td.textContent))
+            .filter((td) => { const r = document.createRange(); r.selectNodeContents(td);
+                              return new Set([...r.getClientRects()].map((b) => Math.round(b.top))).size > 1; })
+            .map((td) => td.textContent)""")
+        assert broken == [], f"wrapped mid-token: {broken}"
+        assert await page.locator("td", has_text="tok-").count() >= 1

@@ -9,7 +9,6 @@ import asyncio
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from temporalio.worker import Worker
 from stigmer_handshake import Handshake
 from stigmer_handshake.testing import DevServer, free_port, sqlite_url
 
-from conftest import TRANSCRIPT, alive
+from conftest import TRANSCRIPT, alive, sqlite_rows
 from flows import AgentAnswer, AgentRequest, CallerActivities, RetriedAgentParent, expected_answer
 
 HERE = Path(__file__).parent
@@ -201,8 +200,9 @@ async def test_retries_outages_restarts_and_kills_end_every_parent_once(tmp_path
                 assert retry.retry_of == first.id and first.phase == "FAILED" and retry.phase == "COMPLETED"
 
         def holding() -> int:
-            with sqlite3.connect(store.removeprefix("sqlite://")) as db:
-                [(count,)] = db.execute("SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL").fetchall()
+            [[count]] = sqlite_rows(
+                store.removeprefix("sqlite://"), "SELECT COUNT(*) FROM callbacks WHERE token IS NOT NULL"
+            )
             return int(count)
 
         # A delivery a kill cut short stays `delivering` until its lease (20 s) runs out, which may be after
