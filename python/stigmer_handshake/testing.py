@@ -23,15 +23,20 @@ import sysconfig
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import temporalio.activity
 from temporalio.client import Client
 
 from stigmer_handshake._core import HandshakeError
+
+if TYPE_CHECKING:
+    from temporalio.worker import Worker
+
+    from stigmer_handshake.handshake import Handshake
 
 
 class DevServerError(HandshakeError):
@@ -299,3 +304,28 @@ async def activity_info(client: Client | None = None, **changes: Any) -> tempora
         activity_type=info.activity_type,
     )
     return dataclasses.replace(info, task_token=token, namespace=client.namespace if client else info.namespace)
+
+
+@contextlib.asynccontextmanager
+async def worker(
+    client: Client,
+    hs: Handshake,
+    *,
+    workflows: Sequence[type] = (),
+    activities: Sequence[Callable[..., Any]] = (),
+    task_queue: str | None = None,
+    **options: Any,
+) -> AsyncIterator[Worker]:
+    """A temporalio `Worker` for a test, on a task queue of its own (`worker.task_queue`), running
+    `workflows` and `activities` and the handshake's system activities (`hs.activities`, which child
+    workflows settle through); shut down after. `options` go to `Worker` as they are."""
+    from temporalio.worker import Worker
+
+    async with Worker(
+        client,
+        task_queue=task_queue or f"test-{uuid.uuid4()}",
+        workflows=list(workflows),
+        activities=[*activities, *hs.activities],
+        **options,
+    ) as running:
+        yield running

@@ -1,14 +1,18 @@
 """Testing as temporalio users test: the plugin's `handshake` fixture (connected to the session's dev server,
-on a store of its own), and `defer` under temporalio's `ActivityEnvironment`."""
+on a store of its own), `defer` under temporalio's `ActivityEnvironment`, and the `worker` helper."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from stigmer_handshake import Handshake, TokenError, pb
-from stigmer_handshake.testing import activity_info
+from stigmer_handshake.testing import activity_info, worker
+
+from flows import AgentParent, AgentRequest, CallerActivities, expected_answer
 
 SPEC = pb.AgentExecutionSpec(agent_id="a", message="m")
 
@@ -38,3 +42,18 @@ async def test_defer_runs_under_temporalios_activity_environment(handshake: Hand
     assert type(pending.value).__name__ == "_CompleteAsyncError"
     record = await handshake.inspect("unit-1")
     assert (record.callback_state, record.parent_workflow_id) == ("armed", env.info.workflow_id)
+
+
+async def test_the_worker_helper_runs_a_parent_on_a_queue_of_its_own(
+    handshake: Handshake, temporal_client: Client
+) -> None:
+    callers = CallerActivities(handshake)
+    async with worker(temporal_client, handshake, workflows=[AgentParent], activities=[callers.run_agent]) as running:
+        request = AgentRequest(f"helper-{uuid.uuid4().hex[:8]}", "tides")
+        parent = await temporal_client.start_workflow(
+            AgentParent.run, request, id=f"helper-{request.execution_id}", task_queue=running.task_queue
+        )
+        [execution] = await handshake.claim("agent", wait=10)
+        await handshake.succeed(execution.metadata.id, expected_answer("tides"))
+        assert await parent.result() == expected_answer("tides")
+    assert running.task_queue.startswith("test-")
