@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,10 +20,12 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ActivityError, ApplicationError
 
 import stigmer_handshake
-from stigmer_handshake import Handshake, TaskToken
+import stigmer_handshake.cli
+from stigmer_handshake import Handshake, TaskToken, pb
+from stigmer_handshake.testing import task_token
 
-from conftest import TRANSCRIPT, Env
-from flows import AgentAnswer, AgentParent, AgentRequest
+from conftest import TRANSCRIPT, Env, namespace_id_of
+from flows import AgentAnswer, AgentParent, AgentRequest, expected_answer
 
 CLI = [sys.executable, "-m", "stigmer_handshake.cli"]
 #: The console script `pip install` puts beside this Python.
@@ -204,3 +207,33 @@ def test_demo_and_bench_commands(tmp_path: Path) -> None:
 def test_version_is_printed() -> None:
     done = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stdout.strip()) == (0, f"stigmer-handshake {stigmer_handshake.__version__}")
+
+
+async def test_every_documented_exit_code_is_what_the_cli_exits_with(env: Env) -> None:
+    """The module's table of exit codes, each produced by the case it names (README: "Exit codes")."""
+    doc = stigmer_handshake.cli.__doc__ or ""
+    told, told_handle = await pending_parent(env, "told")
+    gone, gone_handle = await pending_parent(env, "gone")
+    await gone_handle.terminate("the operator gave up")
+    sealed = await Handshake.connect(store=env.store, temporal=None, token_keys={"k1": os.urandom(32)})
+    locked = await sealed.create(pb.AgentExecutionSpec(message="sealed"), token=task_token(
+        await namespace_id_of(env.client), f"wf-{uuid.uuid4()}"))  # fmt: skip
+    down = ["--temporal", "http://127.0.0.1:1"]  # nothing listens there
+    table: list[tuple[int, str, list[str]]] = [
+        (0, "done", ["settle", told.execution_id, "--result", json.dumps(vars(expected_answer("told")))]),
+        (1, "an unexpected error", ["settle", locked, "--cancel"]),  # a token sealed with a key it lacks
+        (2, "bad arguments or input (nothing was changed)", ["settle", gone.execution_id, "--result", "{"]),
+        (3, "no such execution", [*down, "settle", "no-such-execution", "--cancel"]),  # looked up before Temporal
+        (3, "its phase does not allow it", ["redeliver", told.execution_id]),
+        (4, "the store or Temporal cannot be reached", ["--store", "postgres://postgres@127.0.0.1:1/t", "list"]),
+        (4, "the store or Temporal cannot be reached", [*down, "reconcile"]),
+        (5, "settled, but the parent activity was not told", ["settle", gone.execution_id, "--cancel"]),
+    ]
+    sentence = " ".join(doc.split()).split("Exit codes: ", 1)[1].split(".", 1)[0]
+    documented = {int(code): text for code, text in re.findall(r"(\d) ([^;]+)", sentence)}
+    assert sorted(documented) == [0, 1, 2, 3, 4, 5] == sorted({code for code, _, _ in table})
+    for code, meaning, args in table:
+        assert meaning in documented[code], (code, meaning, documented[code])
+        done = await cli(env, *args)
+        assert done.returncode == code, (code, meaning, args, done.stdout, done.stderr[-2000:])
+    assert await told_handle.result() == expected_answer("told")
