@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev protos demo test test-rust test-python lint bench fuzz clean system-packages typescript-caller
+.PHONY: install dev protos demo test test-rust test-python lint bench fuzz clean system-packages typescript-caller wheels wheel-check
 
 # The virtualenv with pinned tools; redone when requirements-dev.txt changes.
 $(STAMP): requirements-dev.txt
@@ -25,9 +25,9 @@ protos: $(STAMP)
 demo: dev
 	$(VENV)/bin/stigmer-handshake demo
 
-# Benchmarks measure the optimised build (`make dev` or `make test` put the debug one back).
+# Benchmarks measure the build we ship (`make dev` or `make test` put the debug one back).
 bench: $(STAMP)
-	$(VENV)/bin/maturin develop --release --quiet
+	$(VENV)/bin/maturin develop --profile dist --quiet
 	$(VENV)/bin/stigmer-handshake bench --out bench-results.json
 
 # Fuzz each target for FUZZ_SECONDS (default 5 minutes) on the corpus kept in fuzz/corpus; prints the
@@ -45,6 +45,23 @@ fuzz:
 	  echo "$$t: $${runs:-0} executions in $(FUZZ_SECONDS) s, $$crashes crashes (log: target/fuzz-$$t.log)"; \
 	  test $$status -eq 0 && test $$crashes -eq 0 || exit 1; \
 	done
+
+# Release artefacts in dist/: an abi3 wheel for manylinux2014 x86_64 (zig links it against glibc 2.17, so
+# RHEL 8, Debian 11 and Ubuntu 20.04 get it too), checked by auditwheel, and the sdist.
+WHEEL_TOOLS := $(VENV)/.wheel-tools
+$(WHEEL_TOOLS): requirements-wheels.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-wheels.txt
+	touch $@
+
+wheels: $(WHEEL_TOOLS)
+	rm -rf dist
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin build --profile dist --zig --compatibility manylinux2014 --out dist
+	$(VENV)/bin/maturin sdist --out dist
+	$(VENV)/bin/auditwheel show dist/*.whl
+
+# The wheel in a fresh virtualenv without Rust on PATH: import, a store round trip, the demo.
+wheel-check:
+	scripts/wheel_check.sh $(firstword $(wildcard dist/*.whl))
 
 lint: dev
 	cargo fmt --check

@@ -16,10 +16,11 @@ use temporalio_common::protos::temporal::api::enums::v1::{PendingActivityState, 
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeNamespaceRequest, DescribeWorkflowExecutionRequest, GetWorkflowExecutionHistoryReverseRequest,
-    RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest,
-    RespondActivityTaskCanceledRequest, RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
-    RespondActivityTaskFailedByIdRequest, RespondActivityTaskFailedRequest,
+    DescribeNamespaceRequest, DescribeWorkflowExecutionRequest, DescribeWorkflowExecutionResponse,
+    GetWorkflowExecutionHistoryReverseRequest, RecordActivityTaskHeartbeatByIdRequest,
+    RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest, RespondActivityTaskCanceledRequest,
+    RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest, RespondActivityTaskFailedByIdRequest,
+    RespondActivityTaskFailedRequest,
 };
 use tonic::IntoRequest;
 
@@ -443,17 +444,22 @@ impl Temporal {
 
 impl Temporal {
     /// Describe a workflow (an empty `run_id` means its latest run); None if the server does not know it.
-    pub async fn describe_workflow(&self, workflow_id: &str, run_id: &str) -> Result<Option<WorkflowState>> {
+    async fn describe(&self, workflow_id: &str, run_id: &str) -> Result<Option<DescribeWorkflowExecutionResponse>> {
         let mut client = self.client.clone();
         let request = DescribeWorkflowExecutionRequest {
             namespace: self.namespace.clone(),
             execution: Some(WorkflowExecution { workflow_id: workflow_id.to_owned(), run_id: run_id.to_owned() }),
         };
-        let reply = match client.describe_workflow_execution(request.into_request()).await {
-            Ok(reply) => reply.into_inner(),
-            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
-            Err(status) => return Err(status.into()),
-        };
+        match client.describe_workflow_execution(request.into_request()).await {
+            Ok(reply) => Ok(Some(reply.into_inner())),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    /// Whether a workflow still runs, and its pending activities; None if the server does not know it.
+    pub async fn describe_workflow(&self, workflow_id: &str, run_id: &str) -> Result<Option<WorkflowState>> {
+        let Some(reply) = self.describe(workflow_id, run_id).await? else { return Ok(None) };
         let status = reply.workflow_execution_info.map_or(0, |info| info.status);
         let closed_as = match WorkflowExecutionStatus::try_from(status) {
             Ok(WorkflowExecutionStatus::Completed) => Some("COMPLETED"),
@@ -477,16 +483,7 @@ impl Temporal {
         run_id: &str,
         activity_id: &str,
     ) -> Result<Option<PendingActivity>> {
-        let mut client = self.client.clone();
-        let request = DescribeWorkflowExecutionRequest {
-            namespace: self.namespace.clone(),
-            execution: Some(WorkflowExecution { workflow_id: workflow_id.to_owned(), run_id: run_id.to_owned() }),
-        };
-        let reply = match client.describe_workflow_execution(request.into_request()).await {
-            Ok(reply) => reply.into_inner(),
-            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
-            Err(status) => return Err(status.into()),
-        };
+        let Some(reply) = self.describe(workflow_id, run_id).await? else { return Ok(None) };
         Ok(reply.pending_activities.into_iter().find(|a| a.activity_id == activity_id).map(|a| PendingActivity {
             state: PendingActivityState::try_from(a.state)
                 .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("PENDING_ACTIVITY_STATE_"))
