@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"stigmer-handshake {_core.__version__}")
     top.add_argument("--json", action="store_true", help="print JSON instead of text")
+    top.add_argument("--verbose", action="store_true", help="say on stderr which store (and Temporal) it opened")
     top.add_argument("--store", default=os.environ.get("STIGMER_HANDSHAKE_STORE", DEFAULT_STORE), help="store URL")
     top.add_argument(
         "--temporal",
@@ -262,6 +264,9 @@ async def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         **(temporal_credentials(args) if needs_temporal else {}),
     )
+    if args.verbose:
+        where = f" and Temporal at {args.temporal or 'its environment configuration'}" if needs_temporal else ""
+        print(f"stigmer-handshake: opened the store {without_password(args.store)}{where}", file=sys.stderr)
     if args.command == "list":
         return await list_executions(hs, args)
     if args.command == "show":
@@ -274,6 +279,15 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return await serve(hs, args, keys)
     return await reconcile(hs, args)
+
+
+def without_password(url: str) -> str:
+    """A store URL as it may be printed: a password in it is replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def api_keys(args: argparse.Namespace) -> list[ApiKey] | None:

@@ -152,7 +152,9 @@ async fn read(
 /// `{id}:{verb}` (split at the last colon: ids may hold colons, verbs do not).
 fn split_target(target: &str) -> Result<(&str, &str)> {
     target.rsplit_once(':').ok_or_else(|| {
-        Error::InvalidArgument(format!("POST to .../{{id}}:complete, :fail, :cancel or :heartbeat, not .../{target}"))
+        Error::InvalidArgument(format!(
+            "POST to .../{{id}}:complete, :fail, :cancel, :heartbeat or :redeliver, not .../{target}"
+        ))
     })
 }
 
@@ -295,7 +297,8 @@ async fn settle(shared: &Shared, id: &str, verb: &str, body: &[u8], capability: 
         }
         other => {
             return Err(Error::InvalidArgument(format!(
-                "the action is :complete, :fail or :cancel (or :heartbeat), not :{other}"
+                "the action is :complete, :fail or :cancel (with an API key also :heartbeat, :redeliver or \
+                 :callbackUrl), not :{other}"
             )))
         }
     };

@@ -100,6 +100,10 @@ async def test_list_and_show_report_callbacks_with_ages(env: Env) -> None:
     assert json_out(await cli(env, "list", "--text", "no such text", "--json")) == []
     table = await cli(env, "list")
     assert request.execution_id in table.stdout and "1 executions, 1 armed" in table.stdout
+    said = await cli(env, "--verbose", "list")
+    assert said.returncode == 0 and f"opened the store {env.store}" in said.stderr, said.stderr
+    secret = "postgres://app:s3cret@db:5432/agents?sslmode=require"
+    assert stigmer_handshake.cli.without_password(secret) == "postgres://app:***@db:5432/agents?sslmode=require"
 
     shown = json_out(await cli(env, "--json", "show", request.execution_id))
     assert shown["phase"] == "PENDING" and shown["parent_activity_id"]

@@ -31,9 +31,12 @@ from temporalio.worker import Worker
 from stigmer_handshake import ApiKey, Handshake, pb
 from stigmer_handshake.testing import DevServer, sqlite_url
 
+from conftest import BOTH_STORES
 from flows import AskActivities, AskParent, AskRequest
 from tls_front import TlsFront, free_port
 from token_scan import SEEN_SECRETS
+
+STORE_BACKENDS = BOTH_STORES
 
 KEYS = {
     "ops": ApiKey("ops", "ops-" + uuid.uuid4().hex, ("settle", "read")),
@@ -100,9 +103,9 @@ class Console:
 
 @pytest_asyncio.fixture
 async def console(
-    temporal_server: DevServer, temporal_client: Client, tmp_path: Path, browser: Browser
+    temporal_server: DevServer, temporal_client: Client, store_url: str, browser: Browser
 ) -> AsyncIterator[Console]:
-    async with await Handshake.connect(store=sqlite_url(tmp_path), temporal=temporal_server.url) as hs:
+    async with await Handshake.connect(store=store_url, temporal=temporal_server.url) as hs:
         server = await hs.serve(api_keys=list(KEYS.values()), temporal_ui="http://localhost:8233")
         task_queue = f"console-{uuid.uuid4()}"
         async with Worker(temporal_client, task_queue=task_queue, workflows=[AskParent],
