@@ -88,6 +88,7 @@ async fn main() {
                 token: Some(token),
                 heartbeat_timeout_ms: None,
                 labels: store::Labels::new(),
+                activity_context: None,
             };
             store.create(new).await.expect("create");
         }

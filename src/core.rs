@@ -272,7 +272,7 @@ impl Core {
     /// has its outcome delivered to the new attempt at once, and one this process pumps is heartbeated with
     /// the new token from now on.
     pub async fn create(&self, request: CreateRequest) -> Result<Created> {
-        let CreateRequest { kind, spec, id, token, status, heartbeat_timeout_ms, labels } = request;
+        let CreateRequest { kind, spec, id, token, status, heartbeat_timeout_ms, labels, activity_context } = request;
         check_labels(&labels)?;
         let token = token.map(|t| TaskToken::parse(&t)).transpose()?;
         let id = id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), uuid::Uuid::new_v4()));
@@ -284,7 +284,8 @@ impl Core {
         } else {
             tracing::info_span!("create", execution = %id, kind = kind.as_str())
         };
-        let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms, labels };
+        let activity_context = activity_context.map(|c| serde_json::Value::from_iter(c).to_string());
+        let new = NewExecution { id, kind, spec, status, token, heartbeat_timeout_ms, labels, activity_context };
         let created = self.store_new(new).instrument(span.clone()).await?;
         span.in_scope(|| {
             tracing::info!(rebound = matches!(created, Created::Rebound(_)), "stored; the parent activity is pending");
@@ -526,13 +527,32 @@ impl Core {
     }
 
     /// Replace a running execution's status (progress); terminal phases go through `settle`.
-    pub async fn update_status(&self, id: &str, status: &[u8]) -> Result<()> {
+    ///
+    /// Progress reported through the status rides on the next heartbeats (unless the runner set details
+    /// of its own) as a summary, with the phase as stored (a status without one keeps the phase it had):
+    /// encoded here as plain JSON, or with `encode_summary` returned for the caller's data converter to
+    /// encode (`set_progress_summary`).
+    pub async fn update_status(
+        &self,
+        id: &str,
+        status: &[u8],
+        encode_summary: bool,
+    ) -> Result<Option<serde_json::Value>> {
         let (kind, phase) = self.store.update_status(id, status).await?;
-        // Progress reported through the status rides on the next heartbeats (unless the runner set
-        // details of its own), with the phase as stored (a status without one keeps the phase it had).
         let mut summary = store::progress_json(kind, status)?;
         summary["phase"] = phase.name().into();
+        if encode_summary {
+            return Ok(Some(summary));
+        }
         self.pump.set_progress_summary(id, crate::payload::json_payloads(&[summary]));
+        Ok(None)
+    }
+
+    /// Set the progress summary (encoded `Payloads`) the pump's heartbeats carry until the runner sets
+    /// details of its own (see `update_status`).
+    pub fn set_progress_summary(&self, id: &str, details: Vec<u8>) -> Result<()> {
+        crate::temporal::decode_payloads(Some(&details))?;
+        self.pump.set_progress_summary(id, details);
         Ok(())
     }
 
@@ -627,6 +647,8 @@ pub struct CreateRequest {
     pub heartbeat_timeout_ms: Option<i64>,
     /// `metadata.labels`: what listing filters on.
     pub labels: Labels,
+    /// The parent activity's serialization context, name -> value (see `NewExecution::activity_context`).
+    pub activity_context: Option<Labels>,
 }
 
 /// What a runner can wait for its parent to ask (`Core::wait_signal`).
@@ -717,13 +739,18 @@ pub fn target_from(
 ) -> Result<Target> {
     match (token, workflow_id, activity_id) {
         (Some(token), None, None) => Ok(Target::Token(TaskToken::parse(&token)?)),
-        (None, Some(workflow_id), Some(activity_id)) => {
-            non_empty(&workflow_id, "workflow_id")?;
+        (None, workflow_id, Some(activity_id)) => {
+            // Without a workflow id, the activity is a standalone one (started by a client).
+            if let Some(workflow_id) = &workflow_id {
+                non_empty(workflow_id, "workflow_id")?;
+            }
             non_empty(&activity_id, "activity_id")?;
-            Ok(Target::Id { workflow_id, run_id, activity_id })
+            Ok(Target::Id { workflow_id: workflow_id.unwrap_or_default(), run_id, activity_id })
         }
         _ => Err(Error::InvalidArgument(
-            "name the activity either by token=..., or by workflow_id=... and activity_id=... (run_id optional)".into(),
+            "name the activity either by token=..., or by activity_id=... with the workflow_id=... of the workflow \
+             that scheduled it (none for a standalone activity; run_id optional)"
+                .into(),
         )),
     }
 }

@@ -224,7 +224,7 @@ fn sort_failure(err: Error, attempts: i64) -> Failure {
 async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<GoneReason> {
     let token = &claimed.token;
     let Ok(temporal) = temporal.for_token(token) else { return Some(GoneReason::InvalidToken) };
-    let end = temporal.activity_end(&token.workflow_id, &token.run_id, token.scheduled_event_id).await;
+    let end = temporal.parent_activity_end(token).await;
     if let Ok(end) = end {
         match by_history(end, &claimed.outcome) {
             History::Arrived => return None,
@@ -232,7 +232,7 @@ async fn gone_reason(temporal: &Temporal, claimed: &ClaimedCallback) -> Option<G
             History::Silent => {}
         }
     }
-    Some(match temporal.describe_workflow(&token.workflow_id, &token.run_id).await {
+    Some(match temporal.parent_state(token).await {
         Ok(state) => by_workflow(state.as_ref(), token),
         Err(_) => GoneReason::ParentTimedOut,
     })
@@ -277,11 +277,14 @@ fn by_workflow(state: Option<&WorkflowState>, token: &TaskToken) -> GoneReason {
 /// the store (`result()` reads it). None when the outcome fits.
 fn sent_instead(claimed: &ClaimedCallback, limit: usize) -> Option<Outcome> {
     // Everything the request carries that grows with the child's output: a failure's message too.
-    let message = match &claimed.outcome {
-        Outcome::Fail { message, failure_type, .. } => message.len() + failure_type.len(),
-        Outcome::Complete { .. } | Outcome::Cancel { .. } => 0,
+    let size = match &claimed.outcome {
+        // An encoded failure is what is sent: it holds the message, type and details.
+        Outcome::Fail { failure: Some(failure), .. } => failure.len(),
+        Outcome::Fail { message, failure_type, details, .. } => {
+            message.len() + failure_type.len() + details.as_ref().map_or(0, Vec::len)
+        }
+        Outcome::Complete { .. } | Outcome::Cancel { .. } => claimed.outcome.payloads().map_or(0, <[u8]>::len),
     };
-    let size = claimed.outcome.payloads().map_or(0, <[u8]>::len) + message;
     (size > limit).then(|| Outcome::Fail {
         message: format!(
             "the {} of execution {:?} is {size} bytes, over the {limit}-byte limit; it is kept in the store",
@@ -295,6 +298,7 @@ fn sent_instead(claimed: &ClaimedCallback, limit: usize) -> Option<Outcome> {
         failure_type: "RESULT_TOO_LARGE".into(),
         non_retryable: true,
         details: None,
+        failure: None,
     })
 }
 
@@ -417,7 +421,13 @@ mod tests {
     #[test]
     fn the_history_tells_an_arrived_outcome_from_one_closed_elsewhere() {
         let complete = Outcome::Complete { result: None };
-        let fail = Outcome::Fail { message: "x".into(), failure_type: "T".into(), non_retryable: false, details: None };
+        let fail = Outcome::Fail {
+            message: "x".into(),
+            failure_type: "T".into(),
+            non_retryable: false,
+            details: None,
+            failure: None,
+        };
         let cancel = Outcome::Cancel { details: None };
         assert_eq!(by_history(Some(ActivityEnd::Completed), &complete), History::Arrived);
         assert_eq!(by_history(Some(ActivityEnd::Failed), &fail), History::Arrived);
@@ -473,6 +483,7 @@ mod tests {
             failure_type: "ERR".repeat(4),
             non_retryable: false,
             details: None,
+            failure: None,
         };
         assert!(sent_instead(&claimed(long), 100).is_some());
     }

@@ -227,7 +227,7 @@ async fn follow_parent(pump: &Pump, id: &str, token: &TaskToken) -> Parent {
         }
         Ok(Some(_)) => {
             let described = match pump.temporal().await.and_then(|t| t.for_token(token)) {
-                Ok(temporal) => temporal.describe_workflow(&token.workflow_id, &token.run_id).await,
+                Ok(temporal) => temporal.parent_state(token).await,
                 Err(err) => Err(err),
             };
             match described {

@@ -62,6 +62,7 @@ fn child_closed(execution_id: &str, child: &str, closed_as: &str) -> Outcome {
         failure_type,
         non_retryable: true,
         details: None,
+        failure: None,
     }
 }
 
@@ -79,7 +80,7 @@ async fn mark_orphans(store: &Store, temporal: &Temporal, report: &mut Reconcile
                 continue;
             }
         };
-        let waiting = match temporal.describe_workflow(&token.workflow_id, &token.run_id).await? {
+        let waiting = match temporal.parent_state(&token).await? {
             None => false,
             Some(state) => {
                 state.closed_as.is_none() && state.pending_activities.iter().any(|(id, _)| *id == token.activity_id)
@@ -137,7 +138,7 @@ mod tests {
             ("FAILED", "CHILD_FAILED"),
             ("CONTINUED_AS_NEW", "CHILD_CONTINUED_AS_NEW"),
         ] {
-            let Outcome::Fail { failure_type, non_retryable, message, details } =
+            let Outcome::Fail { failure_type, non_retryable, message, details, .. } =
                 child_closed("workflow-1", "child-wf", closed_as)
             else {
                 panic!("{closed_as}: not a failure")

@@ -11,16 +11,19 @@ use std::time::Duration;
 use prost::Message;
 use temporalio_client::grpc::WorkflowService;
 use temporalio_client::{Client, ClientOptions, Connection};
+use temporalio_common::protos::temporal::api::activity::v1::ActivityExecutionInfo;
 use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowExecution};
-use temporalio_common::protos::temporal::api::enums::v1::{PendingActivityState, WorkflowExecutionStatus};
+use temporalio_common::protos::temporal::api::enums::v1::{
+    ActivityExecutionStatus, PendingActivityState, WorkflowExecutionStatus,
+};
 use temporalio_common::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeNamespaceRequest, DescribeWorkflowExecutionRequest, DescribeWorkflowExecutionResponse,
-    GetWorkflowExecutionHistoryReverseRequest, RecordActivityTaskHeartbeatByIdRequest,
-    RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest, RespondActivityTaskCanceledRequest,
-    RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest, RespondActivityTaskFailedByIdRequest,
-    RespondActivityTaskFailedRequest,
+    DescribeActivityExecutionRequest, DescribeNamespaceRequest, DescribeWorkflowExecutionRequest,
+    DescribeWorkflowExecutionResponse, GetWorkflowExecutionHistoryReverseRequest,
+    RecordActivityTaskHeartbeatByIdRequest, RecordActivityTaskHeartbeatRequest, RespondActivityTaskCanceledByIdRequest,
+    RespondActivityTaskCanceledRequest, RespondActivityTaskCompletedByIdRequest, RespondActivityTaskCompletedRequest,
+    RespondActivityTaskFailedByIdRequest, RespondActivityTaskFailedRequest,
 };
 use tonic::IntoRequest;
 
@@ -36,7 +39,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub enum Target {
     Token(TaskToken),
-    /// An empty `run_id` means the workflow's latest run.
+    /// An empty `run_id` means the workflow's latest run. An empty `workflow_id` names a standalone
+    /// activity (started by a client, with no workflow): `run_id` is then the activity's own run.
     Id {
         workflow_id: String,
         run_id: String,
@@ -331,7 +335,14 @@ impl Temporal {
                 };
                 client.respond_activity_task_completed_by_id(request.into_request()).await?;
             }
-            (Outcome::Fail { message, failure_type, non_retryable, details }, target) => {
+            (Outcome::Fail { failure: Some(encoded), .. }, target) => {
+                let failure = Some(
+                    Failure::decode(encoded.as_slice())
+                        .map_err(|e| Error::InvalidArgument(format!("malformed failure: {e}")))?,
+                );
+                Self::respond_failed(&mut client, target, failure, namespace, identity).await?;
+            }
+            (Outcome::Fail { message, failure_type, non_retryable, details, failure: None }, target) => {
                 let failure = Some(Failure {
                     message: message.clone(),
                     source: "stigmer-handshake".into(),
@@ -343,30 +354,7 @@ impl Temporal {
                     })),
                     ..Default::default()
                 });
-                match target {
-                    Target::Token(token) => {
-                        let request = RespondActivityTaskFailedRequest {
-                            task_token: token.secret_bytes().to_vec(),
-                            failure,
-                            identity,
-                            namespace,
-                            ..Default::default()
-                        };
-                        client.respond_activity_task_failed(request.into_request()).await?;
-                    }
-                    Target::Id { workflow_id, run_id, activity_id } => {
-                        let request = RespondActivityTaskFailedByIdRequest {
-                            namespace,
-                            workflow_id: workflow_id.clone(),
-                            run_id: run_id.clone(),
-                            activity_id: activity_id.clone(),
-                            failure,
-                            identity,
-                            ..Default::default()
-                        };
-                        client.respond_activity_task_failed_by_id(request.into_request()).await?;
-                    }
-                }
+                Self::respond_failed(&mut client, target, failure, namespace, identity).await?;
             }
             (Outcome::Cancel { details }, Target::Token(token)) => {
                 let request = RespondActivityTaskCanceledRequest {
@@ -389,6 +377,41 @@ impl Temporal {
                     ..Default::default()
                 };
                 client.respond_activity_task_canceled_by_id(request.into_request()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fail the parent activity with `failure`.
+    async fn respond_failed(
+        client: &mut Client,
+        target: &Target,
+        failure: Option<Failure>,
+        namespace: String,
+        identity: String,
+    ) -> Result<()> {
+        match target {
+            Target::Token(token) => {
+                let request = RespondActivityTaskFailedRequest {
+                    task_token: token.secret_bytes().to_vec(),
+                    failure,
+                    identity,
+                    namespace,
+                    ..Default::default()
+                };
+                client.respond_activity_task_failed(request.into_request()).await?;
+            }
+            Target::Id { workflow_id, run_id, activity_id } => {
+                let request = RespondActivityTaskFailedByIdRequest {
+                    namespace,
+                    workflow_id: workflow_id.clone(),
+                    run_id: run_id.clone(),
+                    activity_id: activity_id.clone(),
+                    failure,
+                    identity,
+                    ..Default::default()
+                };
+                client.respond_activity_task_failed_by_id(request.into_request()).await?;
             }
         }
         Ok(())
@@ -476,13 +499,30 @@ impl Temporal {
     }
 
     /// What the parent workflow shows of one of its pending activities (as Temporal's Web UI does): None
-    /// when the workflow is unknown or the activity is not pending.
+    /// when the workflow is unknown or the activity is not pending. An empty `workflow_id` names a
+    /// standalone activity (`run_id` its own), described by itself.
     pub async fn pending_activity(
         &self,
         workflow_id: &str,
         run_id: &str,
         activity_id: &str,
     ) -> Result<Option<PendingActivity>> {
+        if workflow_id.is_empty() {
+            let Some(info) = self.describe_activity(activity_id, run_id).await? else { return Ok(None) };
+            let running = matches!(
+                ActivityExecutionStatus::try_from(info.status),
+                Ok(ActivityExecutionStatus::Running | ActivityExecutionStatus::Paused)
+            );
+            return Ok(running.then(|| PendingActivity {
+                state: PendingActivityState::try_from(info.run_state)
+                    .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("PENDING_ACTIVITY_STATE_"))
+                    .to_owned(),
+                attempt: info.attempt,
+                heartbeat_details: info.heartbeat_details.map(|d| d.encode_to_vec()),
+                last_heartbeat_ms: info.last_heartbeat_time.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
+                paused: info.status == ActivityExecutionStatus::Paused as i32,
+            }));
+        }
         let Some(reply) = self.describe(workflow_id, run_id).await? else { return Ok(None) };
         Ok(reply.pending_activities.into_iter().find(|a| a.activity_id == activity_id).map(|a| PendingActivity {
             state: PendingActivityState::try_from(a.state)
@@ -551,6 +591,62 @@ impl Temporal {
             }
             next_page_token = reply.next_page_token;
         }
+    }
+
+    /// A standalone activity as the server describes it (an empty `run_id`: its latest run); None if the
+    /// server does not know it.
+    async fn describe_activity(&self, activity_id: &str, run_id: &str) -> Result<Option<ActivityExecutionInfo>> {
+        let mut client = self.client.clone();
+        let request = DescribeActivityExecutionRequest {
+            namespace: self.namespace.clone(),
+            activity_id: activity_id.to_owned(),
+            run_id: run_id.to_owned(),
+            ..Default::default()
+        };
+        match client.describe_activity_execution(request.into_request()).await {
+            Ok(reply) => Ok(reply.into_inner().info),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    /// What waits on the activity `token` names: its workflow, or for a standalone activity the
+    /// activity itself (as a "workflow" whose one pending activity it is while it runs). None if the
+    /// server does not know it.
+    pub async fn parent_state(&self, token: &TaskToken) -> Result<Option<WorkflowState>> {
+        if !token.is_standalone() {
+            return self.describe_workflow(&token.workflow_id, &token.run_id).await;
+        }
+        let Some(info) = self.describe_activity(&token.activity_id, &token.run_id).await? else { return Ok(None) };
+        let closed_as = match ActivityExecutionStatus::try_from(info.status) {
+            Ok(ActivityExecutionStatus::Completed) => Some("COMPLETED"),
+            Ok(ActivityExecutionStatus::Failed) => Some("FAILED"),
+            Ok(ActivityExecutionStatus::Canceled) => Some("CANCELED"),
+            Ok(ActivityExecutionStatus::Terminated) => Some("TERMINATED"),
+            Ok(ActivityExecutionStatus::TimedOut) => Some("TIMED_OUT"),
+            // Running, paused, or a status this client does not know yet: it still waits.
+            _ => None,
+        };
+        let pending_activities = if closed_as.is_none() { vec![(info.activity_id, info.attempt)] } else { Vec::new() };
+        Ok(Some(WorkflowState { closed_as, pending_activities }))
+    }
+
+    /// How the attempt `token` names ended: from its workflow's history, or for a standalone activity
+    /// from the activity's own status. None if the server does not know it.
+    pub async fn parent_activity_end(&self, token: &TaskToken) -> Result<Option<ActivityEnd>> {
+        if !token.is_standalone() {
+            return self.activity_end(&token.workflow_id, &token.run_id, token.scheduled_event_id).await;
+        }
+        let Some(info) = self.describe_activity(&token.activity_id, &token.run_id).await? else { return Ok(None) };
+        Ok(Some(match ActivityExecutionStatus::try_from(info.status) {
+            // A newer attempt was made: this one's end is not recorded (`parent_state` tells it retried).
+            _ if info.attempt > token.attempt => ActivityEnd::Open,
+            Ok(ActivityExecutionStatus::Completed) => ActivityEnd::Completed,
+            Ok(ActivityExecutionStatus::Failed) => ActivityEnd::Failed,
+            Ok(ActivityExecutionStatus::Canceled) => ActivityEnd::Canceled,
+            Ok(ActivityExecutionStatus::TimedOut) => ActivityEnd::TimedOut,
+            _ => ActivityEnd::Open,
+        }))
     }
 }
 

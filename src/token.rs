@@ -35,14 +35,32 @@ pub struct TaskProto {
     pub workflow_type: String,
     #[prost(string, tag = "8")]
     pub activity_type: String,
+    /// Set instead of the workflow fields in the token of a standalone activity (one a client started,
+    /// with no workflow): where the server keeps that activity.
+    #[prost(message, optional, tag = "14")]
+    pub component_ref: Option<ComponentRefProto>,
 }
 
-/// A validated task token and the identity decoded from it.
+/// The part of a standalone activity's component reference that names it (measured on a dev server
+/// 1.32: 1 namespace id, 2 activity id, 3 the activity's run id; later fields skipped).
+#[derive(Clone, PartialEq, Message)]
+pub struct ComponentRefProto {
+    #[prost(string, tag = "1")]
+    pub namespace_id: String,
+    #[prost(string, tag = "2")]
+    pub activity_id: String,
+    #[prost(string, tag = "3")]
+    pub run_id: String,
+}
+
+/// A validated task token and the identity decoded from it: of an activity a workflow scheduled, or of a
+/// standalone activity (`workflow_id` empty, `run_id` the activity's own run, `scheduled_event_id` 0).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TaskToken {
     bytes: Vec<u8>,
     pub namespace_id: String,
     pub workflow_id: String,
+    /// The workflow's run, or the standalone activity's.
     pub run_id: String,
     pub scheduled_event_id: i64,
     pub attempt: i32,
@@ -65,16 +83,20 @@ impl TaskToken {
         }
         let task = TaskProto::decode(bytes)
             .map_err(|e| Error::Token(format!("the bytes are not a Temporal task token ({e})")))?;
-        let missing: Vec<&str> = [
+        let standalone = task.workflow_id.is_empty().then_some(task.component_ref).flatten();
+        let run_id = standalone.as_ref().map_or(task.run_id, |c| c.run_id.clone());
+        let mut required = vec![
             ("namespace_id", task.namespace_id.is_empty()),
-            ("workflow_id", task.workflow_id.is_empty()),
-            ("run_id", task.run_id.is_empty()),
             ("activity_id", task.activity_id.is_empty()),
-            ("scheduled_event_id", task.scheduled_event_id <= 0),
-        ]
-        .into_iter()
-        .filter_map(|(name, absent)| absent.then_some(name))
-        .collect();
+            ("run_id", run_id.is_empty()),
+        ];
+        if standalone.is_none() {
+            required.extend([
+                ("workflow_id", task.workflow_id.is_empty()),
+                ("scheduled_event_id", task.scheduled_event_id <= 0),
+            ]);
+        }
+        let missing: Vec<&str> = required.into_iter().filter_map(|(name, absent)| absent.then_some(name)).collect();
         if !missing.is_empty() {
             return Err(Error::Token(format!(
                 "the token is truncated or not an activity task token (missing {})",
@@ -85,13 +107,18 @@ impl TaskToken {
             bytes: bytes.to_vec(),
             namespace_id: task.namespace_id,
             workflow_id: task.workflow_id,
-            run_id: task.run_id,
+            run_id,
             scheduled_event_id: task.scheduled_event_id,
             attempt: task.attempt,
             activity_id: task.activity_id,
             workflow_type: task.workflow_type,
             activity_type: task.activity_type,
         })
+    }
+
+    /// Whether this is a standalone activity's token (started by a client, with no workflow).
+    pub fn is_standalone(&self) -> bool {
+        self.workflow_id.is_empty()
     }
 
     /// The raw bytes, for the RPC and the store only. Never log them.
@@ -125,6 +152,15 @@ impl fmt::Debug for TaskToken {
 
 impl fmt::Display for TaskToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_standalone() {
+            return write!(
+                f,
+                "{} (standalone activity {}, attempt {})",
+                self.fingerprint(),
+                self.activity_id,
+                self.attempt
+            );
+        }
         write!(
             f,
             "{} (workflow {}, activity {}, attempt {})",
@@ -151,8 +187,41 @@ pub(crate) mod tests {
             activity_id: activity_id.into(),
             workflow_type: "ParentWorkflow".into(),
             activity_type: "run_agent".into(),
+            component_ref: None,
         }
         .encode_to_vec()
+    }
+
+    /// A standalone activity's token, shaped like the server's (no workflow fields).
+    pub(crate) fn standalone_token_bytes(activity_id: &str, attempt: i32) -> Vec<u8> {
+        let namespace_id = "6f1c2d3e-0000-4000-8000-000000000001";
+        TaskProto {
+            namespace_id: namespace_id.into(),
+            attempt,
+            activity_id: activity_id.into(),
+            activity_type: "run_agent".into(),
+            component_ref: Some(ComponentRefProto {
+                namespace_id: namespace_id.into(),
+                activity_id: activity_id.into(),
+                run_id: "01a2343e-0d48-7da6-9b79-992214098d5a".into(),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn decodes_a_standalone_activity() {
+        let token = TaskToken::parse(&standalone_token_bytes("sa-1", 1)).unwrap();
+        assert!(token.is_standalone());
+        assert_eq!(
+            (token.activity_id.as_str(), token.run_id.as_str()),
+            ("sa-1", "01a2343e-0d48-7da6-9b79-992214098d5a")
+        );
+        assert!(token.to_string().contains("standalone activity sa-1"));
+        // Without its component reference, a token with no workflow is no token.
+        let bare = TaskProto { component_ref: None, ..TaskProto::decode(&*standalone_token_bytes("sa-1", 1)).unwrap() };
+        assert!(matches!(TaskToken::parse(&bare.encode_to_vec()), Err(Error::Token(_))));
     }
 
     #[test]

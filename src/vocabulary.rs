@@ -41,6 +41,10 @@ pub enum Outcome {
         failure_type: String,
         non_retryable: bool,
         details: Option<Vec<u8>>,
+        /// The same failure as the worker's failure converter encoded it (a `temporal.api.failure.v1.Failure`):
+        /// sent to the parent as it is, so attributes it encoded stay encoded. None: the core builds an
+        /// `ApplicationFailure` from the fields above.
+        failure: Option<Vec<u8>>,
     },
     Cancel {
         details: Option<Vec<u8>>,

@@ -38,6 +38,7 @@ fn request(id: Option<&str>, token: Option<Vec<u8>>) -> CreateRequest {
         status: None,
         heartbeat_timeout_ms: None,
         labels: Labels::new(),
+        activity_context: None,
     }
 }
 
@@ -85,7 +86,7 @@ async fn operations(store_url: String, temporal: String) {
     assert_eq!(claimed.len(), 2, "{claimed:?}");
     assert!(matches!(core.claim(Kind::Agent, 0, 60_000, None).await, Err(Error::InvalidArgument(_))));
     let running = AgentExecutionStatus { phase: Phase::InProgress.to_proto(), ..Default::default() };
-    core.update_status(&direct, &running.encode_to_vec()).await.unwrap();
+    core.update_status(&direct, &running.encode_to_vec(), false).await.unwrap();
 
     // settle: a capability for another execution is refused and changes nothing; a direct execution keeps
     // its outcome; a parent the server does not have is gone.

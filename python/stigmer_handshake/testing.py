@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import sysconfig
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -132,15 +133,21 @@ def _die_with_parent() -> Callable[[], None] | None:
     return arm
 
 
+STANDALONE_ACTIVITIES: Mapping[str, object] = {"activity.enableStandalone": True, "frontend.activityAPIsEnabled": True}
+"""The dynamic configuration that lets clients start standalone activities (no workflow) on a dev server."""
+
+
 class DevServer:
     """A real `temporal server start-dev` on free ports, stopped by its pid, and killed by the kernel if the
-    thread that started it dies first (start it from a thread that lives as long as it should)."""
+    thread that started it dies first (start it from a thread that lives as long as it should).
+    ``dynamic_config`` sets server settings (``--dynamic-config-value``), e.g. ``STANDALONE_ACTIVITIES``."""
 
     def __init__(
         self,
         *,
         namespace: str = "default",
         extra_namespaces: Sequence[str] = (),
+        dynamic_config: Mapping[str, object] | None = None,
         db_filename: str | None = None,
         port: int | None = None,
         log_file: str | None = None,
@@ -148,6 +155,7 @@ class DevServer:
     ) -> None:
         self.namespace = namespace
         self.extra_namespaces = list(extra_namespaces)
+        self.dynamic_config = dict(dynamic_config or {})
         self.db_filename = db_filename
         self._fixed_port = port is not None
         self.port = port or free_port()
@@ -198,6 +206,8 @@ class DevServer:
         ]  # fmt: skip
         for extra in self.extra_namespaces:
             args += ["--namespace", extra]
+        for key, value in self.dynamic_config.items():
+            args += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
         if self.db_filename:
             args += ["--db-filename", self.db_filename]
         log_path = self._log_file or os.path.join(tempfile.gettempdir(), f"temporal-dev-{self.port}.log")

@@ -80,8 +80,9 @@ impl PyCore {
     }
 
     /// Store a new PENDING execution; with `token`, arm its callback (or re-bind a retried parent to
-    /// its child). Returns (execution id, re-bound). `heartbeat_timeout` is the parent's, in seconds.
-    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None, heartbeat_timeout=None, labels=None))]
+    /// its child). Returns (execution id, re-bound). `heartbeat_timeout` is the parent's, in seconds;
+    /// `activity_context` its serialization context (what a data converter is handed for it).
+    #[pyo3(signature = (kind, spec, execution_id=None, token=None, status=None, heartbeat_timeout=None, labels=None, activity_context=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature, one argument per field
     fn create<'py>(
         &self,
@@ -93,6 +94,7 @@ impl PyCore {
         status: Option<&Bound<'py, PyAny>>,
         heartbeat_timeout: Option<f64>,
         labels: Option<Labels>,
+        activity_context: Option<Labels>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = CreateRequest {
             kind: Kind::parse(kind)?,
@@ -102,6 +104,7 @@ impl PyCore {
             status: optional_bytes(status, "status")?,
             heartbeat_timeout_ms: heartbeat_timeout.map(|t| seconds_to_ms(t, "heartbeat_timeout")).transpose()?,
             labels: labels.unwrap_or_default(),
+            activity_context,
         };
         let core = self.core()?;
         spawn(py, async move {
@@ -211,16 +214,27 @@ impl PyCore {
         spawn(py, async move { Ok(core.wait_signal(&execution_id, &kinds).await.map(signal_tuple)) })
     }
 
-    /// Replace a running execution's status (progress); terminal phases go through `settle`.
+    /// Replace a running execution's status (progress); terminal phases go through `settle`. With
+    /// `encode_summary`, returns the progress summary (JSON text) for the caller to encode and hand to
+    /// `set_progress_summary`; else the core sends it as plain JSON.
+    #[pyo3(signature = (execution_id, status, encode_summary=false))]
     fn update_status<'py>(
         &self,
         py: Python<'py>,
         execution_id: ExecutionId,
         status: &Bound<'py, PyAny>,
+        encode_summary: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let status = bytes_arg(status, "status")?;
         let core = self.core()?;
-        spawn(py, async move { Ok(core.update_status(&execution_id, &status).await?) })
+        spawn(py, async move {
+            Ok(core.update_status(&execution_id, &status, encode_summary).await?.map(|s| s.to_string()))
+        })
+    }
+
+    /// Set the progress summary (encoded `Payloads`) the heartbeats carry (see `update_status`).
+    fn set_progress_summary(&self, execution_id: ExecutionId, details: &Bound<'_, PyAny>) -> PyResult<()> {
+        Ok(self.core()?.set_progress_summary(&execution_id, bytes_arg(details, "details")?)?)
     }
 
     /// End the execution with `outcome` (and optionally its final status) and tell the parent.

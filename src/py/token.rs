@@ -24,6 +24,12 @@ impl PyTaskToken {
     fn workflow_id(&self) -> &str {
         &self.0.workflow_id
     }
+    /// Whether the token is a standalone activity's (started by a client, no workflow): then
+    /// `workflow_id` is empty and `run_id` is the activity's own run.
+    #[getter]
+    fn standalone(&self) -> bool {
+        self.0.is_standalone()
+    }
     #[getter]
     fn run_id(&self) -> &str {
         &self.0.run_id

@@ -25,10 +25,18 @@ impl PyOutcome {
         Ok(Self(Outcome::Complete { result: optional_bytes(result, "result")? }))
     }
 
-    /// Failure, delivered as an `ApplicationFailure`.
+    /// Failure, delivered as an `ApplicationFailure`: `failure` (an encoded `temporal.api.failure.v1.Failure`)
+    /// is the same failure as the worker's failure converter made it, sent as it is; the other fields are
+    /// what the store and the execution's status record.
     #[staticmethod]
-    #[pyo3(signature = (message, r#type="", non_retryable=false, details=None))]
-    fn fail(message: String, r#type: &str, non_retryable: bool, details: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (message, r#type="", non_retryable=false, details=None, failure=None))]
+    fn fail(
+        message: String,
+        r#type: &str,
+        non_retryable: bool,
+        details: Option<&Bound<'_, PyAny>>,
+        failure: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         // PostgreSQL's text cannot hold NUL: refused on every store alike, before anything is written.
         if message.contains('\0') || r#type.contains('\0') {
             return Err(
@@ -40,6 +48,7 @@ impl PyOutcome {
             failure_type: r#type.to_owned(),
             non_retryable,
             details: optional_bytes(details, "details")?,
+            failure: optional_bytes(failure, "failure")?.map(checked_failure).transpose()?,
         }))
     }
 
@@ -68,6 +77,14 @@ impl PyOutcome {
     }
 }
 
+/// `bytes`, if they are an encoded `temporal.api.failure.v1.Failure`.
+fn checked_failure(bytes: Vec<u8>) -> Result<Vec<u8>, Error> {
+    use prost::Message;
+    temporalio_common::protos::temporal::api::failure::v1::Failure::decode(bytes.as_slice())
+        .map_err(|e| Error::InvalidArgument(format!("the failure is not an encoded Temporal Failure ({e})")))?;
+    Ok(bytes)
+}
+
 /// A stored execution as the handshake sees it: resource bytes plus callback bookkeeping.
 #[pyclass(name = "Execution", module = "stigmer_handshake._core", frozen, get_all)]
 pub struct PyExecution {
@@ -94,6 +111,9 @@ pub struct PyExecution {
     retry_of: Option<String>,
     /// `metadata.labels`.
     labels: std::collections::BTreeMap<String, String>,
+    /// The parent activity's serialization context as its worker knew it at defer (namespace, workflow
+    /// and activity types, task queue); None without a parent, or when it was not recorded.
+    activity_context: Option<std::collections::BTreeMap<String, String>>,
     /// When it was stored and last written, in seconds since the Unix epoch.
     created_at: f64,
     updated_at: f64,
@@ -121,6 +141,8 @@ impl PyExecution {
             delivery_attempts: c.map_or(0, |c| c.attempts),
             last_error: c.and_then(|c| c.last_error.clone()),
             gone_reason: c.and_then(|c| c.gone_reason.clone()),
+            // Written by this face only (a JSON object of strings): anything else reads as not recorded.
+            activity_context: c.and_then(|c| c.activity_context.as_deref()).and_then(|j| serde_json::from_str(j).ok()),
             retry_of: record.retry_of,
             labels: record.labels,
             created_at: ms_to_seconds(record.created_ms),
@@ -149,11 +171,13 @@ impl PyExecution {
 
     fn _repr_html_(&self) -> String {
         let parent = self.parent_workflow_id.as_ref().map(|w| {
-            format!(
-                "{w} / {} (attempt {})",
-                self.parent_activity_id.as_deref().unwrap_or_default(),
-                self.parent_attempt.unwrap_or_default()
-            )
+            let activity = self.parent_activity_id.as_deref().unwrap_or_default();
+            let attempt = self.parent_attempt.unwrap_or_default();
+            if w.is_empty() {
+                format!("standalone activity {activity} (attempt {attempt})")
+            } else {
+                format!("{w} / {activity} (attempt {attempt})")
+            }
         });
         crate::html::record(
             &format!("{} execution {}", self.kind, self.id),

@@ -197,6 +197,7 @@ async fn update_status<R: Resource>(
                 failure_type: error.r#type,
                 non_retryable: error.non_retryable,
                 details: None,
+                failure: None,
             })
         }
         Phase::Cancelled => Some(Outcome::Cancel { details: None }),
@@ -204,7 +205,9 @@ async fn update_status<R: Resource>(
     };
     match outcome {
         Some(outcome) => drop(shared.core.settle(&id, outcome, Some(bytes), true, None).await?),
-        None => shared.core.update_status(&id, &bytes).await?,
+        None => {
+            shared.core.update_status(&id, &bytes, false).await?;
+        }
     }
     R::from_record(&shared.core.get(&id, false).await?)
 }
@@ -425,6 +428,7 @@ impl ours::handshake_service_server::HandshakeService for Api {
                         failure_type: f.r#type,
                         non_retryable: f.non_retryable,
                         details: payloads(f.details),
+                        failure: None,
                     }
                 }
                 Some(Wire::Cancel(c)) => Outcome::Cancel { details: payloads(c.details) },

@@ -289,6 +289,7 @@ async fn settle(shared: &Shared, id: &str, verb: &str, body: &[u8], capability: 
                     _ => return Err(Error::InvalidArgument("non_retryable must be true or false".into())),
                 },
                 details: values(&fields, "details")?.map(|v| crate::payload::json_payloads(&v)),
+                failure: None,
             }
         }
         "cancel" => {

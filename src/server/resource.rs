@@ -59,6 +59,8 @@ pub trait Resource: Message + Default + Sized + 'static {
             status: Some(status.encode_to_vec()),
             heartbeat_timeout_ms,
             labels: metadata.labels.into_iter().collect(),
+            // A network caller names no data converter: its payloads are JSON, encoded without context.
+            activity_context: None,
         })
     }
 }

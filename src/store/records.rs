@@ -19,6 +19,9 @@ pub struct NewExecution {
     pub heartbeat_timeout_ms: Option<i64>,
     /// `metadata.labels`, checked by `check_labels`.
     pub labels: Labels,
+    /// The parent activity's serialization context as the deferring worker knew it (a JSON object, made
+    /// by the Python face): what a data converter is handed when it encodes for this parent.
+    pub activity_context: Option<String>,
 }
 
 /// An execution's labels (`metadata.labels`): what listing filters on.
@@ -78,6 +81,8 @@ pub struct CallbackInfo {
     /// gone, dead), ms since the Unix epoch.
     pub due_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// See `NewExecution::activity_context`.
+    pub activity_context: Option<String>,
 }
 
 /// One stored execution. `status` holds the token only when it was read with `include_token`.

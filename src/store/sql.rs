@@ -25,15 +25,15 @@ const RECORD_COLUMNS: &str =
     "e.id, e.kind, e.phase, e.spec, e.status, e.created_ms, e.updated_ms, e.retry_of, e.labels, e.outcome AS e_outcome, \
      e.payloads AS e_payloads, c.state, c.fingerprint, c.workflow_id, \
      c.run_id, c.activity_id, c.attempt, c.outcome, c.payloads, c.attempts, c.last_error, c.gone_reason, c.due_ms, \
-     c.settled_ms, c.token, c.token_key_id";
+     c.settled_ms, c.token, c.token_key_id, c.activity_context";
 /// Rows in one multi-row statement at most: with at most 12 bound values a row, far below SQLite's 32,766
 /// and PostgreSQL's 65,535. The writer's batches are no larger (`MAX_WRITE_BATCH`).
 pub(super) const ROWS_PER_STATEMENT: usize = 256;
 /// After a token this process cannot open, wait this long before offering the callback again.
 const KEY_RETRY_MS: i64 = 5_000;
 const OUTCOME_COLUMNS: &str =
-    "execution_id, token, token_key_id, outcome, payloads, failure_message, failure_type, non_retryable, attempts, \
-     due_ms";
+    "execution_id, token, token_key_id, outcome, payloads, failure_message, failure_type, non_retryable, failure, \
+     attempts, due_ms";
 
 /// An armed callback's token and its parent's heartbeat timeout (ms), if it has one.
 pub type Armed = (TaskToken, Option<i64>);
@@ -611,7 +611,7 @@ where
     pub(super) async fn callback(tx: &mut DB::Connection, id: &str) -> Result<Option<CallbackInfo>> {
         let row = sqlx::query(
             "SELECT state, fingerprint, workflow_id, run_id, activity_id, attempt, outcome, payloads, attempts, \
-             last_error, gone_reason, due_ms, settled_ms FROM callbacks WHERE execution_id = $1",
+             last_error, gone_reason, due_ms, settled_ms, activity_context FROM callbacks WHERE execution_id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -636,6 +636,7 @@ where
             gone_reason: row.try_get("gone_reason")?,
             due_ms: row.try_get("due_ms")?,
             ended_ms: row.try_get("settled_ms")?,
+            activity_context: row.try_get("activity_context")?,
         }))
     }
 
@@ -695,6 +696,7 @@ where
                 failure_type: row.try_get::<Option<String>, _>("failure_type")?.unwrap_or_default(),
                 non_retryable: row.try_get("non_retryable")?,
                 details: payloads,
+                failure: row.try_get("failure")?,
             },
             Some("cancel") => Outcome::Cancel { details: payloads },
             other => return Err(Error::Store(format!("due callback of {execution_id:?} has outcome {other:?}"))),

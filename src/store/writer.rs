@@ -126,7 +126,7 @@ where
                     CallbackState::Gone | CallbackState::Dead | CallbackState::Delivering => CallbackState::Due,
                     other => other,
                 };
-                self.swap_token(tx, &id, token, state, new.heartbeat_timeout_ms).await?;
+                self.swap_token(tx, &id, token, state, new).await?;
                 return Ok(Some(Created::Rebound(id)));
             }
         }
@@ -264,8 +264,8 @@ where
             .collect::<Result<Vec<_>>>()?;
         let sql = format!(
             "INSERT INTO callbacks (execution_id, token, fingerprint, workflow_id, run_id, activity_id, attempt, \
-             state, created_ms, heartbeat_timeout_ms, token_key_id, scheduled_event_id) VALUES {}",
-            values(armed.len(), 12, 1)
+             state, created_ms, heartbeat_timeout_ms, token_key_id, scheduled_event_id, activity_context) VALUES {}",
+            values(armed.len(), 13, 1)
         );
         let mut query = sqlx::query(&sql).persistent(armed.len() == 1);
         for ((new, token), (sealed, key_id)) in armed.iter().zip(&sealed) {
@@ -281,7 +281,8 @@ where
                 .bind(now)
                 .bind(new.heartbeat_timeout_ms)
                 .bind(key_id.as_deref())
-                .bind(token.scheduled_event_id);
+                .bind(token.scheduled_event_id)
+                .bind(new.activity_context.as_deref());
         }
         let inserted = query.execute(&mut *tx).await;
         if let Err(sqlx::Error::Database(db)) = &inserted {
@@ -300,21 +301,22 @@ where
         id: &str,
         token: &TaskToken,
         state: CallbackState,
-        heartbeat_timeout_ms: Option<i64>,
+        new: &NewExecution,
     ) -> Result<()> {
         let (sealed, key_id) = self.keyring.seal(id, token.secret_bytes())?;
         sqlx::query(
             "UPDATE callbacks SET token = $1, fingerprint = $2, attempt = $3, state = $4, gone_reason = NULL, \
              settled_ms = NULL, lease_until_ms = 0, next_attempt_ms = 0, heartbeat_timeout_ms = $5, \
-             token_key_id = $7 WHERE execution_id = $6",
+             token_key_id = $7, activity_context = COALESCE($8, activity_context) WHERE execution_id = $6",
         )
         .bind(sealed)
         .bind(token.fingerprint())
         .bind(i64::from(token.attempt))
         .bind(state.as_str())
-        .bind(heartbeat_timeout_ms)
+        .bind(new.heartbeat_timeout_ms)
         .bind(id)
         .bind(key_id.as_deref())
+        .bind(new.activity_context.as_deref())
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -416,19 +418,19 @@ where
         let sql = format!(
             "UPDATE callbacks SET state = v.column2, outcome = v.column3, payloads = v.column4, \
              failure_message = v.column5, failure_type = v.column6, non_retryable = v.column7, \
-             lease_until_ms = v.column8, due_ms = $1 FROM (VALUES {}) AS v \
+             lease_until_ms = v.column8, failure = v.column9, due_ms = $1 FROM (VALUES {}) AS v \
              WHERE callbacks.execution_id = v.column1 AND callbacks.state = 'armed' \
              RETURNING callbacks.execution_id, callbacks.token, callbacks.token_key_id",
-            values(ending.len(), 8, 2)
+            values(ending.len(), 9, 2)
         );
         let mut query = sqlx::query(&sql).persistent(ending.len() == 1).bind(now);
         for (_, job, _, _) in ending {
             let payloads = job.outcome.payloads();
-            let (message, failure_type, non_retryable) = match &job.outcome {
-                Outcome::Fail { message, failure_type, non_retryable, .. } => {
-                    (Some(message.as_str()), Some(failure_type.as_str()), *non_retryable)
+            let (message, failure_type, non_retryable, failure) = match &job.outcome {
+                Outcome::Fail { message, failure_type, non_retryable, failure, .. } => {
+                    (Some(message.as_str()), Some(failure_type.as_str()), *non_retryable, failure.as_deref())
                 }
-                Outcome::Complete { .. } | Outcome::Cancel { .. } => (None, None, false),
+                Outcome::Complete { .. } | Outcome::Cancel { .. } => (None, None, false, None),
             };
             let (state, lease_until_ms) = if job.lease_ms > 0 {
                 (CallbackState::Delivering, now + job.lease_ms)
@@ -443,7 +445,8 @@ where
                 .bind(message)
                 .bind(failure_type)
                 .bind(non_retryable)
-                .bind(lease_until_ms);
+                .bind(lease_until_ms)
+                .bind(failure);
         }
         let mut stored = HashMap::with_capacity(ending.len());
         for row in query.fetch_all(&mut *tx).await? {

@@ -378,7 +378,8 @@ function callbackCard(e) {
 function parentCard(e) {
   const c = e.callback;
   const box = card("parent", "Parent activity");
-  const workflow = el("dd", {}, c.workflow_id);
+  const standalone = !c.workflow_id; // a standalone activity: started by a client, no workflow
+  const workflow = el("dd", {}, standalone ? "none (a standalone activity)" : c.workflow_id);
   const temporal = el("dd", {}, "asking Temporal…");
   box.append(el("dl", {},
     el("dt", {}, "Workflow"), workflow,
@@ -386,7 +387,7 @@ function parentCard(e) {
     el("dt", {}, "Activity"), el("dd", {}, `${c.activity_id} (attempt ${c.attempt})`),
     el("dt", {}, "As Temporal shows it"), temporal));
   api(`/console/parent/${encodeURIComponent(e.id)}`).then((parent) => {
-    if (session.temporal_ui) {
+    if (session.temporal_ui && !standalone) {
       const href = `${session.temporal_ui}/namespaces/${encodeURIComponent(parent.namespace)}/workflows/` +
         `${encodeURIComponent(c.workflow_id)}/${encodeURIComponent(c.run_id)}/history`;
       workflow.replaceChildren(el("a", { href, target: "_blank", rel: "noopener noreferrer" }, c.workflow_id));
