@@ -48,6 +48,8 @@ pub struct Core {
     /// Where background work (pump, reconciler, deliveries at re-bind) runs: the runtime `connect` ran on.
     runtime: tokio::runtime::Handle,
     max_result_bytes: usize,
+    /// See `Settings::retention`.
+    retention: Option<Duration>,
 }
 
 /// How a handshake is set up: every face fills this one struct; `Settings::default()` holds the defaults.
@@ -79,6 +81,9 @@ pub struct Settings {
     /// None: connect to Temporal at once if it answers, else on first use (settles are recorded meanwhile).
     /// Some: wait up to this long for Temporal at connect, then fail with `Connect`.
     pub wait_for_temporal: Option<Duration>,
+    /// Reconcile passes delete executions that ended longer ago than this (callback delivered or gone);
+    /// None keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -98,6 +103,9 @@ impl Default for Settings {
             // Temporal's default limit on a payload (the server refuses larger blobs).
             max_result_bytes: 2 * 1024 * 1024,
             wait_for_temporal: None,
+            // Longer than Temporal keeps a closed workflow's history by default (72 h for a namespace
+            // `temporal operator namespace create` makes): the parent is long gone when its record goes.
+            retention: Some(Duration::from_secs(30 * 24 * 3600)),
         }
     }
 }
@@ -157,6 +165,7 @@ impl Core {
             capabilities,
             runtime: tokio::runtime::Handle::current(),
             max_result_bytes: settings.max_result_bytes,
+            retention: settings.retention,
         })
     }
 
@@ -459,6 +468,25 @@ impl Core {
         self.store.list(filter, after, limit).await
     }
 
+    /// One page of `list`, oldest first, starting after `page_token` (empty: the first page), and the
+    /// token of the next page (None: this is the last).
+    pub async fn list_page(
+        &self,
+        filter: &ListFilter,
+        limit: i64,
+        page_token: &str,
+    ) -> Result<(Vec<ExecutionRecord>, Option<String>)> {
+        let after = crate::paging::parse_page_token(page_token)?;
+        let records = self.list(filter, after.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit).await?;
+        // A full page may have more after it; the next page says (and may be empty).
+        let next = if i64::try_from(records.len()) == Ok(limit) {
+            records.last().map(crate::paging::page_token)
+        } else {
+            None
+        };
+        Ok((records, next))
+    }
+
     /// Counts by kind and phase, the callbacks whose delivery failed (retrying or dead-lettered, up to
     /// `troubled_limit`), and the settles per minute over the last hour.
     pub async fn overview(&self, troubled_limit: i64) -> Result<Overview> {
@@ -591,7 +619,30 @@ impl Core {
     /// One reconcile pass: fail the parents of child workflows that closed without settling, and deliver
     /// every callback whose delivery did not finish (a crash, an outage).
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        reconcile::reconcile_once(&self.store, self.temporal().await?).await
+        reconcile::reconcile_once(&self.store, self.temporal().await?, self.retention).await
+    }
+
+    /// Callbacks whose outcome is recorded but not yet told to the parent (due, or being delivered).
+    pub async fn undelivered(&self) -> Result<i64> {
+        self.store.undelivered().await
+    }
+
+    /// Delete every execution that ended before `older_than` ago and whose callback is final (delivered
+    /// or gone), in batches of `batch` (each one short statement), calling `progress` with the running
+    /// total after each; then give the freed pages back (SQLite). Returns how many were deleted.
+    pub async fn prune(&self, older_than: Duration, batch: i64, progress: impl Fn(u64)) -> Result<u64> {
+        let before_ms = crate::clock::now_ms() - reconcile::retention_ms(older_than);
+        let mut total = 0;
+        loop {
+            let deleted = self.store.prune(before_ms, batch.max(1)).await?;
+            total += deleted;
+            progress(total);
+            if deleted < u64::try_from(batch.max(1)).unwrap_or(1) {
+                break;
+            }
+        }
+        self.store.reclaim_space().await?;
+        Ok(total)
     }
 
     /// Run reconcile passes in the background every `interval` (at least 10 ms), the first at once.
@@ -603,7 +654,7 @@ impl Core {
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let interval = interval.max(Duration::from_millis(10));
-        let task = self.runtime.spawn(reconcile::run(self.store.clone(), temporal, interval, stopped));
+        let task = self.runtime.spawn(reconcile::run(self.store.clone(), temporal, self.retention, interval, stopped));
         *running = Some((stop, task));
         Ok(())
     }

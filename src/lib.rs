@@ -9,6 +9,7 @@ pub mod errors;
 pub mod failpoint;
 pub mod html;
 pub mod metrics;
+pub mod paging;
 pub mod payload;
 pub mod pump;
 pub mod py;

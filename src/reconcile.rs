@@ -26,10 +26,17 @@ pub struct ReconcileReport {
     /// Expired claims this pass could not check (a token sealed with a key this process lacks, or of a
     /// namespace it does not serve): left for a process that can, and logged.
     pub skipped: usize,
+    /// Ended executions deleted because they were older than the retention.
+    pub pruned: u64,
 }
 
-/// One reconciliation pass.
-pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<ReconcileReport> {
+/// One reconciliation pass; with `retention`, it also deletes one batch of executions that ended longer
+/// ago than that (`Store::prune`: one short statement, never a long lock).
+pub async fn reconcile_once(
+    store: &Store,
+    temporal: &Temporal,
+    retention: Option<Duration>,
+) -> Result<ReconcileReport> {
     let mut report = ReconcileReport::default();
     for (execution_id, child) in store.armed_children(BATCH).await? {
         // A child not found may not have been started yet (it starts after its execution is stored).
@@ -44,7 +51,16 @@ pub async fn reconcile_once(store: &Store, temporal: &Temporal) -> Result<Reconc
     }
     mark_orphans(store, temporal, &mut report).await?;
     report.deliveries = delivery::deliver_due(store, temporal, BATCH).await?;
+    if let Some(retention) = retention {
+        report.pruned = store.prune(crate::clock::now_ms() - retention_ms(retention), BATCH).await?;
+    }
+    store.reclaim_space().await?;
     Ok(report)
+}
+
+/// A retention in ms (saturating: a retention beyond any date prunes nothing).
+pub fn retention_ms(retention: Duration) -> i64 {
+    i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 /// The failure a parent gets when its child workflow closed (as `closed_as`, Temporal's status name)
@@ -105,13 +121,14 @@ fn skip(report: &mut ReconcileReport, execution_id: &str, err: &crate::errors::E
 pub async fn run(
     store: Store,
     temporal: LazyTemporal,
+    retention: Option<Duration>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         // An outage fails the pass (Temporal unreachable, or the store); the next one tries again.
         let passed = match temporal.get().await {
-            Ok(temporal) => reconcile_once(&store, temporal).await,
+            Ok(temporal) => reconcile_once(&store, temporal, retention).await,
             Err(err) => Err(err),
         };
         if let Err(err) = passed {

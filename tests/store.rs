@@ -46,6 +46,54 @@ fn retried(id: &str) -> NewExecution {
     }
 }
 
+/// A store that has done some work: `ended` executions settled and delivered, `waiting` armed ones
+/// waiting for their child, as many running (claimed), and a few direct ones.
+async fn seed_history(store: &Store, ended: usize, waiting: usize) {
+    // A third of them run on the workflow path.
+    let parent = |i: usize| NewExecution {
+        token: Some(token(&format!("p{i}"))),
+        kind: if i.is_multiple_of(3) { Kind::Workflow } else { Kind::Agent },
+        ..direct(&format!("e{i}"))
+    };
+    for chunk in (0..ended + 2 * waiting).collect::<Vec<_>>().chunks(256) {
+        let mut batch = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let (store, new) = (store.clone(), parent(i));
+            batch.spawn(async move { store.create(new).await.unwrap() });
+        }
+        batch.join_all().await;
+    }
+    for i in 0..20 {
+        store.create(direct(&format!("d{i}"))).await.unwrap();
+    }
+    for kind in [Kind::Agent, Kind::Workflow] {
+        store.claim(kind, i64::try_from(ended + waiting).unwrap(), 60_000).await.unwrap();
+    }
+    for chunk in (0..ended).collect::<Vec<_>>().chunks(256) {
+        let mut batch = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let store = store.clone();
+            batch.spawn(async move {
+                store.settle(&format!("e{i}"), &Outcome::Complete { result: None }, None, 0).await.unwrap()
+            });
+        }
+        batch.join_all().await;
+    }
+    loop {
+        let claimed = store.claim_due(256, 60_000).await.unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        for callback in &claimed {
+            store.record_delivery(callback, &DeliveryResult::Delivered).await.unwrap();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    _core::clock::now_ms()
+}
+
 fn spec() -> Vec<u8> {
     AgentExecutionSpec { agent_id: "a".into(), message: "hi".into(), ..Default::default() }.encode_to_vec()
 }
@@ -242,6 +290,70 @@ on_both_stores! {
         let claimed = store.claim_due(10, 60_000).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].outcome, failure, "what the failure converter made is what is sent");
+    }
+
+    async fn every_hot_query_reads_through_an_index_not_the_whole_table(store) {
+        seed_history(&store, 3_000, 200).await;
+        let plans = store.query_plans().await.unwrap();
+        assert!(plans.len() >= 12, "{plans:?}");
+        for (name, lines) in &plans {
+            let plan = lines.join("\n");
+            // A table read in full: SQLite's SCAN without an index, PostgreSQL's Seq Scan.
+            let full_scan = lines.iter().any(|line| {
+                let line = line.trim_start_matches([' ', '-', '>']);
+                line.starts_with("Seq Scan on executions")
+                    || line.starts_with("Seq Scan on callbacks")
+                    || ["SCAN e", "SCAN c", "SCAN executions", "SCAN callbacks"].contains(&line)
+            });
+            assert!(!full_scan, "{name} reads a whole table:\n{plan}");
+            // An index read in full to filter it (SQLite: SCAN ... USING INDEX), where a filter could seek.
+            let filtered = name != "list" && name != "list, next page";
+            let index_scan = lines.iter().any(|l| l.contains("SCAN e USING") || l.contains("SCAN c USING"));
+            assert!(!(filtered && index_scan), "{name} reads a whole index:\n{plan}");
+            // Every execution of a kind is most of the table: only a page in order may start there.
+            let by_kind = lines.iter().any(|l| l.ends_with("(kind=?)") || l.trim() == "Index Cond: (kind = 'agent'::text)");
+            assert!(name.starts_with("list") || !by_kind, "{name} reads every execution of a kind:\n{plan}");
+            // Sorting every match (SQLite's temporary B-tree) for a page of a listing.
+            if name.starts_with("list") {
+                assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{name} sorts every match:\n{plan}");
+                assert!(!plan.contains("Sort Key"), "{name} sorts every match:\n{plan}");
+            }
+        }
+    }
+
+    async fn pruning_deletes_only_what_ended_and_whose_parent_was_told(store) {
+        // Ended with the parent told (delivered), ended with the parent gone, ended direct: prunable.
+        for id in ["told", "gone", "dead", "due"] {
+            store.create(NewExecution { token: Some(token(id)), ..direct(id) }).await.unwrap();
+            store.settle(id, &Outcome::Complete { result: None }, None, 0).await.unwrap();
+        }
+        store.create(direct("direct")).await.unwrap();
+        store.settle("direct", &Outcome::Cancel { details: None }, None, 0).await.unwrap();
+        for callback in store.claim_due(10, 60_000).await.unwrap() {
+            let result = match callback.execution_id.as_str() {
+                "told" => DeliveryResult::Delivered,
+                "gone" => DeliveryResult::Gone(GoneReason::ParentTimedOut, "timed out".into()),
+                "dead" => DeliveryResult::Dead("permission denied".into()),
+                _ => DeliveryResult::Retry { error: "unavailable".into(), retry_in_ms: 60_000 },
+            };
+            store.record_delivery(&callback, &result).await.unwrap();
+        }
+        // Still waiting: armed (its child runs) and a direct one running.
+        store.create(NewExecution { token: Some(token("armed")), ..direct("armed") }).await.unwrap();
+        store.create(direct("running")).await.unwrap();
+
+        assert_eq!(store.prune(now_ms() - 60_000, 100).await.unwrap(), 0, "nothing ended over a minute ago");
+        assert_eq!(store.prune(now_ms() + 1_000, 2).await.unwrap(), 2, "a batch at most");
+        assert_eq!(store.prune(now_ms() + 1_000, 100).await.unwrap(), 1);
+        for kept in ["dead", "due", "armed", "running"] {
+            store.get(kept, false).await.unwrap_or_else(|e| panic!("{kept} was pruned: {e}"));
+        }
+        for pruned in ["told", "gone", "direct"] {
+            assert!(matches!(store.get(pruned, false).await, Err(Error::ExecutionNotFound(_))), "{pruned} kept");
+        }
+        // Its callback went with it: the parent's next attempt would make a new child.
+        store.reclaim_space().await.unwrap();
+        assert!(store.claim_due(10, 0).await.unwrap().iter().all(|c| c.execution_id == "due"));
     }
 
     async fn store_only_settle_is_due_and_claimed_once_under_a_lease(store) {

@@ -1,7 +1,7 @@
 """Type stubs for the Rust core (checked against the built module by `mypy.stubtest` in `make test`)."""
 
 import builtins
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal, final
 
 from stigmer_handshake._settings import ConnectSettings
@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_NAMESPACE",
+    "DEFAULT_RETENTION",
     "DEFAULT_STORE",
     "DEFAULT_TEMPORAL",
     "ActivityGone",
@@ -52,6 +53,7 @@ DEFAULT_TEMPORAL: str
 DEFAULT_NAMESPACE: str
 DEFAULT_HEARTBEAT_INTERVAL: float
 DEFAULT_MAX_RESULT_BYTES: int
+DEFAULT_RETENTION: float
 
 class HandshakeError(Exception): ...
 class TokenError(HandshakeError): ...
@@ -213,6 +215,8 @@ class ReconcileReport:
     def orphaned(self) -> int: ...
     @property
     def skipped(self) -> int: ...
+    @property
+    def pruned(self) -> int: ...
 
 @final
 class HeartbeatReply:
@@ -262,7 +266,8 @@ class Core:
         labels: Mapping[str, str] | None = None,
         state: str | None = None,
         text: str | None = None,
-    ) -> Awaitable[builtins.list[Execution]]: ...
+        page_token: str | None = None,
+    ) -> Awaitable[tuple[builtins.list[Execution], str | None]]: ...
     def claim(
         self, kind: str, limit: int = 1, lease: float = 300.0, wait: float | None = None
     ) -> Awaitable[builtins.list[Execution]]: ...
@@ -289,6 +294,10 @@ class Core:
     def redeliver(self, execution_id: str) -> Awaitable[Settlement]: ...
     def heartbeat(self, execution_id: str, details: bytes | None = None) -> Awaitable[HeartbeatReply]: ...
     def reconcile(self) -> Awaitable[ReconcileReport]: ...
+    def undelivered(self) -> Awaitable[int]: ...
+    def prune(
+        self, older_than: float, batch: int = 500, progress: Callable[[int], object] | None = None
+    ) -> Awaitable[int]: ...
     def start_reconciler(self, interval: float) -> None: ...
     def stop_reconciler(self) -> None: ...
     def wait(self, execution_id: str, timeout: float | None = None) -> Awaitable[Execution]: ...

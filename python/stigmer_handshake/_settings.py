@@ -32,3 +32,5 @@ class ConnectSettings:
     max_result_bytes: int = _core.DEFAULT_MAX_RESULT_BYTES
     #: Seconds to wait for Temporal at connect; None: connect lazily.
     wait_for_temporal: float | None = None
+    #: Seconds after which the reconciler deletes an ended execution; None: never.
+    retention: float | None = _core.DEFAULT_RETENTION

@@ -29,7 +29,7 @@ from temporalio.service import TLSConfig
 
 from stigmer_handshake import _core
 from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
-from stigmer_handshake.handshake import DEFAULT_STORE, DEFAULT_TEMPORAL, Handshake, short_age
+from stigmer_handshake.handshake import DEFAULT_RETENTION, DEFAULT_STORE, DEFAULT_TEMPORAL, Handshake, short_age
 from stigmer_handshake.server import API_KEYS_ENV, ApiKey
 
 EXAMPLES = """\
@@ -43,7 +43,8 @@ examples:
   stigmer-handshake settle agent-3f2a --fail "model refused" --type REFUSED --non-retryable
   stigmer-handshake settle agent-3f2a --cancel
   stigmer-handshake reconcile                 (one pass)
-  stigmer-handshake reconcile --every 5       (a long-running loop)
+  stigmer-handshake reconcile --every 5       (a long-running loop; it also prunes, see --retention)
+  stigmer-handshake prune --older-than 7d     (delete what ended over a week ago)
   stigmer-handshake serve --listen 0.0.0.0:8080 --api-keys-file keys.txt --cert cert.pem --key key.pem
   stigmer-handshake serve --insecure-localhost   (127.0.0.1:8080, no keys: for development)
   stigmer-handshake demo --executions 60 --slots 4
@@ -148,6 +149,20 @@ def parser() -> argparse.ArgumentParser:
         "stigmer-handshake reconcile --every 5",
     )  # fmt: skip
     reconcile.add_argument("--every", type=float, metavar="SECONDS", help="keep running, a pass every SECONDS")
+    retention_help = (
+        "delete executions that ended longer ago than this, a batch per pass: 30d, 12h, 90m, 45s, or forever "
+        "(default 30d)"
+    )
+    reconcile.add_argument("--retention", type=retention_arg, default=DEFAULT_RETENTION, help=retention_help)
+
+    prune = command(
+        "prune", "delete executions that ended long ago (their parent told or gone), in short batches",
+        "stigmer-handshake prune --older-than 7d",
+    )  # fmt: skip
+    prune.add_argument(
+        "--older-than", type=duration_arg, default=DEFAULT_RETENTION, metavar="AGE",
+        help="30d, 12h, 90m or 45s (default 30d)",
+    )  # fmt: skip
 
     serve = command(
         "serve", "serve the handshake over gRPC and HTTP/JSON on one port, until SIGTERM or SIGINT",
@@ -169,6 +184,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--reconcile-every", type=float, default=5.0, metavar="SECONDS", help="reconciler interval (default 5)"
     )
+    serve.add_argument("--retention", type=retention_arg, default=DEFAULT_RETENTION, help=retention_help)
 
     from stigmer_handshake import bench, demo
 
@@ -177,6 +193,26 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_arguments(command("bench", "run the benchmarks beside their baselines", "stigmer-handshake bench"))
     return top
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_arg(text: str) -> float:
+    """`30d`, `12h`, `90m`, `45s` or a number of seconds, as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (30d, 12h, 90m, 45s)") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return seconds
+
+
+def retention_arg(text: str) -> float | None:
+    """A duration, or `forever` (keep everything: None)."""
+    return None if text == "forever" else duration_arg(text)
 
 
 def temporal_credentials(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,6 +298,7 @@ async def run(args: argparse.Namespace) -> int:
         store=args.store,
         temporal=(FROM_ENVIRONMENT if args.temporal is None else args.temporal) if needs_temporal else None,
         namespace=args.namespace,
+        retention=getattr(args, "retention", DEFAULT_RETENTION),
         **(temporal_credentials(args) if needs_temporal else {}),
     )
     if args.verbose:
@@ -278,6 +315,8 @@ async def run(args: argparse.Namespace) -> int:
         return settled(args, await hs.redeliver(args.execution))
     if args.command == "serve":
         return await serve(hs, args, keys)
+    if args.command == "prune":
+        return await prune(hs, args)
     return await reconcile(hs, args)
 
 
@@ -499,6 +538,20 @@ async def reconcile(hs: Handshake, args: argparse.Namespace) -> int:
     return OK
 
 
+async def prune(hs: Handshake, args: argparse.Namespace) -> int:
+    """Delete in batches; on a terminal (and not --json), the running count."""
+    drawn = not args.json and sys.stderr.isatty()
+
+    def show(total: int) -> None:
+        print(f"\r  pruned {total}", end="", file=sys.stderr, flush=True)
+
+    pruned = await hs.prune(args.older_than, progress=show if drawn else None)
+    if drawn:
+        print(file=sys.stderr)
+    emit(args, {"pruned": pruned})
+    return OK
+
+
 def report_fields(report: _core.ReconcileReport) -> dict[str, Any]:
     return {
         "delivered": report.delivered,
@@ -508,12 +561,8 @@ def report_fields(report: _core.ReconcileReport) -> dict[str, Any]:
         "children_failed": report.children_failed,
         "orphaned": report.orphaned,
         "skipped": report.skipped,
+        "pruned": report.pruned,
     }
-
-
-async def owed(hs: Handshake) -> int:
-    """Callbacks still to deliver (due, or claimed by a deliverer)."""
-    return sum(r.callback_state in ("due", "delivering") for r in await hs.list(limit=1_000_000))
 
 
 async def with_progress(hs: Handshake, *, quiet: bool) -> _core.ReconcileReport:
@@ -521,12 +570,12 @@ async def with_progress(hs: Handshake, *, quiet: bool) -> _core.ReconcileReport:
     The store is read for the bar only when one is drawn."""
     if quiet or not sys.stderr.isatty():
         return await hs.reconcile()
-    total = await owed(hs)
+    total = await hs.undelivered()
     task = asyncio.ensure_future(hs.reconcile())
     if total == 0:
         return await task
     while not task.done():
-        done = max(total - await owed(hs), 0)
+        done = max(total - await hs.undelivered(), 0)
         filled = 30 * done // total
         print(f"\r  delivering [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr)
         await asyncio.wait({task}, timeout=0.2)

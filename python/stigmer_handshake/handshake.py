@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, overload
 
@@ -68,7 +68,10 @@ def _cell(text: str) -> str:
 
 
 class Executions(builtins.list[_core.Execution]):
-    """A list of executions that Jupyter shows as one table (tokens by fingerprint only)."""
+    """A page of executions that Jupyter shows as one table (tokens by fingerprint only);
+    ``next_page_token`` asks ``list`` for the page after it (None: this is the last)."""
+
+    next_page_token: str | None = None
 
     def _repr_html_(self) -> str:
         now = time.time()
@@ -89,6 +92,9 @@ class Executions(builtins.list[_core.Execution]):
 
 #: Temporal's default limit on one payload: larger results are kept in the store, not sent.
 DEFAULT_MAX_RESULT_BYTES = _core.DEFAULT_MAX_RESULT_BYTES
+#: Seconds an ended execution is kept (30 days): longer than Temporal keeps a closed workflow's history by
+#: default (72 hours for a namespace ``temporal operator namespace create`` makes).
+DEFAULT_RETENTION = _core.DEFAULT_RETENTION
 # A child workflow's capability outlives any child: the execution bounds it (settled, it settles nothing).
 _CHILD_CAPABILITY_TTL = 10 * 365 * 86400.0
 _log = logging.getLogger("stigmer_handshake")
@@ -228,8 +234,15 @@ class Handshake:
     parent activity resumes with the result.
     """
 
-    def __init__(self, core: _core.Core, data_converter: DataConverter, namespace: str = "default") -> None:
+    def __init__(
+        self,
+        core: _core.Core,
+        data_converter: DataConverter,
+        namespace: str = "default",
+        retention: float | None = DEFAULT_RETENTION,
+    ) -> None:
         self._core = core
+        self._retention = retention
         self._converter = data_converter
         self._namespace = namespace
         # A converter that reads the serialization context needs the parent's, from the store, for each
@@ -263,6 +276,7 @@ class Handshake:
         data_converter: DataConverter | None = None,
         identity: str | None = None,
         reconcile_every: float | None = None,
+        retention: float | None = DEFAULT_RETENTION,
         heartbeat_interval: float = _core.DEFAULT_HEARTBEAT_INTERVAL,
         token_keys: Mapping[str, bytes] | None = None,
         capability_keys: Sequence[bytes] | None = None,
@@ -298,7 +312,9 @@ class Handshake:
         Executions a runner claims are heartbeated by this process (the pump) at a third of the parent's
         heartbeat timeout, or every ``heartbeat_interval`` seconds when the parent declared none.
         ``reconcile_every`` (seconds) runs the reconciler in this process: at once, for whatever a crash
-        left undelivered, then periodically (see ``reconcile``). It also keeps task tokens out of
+        left undelivered, then periodically (see ``reconcile``). Its passes (and ``reconcile``) also delete
+        executions that ended more than ``retention`` seconds ago (default ``DEFAULT_RETENTION``, 30 days;
+        None keeps them), a batch per pass (see ``prune``). It also keeps task tokens out of
         temporalio's own debug logs (see ``redaction``).
 
         Hardening: ``namespace`` may list several namespaces (the first is the default); a token of any
@@ -330,6 +346,7 @@ class Handshake:
             capability_keys=tuple(_capability_keys(capability_keys)),
             max_result_bytes=max_result_bytes,
             wait_for_temporal=wait_for_temporal,
+            retention=retention,
         )
         core = await _core.Core.connect(settings)
         if connection.target is not None and not core.temporal_connected():
@@ -338,7 +355,7 @@ class Handshake:
         if reconcile_every is not None:
             core.start_reconciler(reconcile_every)
         converter = data_converter or connection.data_converter or DataConverter.default
-        return cls(core, converter, connection.namespaces[0] if connection.namespaces else "default")
+        return cls(core, converter, connection.namespaces[0] if connection.namespaces else "default", retention)
 
     # -- caller activity --------------------------------------------------------------------------
 
@@ -676,11 +693,47 @@ class Handshake:
         labels: Mapping[str, str] | None = None,
         state: CallbackStateFilter | None = None,
         text: str | None = None,
+        page_token: str | None = None,
     ) -> Executions:
-        """Executions, oldest first (a list; in Jupyter a table): of ``kind``, in ``phase``, whose callback is
-        in ``state`` (``"none"``: executions without one), with every one of ``labels``, and with ``text``
-        in the id or the spec (case-sensitive)."""
-        return Executions(await self._core.list(kind, phase, limit, labels, state, text))
+        """A page of up to ``limit`` executions, oldest first (a list; in Jupyter a table): of ``kind``, in
+        ``phase``, whose callback is in ``state`` (``"none"``: executions without one), with every one of
+        ``labels``, and with ``text`` in the id or the spec (case-sensitive). Its ``next_page_token``
+        (None on the last page) passed as ``page_token`` gives the page after it, whatever was created or
+        deleted meanwhile; ``iterate`` walks them all.
+
+        Each page is read through an index that matches its filters (kind, phase, callback state), so
+        it costs the same at a million executions as at a thousand; ``labels`` and ``text`` are checked
+        on the executions read in order until the page is full."""
+        records, next_page_token = await self._core.list(kind, phase, limit, labels, state, text, page_token)
+        page = Executions(records)
+        page.next_page_token = next_page_token
+        return page
+
+    async def iterate(
+        self,
+        kind: Kind | None = None,
+        phase: Phase | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        state: CallbackStateFilter | None = None,
+        text: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[_core.Execution]:
+        """Every execution ``list`` would return with these filters, oldest first, read ``page_size`` at a
+        time: memory stays that of one page however many there are."""
+        token: str | None = None
+        while True:
+            page = await self.list(kind, phase, page_size, labels=labels, state=state, text=text, page_token=token)
+            for execution in page:
+                yield execution
+            if page.next_page_token is None:
+                return
+            token = page.next_page_token
+
+    async def undelivered(self) -> int:
+        """How many settled callbacks are still to be told to their parent (due, or being delivered): what
+        the reconciler has left to do (read from an index: as many rows as wait)."""
+        return await self._core.undelivered()
 
     @overload
     async def wait(
@@ -726,9 +779,20 @@ class Handshake:
 
     async def reconcile(self) -> _core.ReconcileReport:
         """One pass of the reconciler: fail the parent of every child workflow that closed without settling
-        (``CHILD_TERMINATED``, ``CHILD_TIMED_OUT``, ...), and deliver every callback whose delivery did not
-        finish (a crash between commit and RPC, a server outage). Safe to run in several processes."""
+        (``CHILD_TERMINATED``, ``CHILD_TIMED_OUT``, ...), deliver every callback whose delivery did not
+        finish (a crash between commit and RPC, a server outage), and delete a batch of executions older
+        than the retention (``pruned``). Safe to run in several processes."""
         return await self._core.reconcile()
+
+    async def prune(self, older_than: float | None = None, *, progress: Callable[[int], object] | None = None) -> int:
+        """Delete every execution that ended more than ``older_than`` seconds ago (default: this handshake's
+        ``retention``, else ``DEFAULT_RETENTION``) and whose callback is final (delivered, or its parent
+        gone), 500 at a time, each batch one short statement; ``progress(total)`` after each batch. Never
+        one still running, one whose parent is still to be told (armed, due, delivering), nor a
+        dead-lettered one (it waits for ``redeliver``). On SQLite the space goes back to the file system
+        (stores made by this version; an older file needs one ``VACUUM``). Returns how many were deleted."""
+        age = older_than if older_than is not None else self._retention or DEFAULT_RETENTION
+        return await self._core.prune(age, 500, progress)
 
     def start_reconciler(self, interval: float = 5.0) -> None:
         """Run ``reconcile`` in the background every ``interval`` seconds (the first pass at once)."""

@@ -127,7 +127,8 @@ impl PyCore {
 
     /// List executions, oldest first, optionally of one kind, phase and callback state, holding all of
     /// `labels`, with `text` in the id or spec.
-    #[pyo3(signature = (kind=None, phase=None, limit=100, labels=None, state=None, text=None))]
+    /// Returns (executions, the next page's token or None), starting after `page_token`.
+    #[pyo3(signature = (kind=None, phase=None, limit=100, labels=None, state=None, text=None, page_token=None))]
     #[allow(clippy::too_many_arguments)]
     fn list<'py>(
         &self,
@@ -138,14 +139,17 @@ impl PyCore {
         labels: Option<Labels>,
         state: Option<String>,
         text: Option<String>,
+        page_token: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = kind.map(Kind::parse).transpose()?;
         let phase = phase.map(parse_phase).transpose()?;
         let filter = ListFilter { kind, phase, callback_state: state, labels: labels.unwrap_or_default(), text };
         let core = self.core()?;
         spawn(py, async move {
-            let records = core.list(&filter, None, limit).await?;
-            Ok(Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>()))
+            let (records, next) = core.list_page(&filter, limit, page_token.as_deref().unwrap_or_default()).await?;
+            let records =
+                Python::attach(|py| records.into_iter().map(|r| PyExecution::from_record(py, r)).collect::<Vec<_>>());
+            Ok((records, next))
         })
     }
 
@@ -287,6 +291,35 @@ impl PyCore {
     fn reconcile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = self.core()?;
         spawn(py, async move { Ok(PyReconcileReport::from(core.reconcile().await?)) })
+    }
+
+    /// Callbacks whose outcome is recorded but not yet told to the parent (due, or being delivered).
+    fn undelivered<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
+        spawn(py, async move { Ok(core.undelivered().await?) })
+    }
+
+    /// Delete the executions that ended more than `older_than` seconds ago and whose callback is final,
+    /// `batch` at a time; `progress(total)` is called after each batch. Returns how many were deleted.
+    #[pyo3(signature = (older_than, batch=500, progress=None))]
+    fn prune<'py>(
+        &self,
+        py: Python<'py>,
+        older_than: f64,
+        batch: i64,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let older_than = duration(older_than, "older_than")?;
+        let core = self.core()?;
+        spawn(py, async move {
+            let report = |total: u64| {
+                if let Some(progress) = &progress {
+                    // A progress display that fails must not stop the pruning.
+                    Python::attach(|py| drop(progress.call1(py, (total,))));
+                }
+            };
+            Ok(core.prune(older_than, batch, report).await?)
+        })
     }
 
     /// Run reconcile passes in the background every `interval` seconds, the first at once.

@@ -24,6 +24,7 @@ pub struct ConnectSettings {
     capability_keys: Vec<Vec<u8>>,
     max_result_bytes: i64,
     wait_for_temporal: Option<f64>,
+    retention: Option<f64>,
 }
 
 /// temporalio's `temporalio.service.TLSConfig`, by attribute (the fields the core uses).
@@ -60,6 +61,7 @@ impl TryFrom<ConnectSettings> for Settings {
             capability_keys: py.capability_keys,
             max_result_bytes,
             wait_for_temporal: py.wait_for_temporal.map(|t| patience(t, "wait_for_temporal")).transpose()?,
+            retention: py.retention.map(|r| duration(r, "retention")).transpose()?,
         })
     }
 }
@@ -72,5 +74,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_NAMESPACE", defaults.namespaces.first().cloned().unwrap_or_default())?;
     m.add("DEFAULT_HEARTBEAT_INTERVAL", defaults.default_heartbeat_interval.as_secs_f64())?;
     m.add("DEFAULT_MAX_RESULT_BYTES", defaults.max_result_bytes)?;
+    // Always set by default (None is only ever asked for).
+    m.add("DEFAULT_RETENTION", defaults.retention.map_or(f64::INFINITY, |r| r.as_secs_f64()))?;
     Ok(())
 }

@@ -250,6 +250,8 @@ pub struct PyReconcileReport {
     children_failed: usize,
     orphaned: usize,
     skipped: usize,
+    /// Ended executions deleted (older than the retention).
+    pruned: u64,
 }
 
 impl From<ReconcileReport> for PyReconcileReport {
@@ -262,6 +264,7 @@ impl From<ReconcileReport> for PyReconcileReport {
             children_failed: r.children_failed,
             orphaned: r.orphaned,
             skipped: r.skipped,
+            pruned: r.pruned,
         }
     }
 }
@@ -271,14 +274,15 @@ impl PyReconcileReport {
     fn __repr__(&self) -> String {
         format!(
             "ReconcileReport(delivered={}, gone={}, dead_lettered={}, retrying={}, children_failed={}, orphaned={}, \
-             skipped={})",
+             skipped={}, pruned={})",
             self.delivered,
             self.gone,
             self.dead_lettered,
             self.retrying,
             self.children_failed,
             self.orphaned,
-            self.skipped
+            self.skipped,
+            self.pruned
         )
     }
 }

@@ -100,24 +100,6 @@ resource!(
     workflow::WorkflowExecutionStatus
 );
 
-/// A list page's `next_page_token`: where the page ended (created time and id), so the next page starts
-/// after it whatever was created or deleted meanwhile. Opaque to callers.
-fn page_token(record: &ExecutionRecord) -> String {
-    format!("{}.{}", record.created_ms, hex::encode(record.id.as_bytes()))
-}
-
-/// Read a `page_token` back; empty: the first page.
-fn parse_page_token(token: &str) -> Result<Option<(i64, String)>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || Error::InvalidArgument("page_token is not one this server returned".into());
-    let (created, id) = token.split_once('.').ok_or_else(bad)?;
-    let created: i64 = created.parse().map_err(|_| bad())?;
-    let id = String::from_utf8(hex::decode(id).map_err(|_| bad())?).map_err(|_| bad())?;
-    Ok(Some((created, id)))
-}
-
 /// One page of executions, oldest first, and the token of the next page (None: this is the last).
 pub async fn list_page(
     core: &crate::core::Core,
@@ -125,12 +107,7 @@ pub async fn list_page(
     size: i32,
     token: &str,
 ) -> Result<(Vec<ExecutionRecord>, Option<String>)> {
-    let limit = page_size(size)?;
-    let after = parse_page_token(token)?;
-    let records = core.list(filter, after.as_ref().map(|(ms, id)| (*ms, id.as_str())), limit).await?;
-    // A full page may have more after it; the next page says (and may be empty).
-    let next = if i64::try_from(records.len()) == Ok(limit) { records.last().map(page_token) } else { None };
-    Ok((records, next))
+    core.list_page(filter, page_size(size)?, token).await
 }
 
 /// Label filters written `key=value` (the first `=` splits), each one label an execution must have.
@@ -163,25 +140,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn page_tokens_read_back_and_others_are_refused() {
-        let record = ExecutionRecord {
-            id: "agent-é.1".into(),
-            kind: Kind::Agent,
-            phase: crate::vocabulary::Phase::Pending,
-            spec: Vec::new(),
-            status: Vec::new(),
-            created_ms: 1_700_000_000_123,
-            updated_ms: 0,
-            retry_of: None,
-            labels: Labels::new(),
-            ended: None,
-            callback: None,
-        };
-        assert_eq!(parse_page_token(&page_token(&record)).unwrap(), Some((1_700_000_000_123, "agent-é.1".into())));
-        assert_eq!(parse_page_token("").unwrap(), None);
-        for bad in ["x", "1.zz", "a.00", "1.ff"] {
-            assert!(matches!(parse_page_token(bad), Err(Error::InvalidArgument(_))), "{bad}");
-        }
+    fn page_sizes_and_label_filters() {
         assert_eq!(page_size(0).unwrap(), 100);
         let labels = label_filters(["run=gh-7", "expr=a=b"]).unwrap();
         assert_eq!((labels["run"].as_str(), labels["expr"].as_str()), ("gh-7", "a=b"));

@@ -260,6 +260,30 @@ impl Store {
         on_db!(self, db => db.expired_claims(limit).await)
     }
 
+    pub async fn undelivered(&self) -> Result<i64> {
+        on_db!(self, db => db.undelivered().await)
+    }
+
+    /// See `SqlStore::prune`; `reclaim_space` after gives the pages freed back to the file system.
+    pub async fn prune(&self, before_ms: i64, limit: i64) -> Result<u64> {
+        on_db!(self, db => db.prune(before_ms, limit).await)
+    }
+
+    /// Keep SQLite's planner statistics current (`PRAGMA optimize`: cheap, and a no-op when nothing
+    /// changed much) and return free pages to the file system (a store made with incremental vacuum,
+    /// as every store this version creates is). PostgreSQL: nothing; its autovacuum does both.
+    pub async fn reclaim_space(&self) -> Result<()> {
+        if let Db::Sqlite(db) = &self.db {
+            sqlx::query("PRAGMA optimize").execute(db.pool()).await?;
+            sqlx::query("PRAGMA incremental_vacuum").execute(db.pool()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn query_plans(&self) -> Result<Vec<(String, Vec<String>)>> {
+        on_db!(self, db => db.query_plans().await)
+    }
+
     pub async fn pending_by_age(&self, lower_bounds_ms: &[i64]) -> Result<Vec<i64>> {
         on_db!(self, db => db.pending_by_age(lower_bounds_ms).await)
     }

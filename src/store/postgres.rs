@@ -26,6 +26,10 @@ const MAX_CONNECTIONS: u32 = 16;
 
 impl Backend for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const EXPLAIN: &'static str = "EXPLAIN ";
+    const PLAN_COLUMN: &'static str = "QUERY PLAN";
+    const PLAN_SETTINGS: &'static [&'static str] = &["SET LOCAL enable_seqscan = off", "SET LOCAL enable_sort = off"];
+    const REFRESH_STATISTICS: &'static str = "ANALYZE executions, callbacks";
     const NOTIFY_SETTLED: &'static str = " RETURNING pg_notify('stigmer_handshake_settled', executions.id)";
     const NOTIFY_PENDING: &'static str = "SELECT pg_notify('stigmer_handshake_pending', '')";
 

@@ -49,6 +49,13 @@ pub trait Backend: Database + HasStatementCache {
     /// A statement, in a transaction that created executions, that tells other processes' waiting
     /// `claim`s at commit (PostgreSQL's NOTIFY). SQLite: empty; its waiters poll.
     const NOTIFY_PENDING: &'static str;
+    /// Prefixes a statement to show its plan, and the column that holds the plan's lines.
+    const EXPLAIN: &'static str;
+    const PLAN_COLUMN: &'static str;
+    /// Refreshes the planner's statistics of both tables.
+    const REFRESH_STATISTICS: &'static str;
+    /// Run before `query_plans` explains, in its transaction.
+    const PLAN_SETTINGS: &'static [&'static str];
     /// A sub-select of the ids in a JSON array of strings bound as `param`.
     fn ids_in_json(param: &str) -> String;
     /// A condition: the labels of execution `e` hold every pair of the JSON object bound as `param`.
@@ -116,29 +123,8 @@ where
         after: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<ExecutionRecord>> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM executions e LEFT JOIN callbacks c ON c.execution_id = e.id \
-             WHERE ($1 IS NULL OR e.kind = $1) AND ($2 IS NULL OR e.phase = $2) \
-             AND ($3 IS NULL OR e.created_ms > $3 OR (e.created_ms = $3 AND e.id > $4)) \
-             AND ($5 IS NULL OR {}) AND ($6 IS NULL OR COALESCE(c.state, 'none') = $6) \
-             AND ($7 IS NULL OR {} OR {}) ORDER BY e.created_ms, e.id LIMIT $8",
-            DB::labels_hold("$5"),
-            DB::contains("e.id", "$7"),
-            DB::contains("e.spec", "$9"),
-        );
-        let wanted = (!filter.labels.is_empty()).then(|| labels_json(&filter.labels));
-        let rows = sqlx::query(&sql)
-            .bind(filter.kind.map(Kind::as_str))
-            .bind(filter.phase.map(Phase::to_proto))
-            .bind(after.map(|(created_ms, _)| created_ms))
-            .bind(after.map_or("", |(_, id)| id))
-            .bind(wanted.as_deref())
-            .bind(filter.callback_state.as_deref())
-            .bind(filter.text.as_deref())
-            .bind(limit)
-            .bind(filter.text.as_deref().map(str::as_bytes))
-            .fetch_all(&self.pool)
-            .await?;
+        let (sql, values) = list_statement::<DB>(filter, after, limit);
+        let rows = bind_all(sqlx::query(&sql), &values).fetch_all(&self.pool).await?;
         rows.iter().map(|row| Self::record_from_row(row, None)).collect()
     }
 
@@ -251,12 +237,7 @@ where
     pub async fn claim(&self, kind: Kind, limit: i64, lease_ms: i64) -> Result<Vec<ExecutionRecord>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "UPDATE executions SET updated_ms = $1, claim_until_ms = $1 + $2, claim_lease_ms = $2 WHERE id IN \
-             (SELECT id FROM executions WHERE kind = $3 AND (phase = $4 OR (phase = $5 AND claim_until_ms < $1)) \
-             ORDER BY created_ms, id LIMIT $6{}) RETURNING id, phase, status",
-            DB::SKIP_LOCKED
-        );
+        let sql = claim_statement::<DB>();
         let rows = sqlx::query(&sql)
             .bind(now)
             .bind(lease_ms)
@@ -407,12 +388,7 @@ where
     /// reconcilers share the work: each row goes to one of them.
     pub async fn claim_due(&self, limit: i64, lease_ms: i64) -> Result<Vec<ClaimedCallback>> {
         let now = now_ms();
-        let sql = format!(
-            "UPDATE callbacks SET state = 'delivering', lease_until_ms = $1 WHERE execution_id IN \
-             (SELECT execution_id FROM callbacks WHERE (state = 'due' AND next_attempt_ms <= $2) \
-             OR (state = 'delivering' AND lease_until_ms < $2) ORDER BY due_ms LIMIT $3{}) RETURNING {OUTCOME_COLUMNS}",
-            DB::SKIP_LOCKED
-        );
+        let sql = due_claim_statement::<DB>();
         let rows = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit).fetch_all(&self.pool).await?;
         self.opened(&rows, now).await
     }
@@ -471,26 +447,30 @@ where
         Ok((row.try_get("id")?, row.try_get("capability_key")?))
     }
 
-    /// Running workflow-path executions with an armed callback, and their child workflow ids: the
-    /// reconciler checks that each child is still running.
+    /// Running workflow-path executions with an armed callback (up to `limit`, the oldest first), and
+    /// their child workflow ids: the reconciler checks that each child is still running.
     pub async fn armed_children(&self, limit: i64) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
-            "SELECT e.id, e.status FROM executions e JOIN callbacks c ON c.execution_id = e.id \
-             WHERE e.kind = 'workflow' AND c.state = 'armed' ORDER BY e.created_ms LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut children = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let status: Vec<u8> = row.try_get("status")?;
-            let child = super::status::temporal_workflow_id(&status)?;
-            if !child.is_empty() {
-                children.push((id, child));
+        let mut children = Vec::new();
+        let mut after = (-1_i64, String::new());
+        loop {
+            let rows =
+                sqlx::query(ARMED).bind(after.0).bind(after.1.as_str()).bind(limit).fetch_all(&self.pool).await?;
+            for row in &rows {
+                after = (row.try_get("created_ms")?, row.try_get("id")?);
+                if row.try_get::<String, _>("kind")? != Kind::Workflow.as_str() {
+                    continue;
+                }
+                let child = super::status::temporal_workflow_id(&row.try_get::<Vec<u8>, _>("status")?)?;
+                if !child.is_empty() {
+                    children.push((after.1.clone(), child));
+                }
+            }
+            if i64::try_from(children.len()).unwrap_or(i64::MAX) >= limit
+                || i64::try_from(rows.len()).unwrap_or(0) < limit
+            {
+                return Ok(children);
             }
         }
-        Ok(children)
     }
 
     /// Change flags in a running execution's status (cancel requested, orphaned); ended ones are final.
@@ -509,15 +489,12 @@ where
     /// still armed, with their tokens: the reconciler checks whether their parent still waits.
     /// Each with its own answer: a token this process cannot open fails only its execution.
     pub async fn expired_claims(&self, limit: i64) -> Result<Vec<(String, Result<TaskToken>)>> {
-        let rows = sqlx::query(
-            "SELECT e.id, c.token, c.token_key_id FROM executions e JOIN callbacks c ON c.execution_id = e.id \
-             WHERE e.phase = $1 AND e.claim_until_ms > 0 AND e.claim_until_ms < $2 AND c.state = 'armed' LIMIT $3",
-        )
-        .bind(Phase::InProgress.to_proto())
-        .bind(now_ms())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(EXPIRED_CLAIMS)
+            .bind(Phase::InProgress.to_proto())
+            .bind(now_ms())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         let mut expired = Vec::with_capacity(rows.len());
         for row in rows {
             let token: Option<Vec<u8>> = row.try_get("token")?;
@@ -534,20 +511,114 @@ where
     /// Callbacks whose parent still waits (armed, due or delivering), counted per age bucket (time since
     /// the caller deferred), youngest first; `lower_bounds_ms` are the buckets' lower bounds, ascending.
     pub async fn pending_by_age(&self, lower_bounds_ms: &[i64]) -> Result<Vec<i64>> {
-        let now = now_ms();
-        let buckets: Vec<String> = (0..lower_bounds_ms.len())
-            .map(|i| {
-                let upper =
-                    lower_bounds_ms.get(i + 1).map_or(String::new(), |b| format!(" AND created_ms > {}", now - b));
-                format!(
-                    "COALESCE(SUM(CASE WHEN created_ms <= {}{upper} THEN 1 ELSE 0 END), 0) AS b{i}",
-                    now - lower_bounds_ms[i]
-                )
-            })
-            .collect();
-        let sql = format!("SELECT {} FROM callbacks WHERE state IN ('armed', 'due', 'delivering')", buckets.join(", "));
+        let sql = pending_by_age_statement(now_ms(), lower_bounds_ms);
         let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
         (0..lower_bounds_ms.len()).map(|i| Ok(row.try_get::<i64, _>(format!("b{i}").as_str())?)).collect()
+    }
+
+    /// Delete up to `limit` executions that ended before `before_ms` (ms since the Unix epoch), oldest
+    /// first, whose callback (if any) is final: delivered, or gone. Never one still running, nor one whose
+    /// parent is still to be told (armed, due, delivering) or whose delivery waits for a person (dead).
+    /// Returns how many were deleted (their callbacks go with them).
+    pub async fn prune(&self, before_ms: i64, limit: i64) -> Result<u64> {
+        let deleted = sqlx::query(PRUNE)
+            .bind(before_ms)
+            .bind(Phase::Completed.to_proto())
+            .bind(Phase::Failed.to_proto())
+            .bind(Phase::Cancelled.to_proto())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(deleted.len() as u64)
+    }
+
+    /// Callbacks whose outcome is recorded but not yet told to the parent (due, or being delivered).
+    pub async fn undelivered(&self) -> Result<i64> {
+        Ok(sqlx::query(UNDELIVERED).fetch_one(&self.pool).await?.try_get("n")?)
+    }
+
+    /// How each hot statement is served, its statistics refreshed first: (what the statement is for, the
+    /// plan's lines). What a test checks to find a statement no index serves (a whole table read, or every
+    /// match sorted). PostgreSQL's planner prices by table size, so on a small store it may rightly read a
+    /// table whole: there its plans are asked with sequential scans and sorts priced out
+    /// (`PLAN_SETTINGS`), and one left in a plan is one no index can avoid.
+    pub async fn query_plans(&self) -> Result<Vec<(String, Vec<String>)>> {
+        sqlx::query(DB::REFRESH_STATISTICS).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        for setting in DB::PLAN_SETTINGS {
+            sqlx::query(setting).execute(&mut *tx).await?;
+        }
+        let now = now_ms();
+        let (pending, running) = (Phase::Pending.to_proto(), Phase::InProgress.to_proto());
+        let mut statements = vec![
+            (
+                "claim".to_owned(),
+                claim_statement::<DB>(),
+                vec![
+                    Value::Int(now),
+                    Value::Int(60_000),
+                    Value::Text("agent".into()),
+                    Value::Phase(pending),
+                    Value::Phase(running),
+                    Value::Int(1),
+                ],
+            ),
+            (
+                "claim due callbacks".to_owned(),
+                due_claim_statement::<DB>(),
+                vec![Value::Int(now), Value::Int(now), Value::Int(64)],
+            ),
+            (
+                "reconciler: armed children".to_owned(),
+                ARMED.to_owned(),
+                vec![Value::Int(-1), Value::Text(String::new()), Value::Int(500)],
+            ),
+            (
+                "reconciler: expired claims".to_owned(),
+                EXPIRED_CLAIMS.to_owned(),
+                vec![Value::Phase(running), Value::Int(now), Value::Int(500)],
+            ),
+            ("pending count".to_owned(), pending_by_age_statement(now, &[0, 60_000, 3_600_000]), Vec::new()),
+            ("undelivered count".to_owned(), UNDELIVERED.to_owned(), Vec::new()),
+            (
+                "prune".to_owned(),
+                PRUNE.to_owned(),
+                vec![
+                    Value::Int(now - 86_400_000),
+                    Value::Phase(Phase::Completed.to_proto()),
+                    Value::Phase(Phase::Failed.to_proto()),
+                    Value::Phase(Phase::Cancelled.to_proto()),
+                    Value::Int(500),
+                ],
+            ),
+        ];
+        let state = |s: &str| ListFilter { callback_state: Some(s.into()), ..ListFilter::default() };
+        let lists = [
+            ("list", ListFilter::default(), None),
+            ("list, next page", ListFilter::default(), Some((now - 1_000, "agent-x"))),
+            ("list by kind", ListFilter { kind: Some(Kind::Agent), ..ListFilter::default() }, None),
+            ("list by phase", ListFilter { phase: Some(Phase::Pending), ..ListFilter::default() }, None),
+            (
+                "list by kind and phase",
+                ListFilter { kind: Some(Kind::Agent), phase: Some(Phase::Pending), ..ListFilter::default() },
+                None,
+            ),
+            ("list by callback state (armed)", state("armed"), None),
+            ("list by callback state (delivered), next page", state("delivered"), Some((now - 1_000, "agent-x"))),
+        ];
+        for (name, filter, after) in lists {
+            let (sql, values) = list_statement::<DB>(&filter, after, 100);
+            statements.push((name.to_owned(), sql, values));
+        }
+        let mut plans = Vec::with_capacity(statements.len());
+        for (name, sql, values) in &statements {
+            let explain = format!("{}{sql}", DB::EXPLAIN);
+            let rows = bind_all(sqlx::query(&explain), values).fetch_all(&mut *tx).await?;
+            let lines = rows.iter().map(|row| row.try_get::<String, _>(DB::PLAN_COLUMN)).collect::<Result<_, _>>()?;
+            plans.push((name.clone(), lines));
+        }
+        tx.rollback().await?;
+        Ok(plans)
     }
 
     /// A running execution's armed callback, for heartbeats: its token and the parent's heartbeat timeout.
@@ -709,6 +780,180 @@ where
             due_ms: row.try_get::<Option<i64>, _>("due_ms")?.unwrap_or_else(now_ms),
         })
     }
+}
+
+/// `claim`'s statement: at time $1, take for $2 ms at most $6 executions of kind $3: PENDING ones ($4)
+/// and IN_PROGRESS ones ($5) whose claim ran out, oldest first. Two index reads, one per phase (an `OR`
+/// of the two would read every execution of the kind); each locks what it picks on PostgreSQL, skipping
+/// what another claimer holds (`FOR UPDATE` is allowed in a `WITH` query, not in a `UNION`).
+pub(super) fn claim_statement<DB: Backend>() -> String {
+    format!(
+        "UPDATE executions SET updated_ms = $1, claim_until_ms = $1 + $2, claim_lease_ms = $2 WHERE id IN (\
+         WITH pending AS (SELECT id, created_ms FROM executions WHERE kind = $3 AND phase = $4 \
+         ORDER BY created_ms, id LIMIT $6{skip}), \
+         expired AS (SELECT id, created_ms FROM executions WHERE phase = $5 AND claim_until_ms < $1 AND kind = $3 \
+         ORDER BY created_ms, id LIMIT $6{skip}) \
+         SELECT id FROM (SELECT id, created_ms FROM pending UNION ALL SELECT id, created_ms FROM expired) claimable \
+         ORDER BY created_ms, id LIMIT $6) RETURNING id, phase, status",
+        skip = DB::SKIP_LOCKED
+    )
+}
+
+/// `claim_due`'s statement: at time $2, lease for delivery until $1 at most $3 callbacks that are due
+/// (their backoff passed) or whose delivery lease ran out, oldest outcome first.
+pub(super) fn due_claim_statement<DB: Backend>() -> String {
+    format!(
+        "UPDATE callbacks SET state = 'delivering', lease_until_ms = $1 WHERE execution_id IN \
+         (SELECT execution_id FROM callbacks WHERE (state = 'due' AND next_attempt_ms <= $2) \
+         OR (state = 'delivering' AND lease_until_ms < $2) ORDER BY due_ms LIMIT $3{}) RETURNING {OUTCOME_COLUMNS}",
+        DB::SKIP_LOCKED
+    )
+}
+
+/// `pending_by_age`'s statement at time `now`.
+fn pending_by_age_statement(now: i64, lower_bounds_ms: &[i64]) -> String {
+    let buckets: Vec<String> = (0..lower_bounds_ms.len())
+        .map(|i| {
+            let upper = lower_bounds_ms.get(i + 1).map_or(String::new(), |b| format!(" AND created_ms > {}", now - b));
+            format!(
+                "COALESCE(SUM(CASE WHEN created_ms <= {}{upper} THEN 1 ELSE 0 END), 0) AS b{i}",
+                now - lower_bounds_ms[i]
+            )
+        })
+        .collect();
+    format!("SELECT {} FROM callbacks WHERE state IN ('armed', 'due', 'delivering')", buckets.join(", "))
+}
+
+/// A page of the executions with an armed callback (as many as there is work in flight), after
+/// ($1 created, $2 id), at most $3, in creation order: read through the armed callbacks, never through
+/// every execution of a kind ever stored.
+pub(super) const ARMED: &str = "SELECT c.created_ms, e.id, e.kind, e.status FROM callbacks c \
+     JOIN executions e ON e.id = c.execution_id WHERE c.state = 'armed' AND (c.created_ms, c.execution_id) > ($1, $2) \
+     ORDER BY c.created_ms, c.execution_id LIMIT $3";
+
+/// `undelivered`'s statement (read from the state index: as many rows as are waiting).
+pub(super) const UNDELIVERED: &str = "SELECT COUNT(*) AS n FROM callbacks WHERE state IN ('due', 'delivering')";
+
+/// `prune`'s statement: executions last written before $1, in an ended phase ($2, $3, $4), whose
+/// callback is absent or final, at most $5, the oldest first (read by the time they were last written).
+pub(super) const PRUNE: &str = "DELETE FROM executions WHERE id IN (SELECT e.id FROM executions e \
+     LEFT JOIN callbacks c ON c.execution_id = e.id WHERE e.updated_ms < $1 AND e.phase IN ($2, $3, $4) \
+     AND (c.state IS NULL OR c.state IN ('delivered', 'gone')) ORDER BY e.updated_ms LIMIT $5) RETURNING id";
+
+/// Running executions ($1: IN_PROGRESS) whose claim ran out before $2, with an armed callback (at most $3).
+pub(super) const EXPIRED_CLAIMS: &str = "SELECT e.id, c.token, c.token_key_id FROM executions e \
+     JOIN callbacks c ON c.execution_id = e.id \
+     WHERE e.phase = $1 AND e.claim_until_ms > 0 AND e.claim_until_ms < $2 AND c.state = 'armed' LIMIT $3";
+
+/// A value bound to a statement built at run time.
+pub(super) enum Value {
+    Text(String),
+    Int(i64),
+    /// A phase (the columns are 32-bit integers).
+    Phase(i32),
+    Bytes(Vec<u8>),
+}
+
+/// The conditions of a statement built at run time and the values bound to them, numbered as added: only
+/// the conditions a call has go into its statement, so each shape gets a plan that fits it (a condition
+/// such as `$1 IS NULL OR kind = $1` would keep any index from serving it, and PostgreSQL's generic plan
+/// for it scans the table).
+#[derive(Default)]
+pub(super) struct Conditions {
+    clauses: Vec<String>,
+    pub(super) values: Vec<Value>,
+}
+
+impl Conditions {
+    /// Bind `value`; returns its placeholder.
+    pub(super) fn param(&mut self, value: Value) -> String {
+        self.values.push(value);
+        format!("${}", self.values.len())
+    }
+
+    pub(super) fn and(&mut self, clause: String) {
+        self.clauses.push(clause);
+    }
+
+    /// ` WHERE a AND b`, or nothing.
+    pub(super) fn where_clause(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+}
+
+/// Bind `values` in order.
+pub(super) fn bind_all<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    values: &'q [Value],
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> i32: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a [u8]: Encode<'a, DB> + Type<DB>,
+{
+    for value in values {
+        query = match value {
+            Value::Text(text) => query.bind(text.as_str()),
+            Value::Int(n) => query.bind(*n),
+            Value::Phase(n) => query.bind(*n),
+            Value::Bytes(bytes) => query.bind(bytes.as_slice()),
+        };
+    }
+    query
+}
+
+/// The statement `list` runs for `filter` (see `SqlStore::list`), and its values.
+///
+/// Executions with a callback in a given state are read through that state's index of callbacks, in
+/// the callbacks' creation order (a callback is created with its execution, at the same time); the
+/// others through the executions' index that matches their kind and phase. Labels and text are checked
+/// on the rows read in that order until the page is full.
+pub(super) fn list_statement<DB: Backend>(
+    filter: &ListFilter,
+    after: Option<(i64, &str)>,
+    limit: i64,
+) -> (String, Vec<Value>) {
+    let mut c = Conditions::default();
+    let by_callback = filter.callback_state.as_deref().filter(|state| *state != "none");
+    let (from, created, id) = if let Some(state) = by_callback {
+        let state = c.param(Value::Text(state.to_owned()));
+        c.and(format!("c.state = {state}"));
+        ("callbacks c JOIN executions e ON e.id = c.execution_id", "c.created_ms", "c.execution_id")
+    } else {
+        if filter.callback_state.is_some() {
+            c.and("c.execution_id IS NULL".into());
+        }
+        ("executions e LEFT JOIN callbacks c ON c.execution_id = e.id", "e.created_ms", "e.id")
+    };
+    if let Some(kind) = filter.kind {
+        let kind = c.param(Value::Text(kind.as_str().to_owned()));
+        c.and(format!("e.kind = {kind}"));
+    }
+    if let Some(phase) = filter.phase {
+        let phase = c.param(Value::Phase(phase.to_proto()));
+        c.and(format!("e.phase = {phase}"));
+    }
+    if let Some((after_ms, after_id)) = after {
+        let (after_ms, after_id) = (c.param(Value::Int(after_ms)), c.param(Value::Text(after_id.to_owned())));
+        c.and(format!("({created}, {id}) > ({after_ms}, {after_id})"));
+    }
+    if !filter.labels.is_empty() {
+        let wanted = c.param(Value::Text(labels_json(&filter.labels)));
+        c.and(DB::labels_hold(&wanted));
+    }
+    if let Some(text) = &filter.text {
+        let (in_id, in_spec) = (c.param(Value::Text(text.clone())), c.param(Value::Bytes(text.as_bytes().to_vec())));
+        c.and(format!("({} OR {})", DB::contains("e.id", &in_id), DB::contains("e.spec", &in_spec)));
+    }
+    let limit = c.param(Value::Int(limit));
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM {from}{} ORDER BY {created}, {id} LIMIT {limit}", c.where_clause());
+    (sql, c.values)
 }
 
 /// `rows` parenthesised rows of `columns` placeholders each, numbered from `$first`: the rows of a

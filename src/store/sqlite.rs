@@ -4,7 +4,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Pool, Sqlite};
 
 use super::sql::{Backend, SqlStore};
@@ -13,6 +15,10 @@ use crate::secrets::Keyring;
 
 impl Backend for Sqlite {
     const SKIP_LOCKED: &'static str = "";
+    const EXPLAIN: &'static str = "EXPLAIN QUERY PLAN ";
+    const PLAN_COLUMN: &'static str = "detail";
+    const PLAN_SETTINGS: &'static [&'static str] = &[];
+    const REFRESH_STATISTICS: &'static str = "ANALYZE";
     const NOTIFY_SETTLED: &'static str = "";
     const NOTIFY_PENDING: &'static str = "";
 
@@ -49,7 +55,12 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> 
         .journal_mode(if in_memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
         .synchronous(SqliteSynchronous::Full)
         // A cleared token (or any deleted content) is overwritten with zeros, not left in free space.
-        .pragma("secure_delete", "on");
+        .pragma("secure_delete", "on")
+        // Pages that pruning frees can go back to the file system (`Store::reclaim_space`). Takes effect in
+        // a file made now; an older file keeps what it has until a `VACUUM`.
+        .auto_vacuum(SqliteAutoVacuum::Incremental)
+        // `PRAGMA optimize` reads at most this many rows of an index to refresh its statistics.
+        .analysis_limit(400);
     // An in-memory database lives in one connection: keep exactly one, forever.
     let pool_options = if in_memory {
         SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
@@ -67,6 +78,9 @@ pub async fn open(url: &str, keyring: Arc<Keyring>) -> Result<SqlStore<Sqlite>> 
         other => other.naming(&format!("the SQLite store {file:?}")),
     })?;
     super::sql::migrate(&sqlx::migrate!("migrations/sqlite"), &pool).await?;
+    // Planner statistics for a long-lived connection, as SQLite advises at open (kept current by
+    // `Store::reclaim_space` later).
+    sqlx::query("PRAGMA optimize=0x10002").execute(&pool).await?;
     Ok(SqlStore::new(pool, keyring))
 }
 

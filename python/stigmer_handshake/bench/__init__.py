@@ -106,15 +106,23 @@ class Bench:
     async def wait_all_pending(self, calls: list[Call], raw: bool) -> None:
         """Wait until every call's activity has gone pending (token kept, or execution stored)."""
         keys = {c.key for c in calls}
+        # The store is read in pages from the last full one: each execution about once, however many.
+        found: set[str] = set()
+        token: str | None = None
         while True:
+            more = False
             if raw:
                 done = keys <= self.callers.raw_tokens.keys()
             else:
-                stored = await self.hs.list(kind="agent", limit=1_000_000)
-                done = len(keys & {r.id for r in stored}) == len(keys)
+                page = await self.hs.list(kind="agent", limit=1000, page_token=token)
+                found.update(r.id for r in page if r.id in keys)
+                more = page.next_page_token is not None
+                token = page.next_page_token or token  # a partial last page is read again next time
+                done = found == keys
             if done:
                 return
-            await asyncio.sleep(0.2)
+            if not more:
+                await asyncio.sleep(0.2)
 
     async def b1_slots(self, n: int, child_seconds: float, slots: int) -> dict[str, float]:
         """N children of child_seconds each behind `slots` activity slots: handshake vs blocking, and the
