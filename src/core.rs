@@ -255,7 +255,7 @@ impl Core {
 
     /// Heartbeat the parents of these executions from now on (those that have one, when Temporal is
     /// connected), looked up in one query.
-    async fn pump_executions(&self, ids: &[String]) -> Result<()> {
+    async fn pump_executions(&self, ids: &[String], lease: Duration) -> Result<()> {
         if self.temporal.is_none() || ids.is_empty() {
             return Ok(());
         }
@@ -270,7 +270,7 @@ impl Core {
                 self.pump_started.get_or_init(|| {
                     self.runtime.spawn(pump::run(Arc::downgrade(&self.pump)));
                 });
-                self.pump.track(&id, token, heartbeat_timeout_ms);
+                self.pump.track(&id, token, heartbeat_timeout_ms, lease);
             }
         }
         Ok(())
@@ -550,7 +550,8 @@ impl Core {
             }
         };
         // From now on this process heartbeats their parents: its liveness is theirs.
-        self.pump_executions(&records.iter().map(|r| r.id.clone()).collect::<Vec<_>>()).await?;
+        let lease = Duration::from_millis(u64::try_from(lease_ms).unwrap_or(0));
+        self.pump_executions(&records.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), lease).await?;
         Ok(records)
     }
 

@@ -1,6 +1,8 @@
 """B5's runner process: claim N pending executions, hold (and pump) them, report memory and CPU.
 
-python -m stigmer_handshake.bench.hold STORE TEMPORAL N HOLD_SECONDS   -> one JSON line
+python -m stigmer_handshake.bench.hold STORE TEMPORAL N HOLD_SECONDS DEADLINE_SECONDS   -> one JSON line
+
+It starts with the first parents: each execution is claimed (and heartbeated) as soon as it is stored.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def main(store: str, temporal: str, n: int, hold: float) -> dict[str, float]:
+async def main(store: str, temporal: str, n: int, hold: float, patience: float) -> dict[str, float]:
     hs = await Handshake.connect(store=store, temporal=temporal)
     await hs.list(limit=1)  # warm the pool before the baseline
     before = rss_kb()
+    deadline = time.monotonic() + patience
     claimed = 0
     while claimed < n:
-        claimed += len(await hs.claim("agent", limit=1000))
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {claimed} of {n} executions were stored in {patience:.0f} s")
+        claimed += len(await hs.claim("agent", limit=1000, wait=1.0))
     await asyncio.sleep(2)  # the first round of heartbeats
     after = rss_kb()
     cpu, started = cpu_s(), time.monotonic()
@@ -51,5 +56,11 @@ async def main(store: str, temporal: str, n: int, hold: float) -> dict[str, floa
 
 
 if __name__ == "__main__":
-    store, temporal, n, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    print(json.dumps(asyncio.run(main(store, temporal, n, hold))))
+    store, temporal, n, hold, patience = (
+        sys.argv[1],
+        sys.argv[2],
+        int(sys.argv[3]),
+        float(sys.argv[4]),
+        float(sys.argv[5]),
+    )
+    print(json.dumps(asyncio.run(main(store, temporal, n, hold, patience))))
