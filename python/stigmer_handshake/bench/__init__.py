@@ -34,6 +34,7 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     from stigmer_handshake import Handshake, pb
+    from stigmer_handshake.bench import scale
     from stigmer_handshake.testing import DevServer, PostgresSchema, postgres_unavailable, sqlite_url
 
 NO_RETRY = RetryPolicy(maximum_attempts=1)
@@ -300,8 +301,8 @@ class Bench:
         return figures
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    b1, b2, b3, b5, b6 = (results.get(k, {}) for k in ("B1", "B2", "B3", "B5", "B6"))
+def table(results: dict[str, dict[str, float]], b7_sizes: list[int]) -> str:
+    b1, b2, b3, b5, b6, b7 = (results.get(k, {}) for k in ("B1", "B2", "B3", "B5", "B6", "B7"))
     rows: list[tuple[str, ...]] = []
     if b1:
         rows.append(
@@ -374,6 +375,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
             ("B6 loaded p50", f"under the {b6['concurrency']:.0f} at once", f"HTTP {b6['http_loaded_p50_ms']:.1f} ms",
              f"in-process {b6['sqlite_loaded_p50_ms']:.1f} ms", f"{b6['added_loaded_p50_ms']:+.1f} ms", "")
         )  # fmt: skip
+    if b7:
+        rows.extend(scale.rows(b7, b7_sizes))
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
     header = ("figure", "setting", "stigmer-handshake", "baseline", "result", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
@@ -384,6 +387,10 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)])
 
 
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 async def main(args: argparse.Namespace) -> None:
     postgres_missing = postgres_unavailable() if args.postgres else "not asked for (--no-postgres)"
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -392,6 +399,12 @@ async def main(args: argparse.Namespace) -> None:
             store = sqlite_url(tmp)
             bench = Bench(client, server, store, await Handshake.connect(store=store, temporal=server.url))
             postgres = None
+            # B7's stores: a new one per size (its file, or its schema, goes with the run).
+            b7_stores: dict[str, Callable[[], str]] = {
+                "SQLite": lambda: sqlite_url(tmp, f"b7-{uuid.uuid4().hex[:8]}.db")
+            }
+            if postgres_missing is None:
+                b7_stores["PostgreSQL"] = lambda: stack.enter_context(PostgresSchema()).url
             if postgres_missing is None:
                 schema = stack.enter_context(PostgresSchema())
                 hs = await Handshake.connect(store=schema.url, temporal=server.url)
@@ -403,6 +416,7 @@ async def main(args: argparse.Namespace) -> None:
                 "B3": lambda: bench.b3_latency(args.b3_n),
                 "B5": lambda: bench.b5_scale(args.b5_n, args.b5_hold),
                 "B6": lambda: bench.b6_http(args.b6_n, 64, args.b6_one_by_one),
+                "B7": lambda: scale.b7(b7_stores, server.url, args.b7_rows, say),
             }
             for name, run in runs.items():
                 if not args.only or name in args.only:
@@ -419,7 +433,7 @@ async def main(args: argparse.Namespace) -> None:
     if postgres_missing:
         print(f"PostgreSQL (B2 c) not measured: {postgres_missing}")
     print()
-    print(table(results))
+    print(table(results, args.b7_rows))
     if args.out:
         print(f"\nfigures written to {args.out}")
 
@@ -432,6 +446,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--b5-hold", type=float, default=30.0)
     parser.add_argument("--b6-n", type=int, default=2000)
     parser.add_argument("--b6-one-by-one", type=int, default=200)
+    parser.add_argument(
+        "--b7-rows", type=int, nargs="+", default=[10_000, 1_000_000], help="B7's store sizes (ended executions)"
+    )
     parser.add_argument("--out", default="bench-results.json", help="write the figures here as JSON ('' for none)")
     parser.add_argument("--no-postgres", dest="postgres", action="store_false", help="skip B2's PostgreSQL path")
-    parser.add_argument("--only", nargs="*", choices=["B1", "B2", "B3", "B5", "B6"], help="run these figures only")
+    parser.add_argument(
+        "--only", nargs="*", choices=["B1", "B2", "B3", "B5", "B6", "B7"], help="run these figures only"
+    )
