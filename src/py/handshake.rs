@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 
 use crate::core::{parse_phase, target_from, Core, CreateRequest, Settings, SignalKind};
-use crate::errors::Result;
+use crate::errors::{Error, Result};
 use crate::pump::Signals;
 use crate::py::args::{bytes_arg, duration, optional_bytes, patience, seconds_to_ms, ExecutionId};
 use crate::py::asyncio::spawn;
@@ -143,6 +143,9 @@ impl PyCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = kind.map(Kind::parse).transpose()?;
         let phase = phase.map(parse_phase).transpose()?;
+        if page_token.as_deref() == Some("") {
+            return Err(Error::InvalidArgument("page_token is empty: the first page is page_token=None".into()).into());
+        }
         let filter = ListFilter { kind, phase, callback_state: state, labels: labels.unwrap_or_default(), text };
         let core = self.core()?;
         spawn(py, async move {

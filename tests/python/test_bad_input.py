@@ -47,6 +47,8 @@ def good_arguments(execution_id: str) -> dict[str, dict[str, Any]]:
         "get": {"execution_id": execution_id},
         "inspect": {"execution_id": execution_id},
         "list": {"limit": 10},
+        "iterate": {"page_size": 10},
+        "prune": {"older_than": 3600.0},
         "wait": {"execution_id": execution_id, "timeout": 0.2},
         "result": {"execution_id": execution_id},
         "start_reconciler": {"interval": 5.0},
@@ -118,7 +120,10 @@ def cases(hs: Handshake, execution_id: str) -> list[tuple[str, Callable[..., Any
     for name, member in inspect.getmembers(Handshake):
         if name.startswith("_") or isinstance(inspect.getattr_static(Handshake, name), property):
             continue
-        if name in ("activities", "close", "metrics", "metrics_snapshot", "pump_stats", "reconcile", "stop_reconciler"):
+        if name in (
+            "activities", "close", "metrics", "metrics_snapshot", "pump_stats", "reconcile", "stop_reconciler",
+            "undelivered",
+        ):  # fmt: skip
             continue  # no arguments to spoil
         method = getattr(hs, name)
         signature = inspect.signature(inspect.unwrap(member))
@@ -143,6 +148,8 @@ async def call(method: Callable[..., Any], arguments: dict[str, Any]) -> Any:
     result = method(**arguments)
     if inspect.isawaitable(result):
         result = await asyncio.wait_for(result, timeout=10)
+    if inspect.isasyncgen(result):  # its arguments are used at its first step
+        result = await asyncio.wait_for(anext(result, None), timeout=10)
     return result
 
 
