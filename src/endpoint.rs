@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use temporalio_client::{ClientTlsOptions, ConnectionOptions, TlsOptions};
+use temporalio_client::{ClientTlsOptions, ConnectionOptions, GrpcCompression, TlsOptions};
 
 use crate::errors::{Error, Result};
 
@@ -104,6 +104,10 @@ impl Endpoint {
         let headers: HashMap<String, String> = self.metadata.iter().cloned().collect();
         Ok(ConnectionOptions::new(url)
             .identity(identity.to_owned())
+            // Uncompressed: a settle or heartbeat is a few hundred bytes, which gzip makes no smaller and
+            // costs both client and server CPU (`make bench`'s B4); large results are the data converter's
+            // to compress (a payload codec), as Temporal advises.
+            .grpc_compression(GrpcCompression::None)
             .connect_timeout(CONNECT_TIMEOUT)
             .maybe_tls_options(tls_options)
             .maybe_api_key(api_key)

@@ -817,7 +817,7 @@ class Handshake:
         activity_id: str | None = None,
     ) -> None:
         """Complete an activity directly, without the store."""
-        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        context = self._context_of_activity(token, workflow_id, activity_id)
         outcome = _core.Outcome.complete(await self._encode([result], context))
         await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
@@ -833,7 +833,7 @@ class Handshake:
         run_id: str = "",
         activity_id: str | None = None,
     ) -> None:
-        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        context = self._context_of_activity(token, workflow_id, activity_id)
         outcome = await self._failure(message, type, non_retryable, details, context)
         await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
@@ -845,7 +845,7 @@ class Handshake:
         run_id: str = "",
         activity_id: str | None = None,
     ) -> None:
-        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        context = self._context_of_activity(token, workflow_id, activity_id)
         outcome = _core.Outcome.cancel(await self._encode(details, context) if details else None)
         await self._core.respond(outcome, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id)
 
@@ -857,7 +857,7 @@ class Handshake:
         run_id: str = "",
         activity_id: str | None = None,
     ) -> _core.HeartbeatReply:
-        context = _context.of_activity(self._namespace, token, workflow_id, activity_id)
+        context = self._context_of_activity(token, workflow_id, activity_id)
         encoded = await self._encode(details, context) if details else None
         return await self._core.heartbeat_activity(
             encoded, token=token, workflow_id=workflow_id, run_id=run_id, activity_id=activity_id
@@ -903,6 +903,12 @@ class Handshake:
         except _core.ExecutionNotFound:
             return None
         return _context.of_execution(record, self._namespace)
+
+    def _context_of_activity(
+        self, token: bytes | None, workflow_id: str | None, activity_id: str | None
+    ) -> ActivitySerializationContext | None:
+        """The context of an activity named directly, worked out only when the converter uses one."""
+        return _context.of_activity(self._namespace, token, workflow_id, activity_id) if self._contextual else None
 
     async def _encode(self, values: Sequence[Any], context: ActivitySerializationContext | None) -> bytes:
         try:

@@ -34,7 +34,7 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     from stigmer_handshake import Handshake, pb
-    from stigmer_handshake.bench import scale
+    from stigmer_handshake.bench import profile, scale
     from stigmer_handshake.testing import DevServer, PostgresSchema, postgres_unavailable, sqlite_url
 
 NO_RETRY = RetryPolicy(maximum_attempts=1)
@@ -86,9 +86,14 @@ class FanOut:
 
 
 class Bench:
-    def __init__(self, client: Client, server: DevServer, store: str, hs: Handshake) -> None:
+    def __init__(
+        self, client: Client, server: DevServer, store: str, hs: Handshake, profile_dir: Path | None = None
+    ) -> None:
         self.client, self.server, self.store, self.hs = client, server, store, hs
         self.callers = Callers(hs)
+        # With a folder: B2's settling processes run under perf, and `profiles` holds each path's parts.
+        self.profile_dir = profile_dir
+        self.profiles: dict[str, dict[str, float]] = {}
 
     def worker(self, task_queue: str, slots: int) -> Worker:
         return Worker(
@@ -147,7 +152,8 @@ class Bench:
         blocking = results["block"]
         return {"n": n, "slots": slots, "child_seconds": child_seconds, "blocking_s": blocking,
                 "raw_s": results["raw"], "handshake_s": results["handshake"],
-                "ratio": blocking / results["handshake"], "ratio_raw": blocking / results["raw"]}  # fmt: skip
+                "ratio": blocking / results["handshake"], "ratio_raw": blocking / results["raw"],
+                "ratio_to_raw": results["raw"] / results["handshake"]}  # fmt: skip
 
     async def run_raw_children(self, calls: list[Call], child_seconds: float) -> None:
         """B1's raw runner: each child runs child_seconds from when its activity went pending, then its
@@ -187,12 +193,15 @@ class Bench:
         The raw path's tokens go to that process through a pipe, never through a file or a log."""
         by_token = path in ("raw", "direct")
         listing = "".join(f"{c.key} {self.callers.raw_tokens[c.key].hex() if by_token else ''}\n" for c in calls)
+        samples = self.profile_dir / f"{path}.perf.data" if self.profile_dir else None
         done = subprocess.run(
-            [sys.executable, "-m", "stigmer_handshake.bench.settle", path, self.store, self.server.url,
-             str(concurrency)],
+            [*(profile.wrapper(samples) if samples else []), sys.executable, "-m", "stigmer_handshake.bench.settle",
+             path, self.store, self.server.url, str(concurrency)],
             input=listing, capture_output=True, text=True, check=True,
         )  # fmt: skip
-        figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        if samples:
+            self.profiles[path] = profile.breakdown(samples, figures["window"], len(calls))
         return figures
 
     async def settle_throughput(self, path: str, n: int, concurrency: int) -> dict[str, float]:
@@ -308,22 +317,26 @@ def table(results: dict[str, dict[str, float]], b7_sizes: list[int]) -> str:
         rows.append(
             ("B1 slots", f"{b1['n']:.0f} children x {b1['child_seconds']:.0f} s, {b1['slots']:.0f} slots",
              f"handshake {b1['handshake_s']:.1f} s", f"blocking {b1['blocking_s']:.1f} s",
-             f"{b1['ratio']:.1f}x faster", ">= 25x")
+             f"{b1['ratio']:.1f}x faster", "")
         )  # fmt: skip
         rows.append(
             ("", "Temporal's own limit: raw SDK async", f"raw SDK {b1['raw_s']:.1f} s",
              f"blocking {b1['blocking_s']:.1f} s", f"{b1['ratio_raw']:.1f}x faster", "")
         )  # fmt: skip
+        rows.append(
+            ("", "the handshake's speed-up beside the raw SDK's", "", "",
+             f"{b1['ratio_to_raw']:.2f} of raw", ">= 0.97")
+        )  # fmt: skip
     if b2:
         rows.append(
             ("B2 throughput", f"{b2['n']:.0f} settles, {b2['concurrency']:.0f} at once",
              f"SQLite {b2['sqlite_per_s']:.0f}/s", f"raw SDK {b2['raw_per_s']:.0f}/s",
-             f"{b2['ratio_sqlite_to_raw']:.2f} of raw", ">= 0.85")
+             f"{b2['ratio_sqlite_to_raw']:.2f} of raw", ">= 0.90")
         )  # fmt: skip
         if "postgres_per_s" in b2:
             rows.append(
                 ("", "", f"PostgreSQL {b2['postgres_per_s']:.0f}/s", f"raw SDK {b2['raw_per_s']:.0f}/s",
-                 f"{b2['ratio_postgres_to_raw']:.2f} of raw", ">= 0.75")
+                 f"{b2['ratio_postgres_to_raw']:.2f} of raw", ">= 0.85")
             )  # fmt: skip
     if b3:
         rows.append(
@@ -339,17 +352,17 @@ def table(results: dict[str, dict[str, float]], b7_sizes: list[int]) -> str:
         rows.append(
             ("B4 client CPU", "per settled callback",
              f"{b2['sqlite_cpu_ms_per_settle']:.2f} ms", f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms",
-             f"{b2['cpu_ratio_sqlite_to_raw']:.2f} of raw", "<= 0.5")
+             f"{b2['cpu_ratio_sqlite_to_raw']:.2f}x raw", "<= 1.3x")
         )  # fmt: skip
         if "postgres_per_s" in b2:
             rows.append(
                 ("", "", f"PostgreSQL {b2['postgres_cpu_ms_per_settle']:.2f} ms",
-                 f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms", f"{b2['cpu_ratio_postgres_to_raw']:.2f} of raw",
-                 "<= 0.5")
+                 f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms", f"{b2['cpu_ratio_postgres_to_raw']:.2f}x raw",
+                 "<= 1.1x")
             )  # fmt: skip
         rows.append(
             ("", "the same RPC from this library, no store", f"{b2['direct_cpu_ms_per_settle']:.2f} ms",
-             f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms", f"{b2['cpu_ratio_direct_to_raw']:.2f} of raw", "")
+             f"raw SDK {b2['raw_cpu_ms_per_settle']:.2f} ms", f"{b2['cpu_ratio_direct_to_raw']:.2f}x raw", "<= 1.0x")
         )  # fmt: skip
     if b5:
         rows.append(
@@ -393,11 +406,16 @@ def say(line: str) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     postgres_missing = postgres_unavailable() if args.postgres else "not asked for (--no-postgres)"
+    profile_dir = Path(args.profile) if args.profile else None
+    if profile_dir:
+        if why := profile.missing():
+            raise SystemExit(f"--profile: {why}")
+        profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         async with DevServer() as server:
             client = await Client.connect(server.address)
             store = sqlite_url(tmp)
-            bench = Bench(client, server, store, await Handshake.connect(store=store, temporal=server.url))
+            bench = Bench(client, server, store, await Handshake.connect(store=store, temporal=server.url), profile_dir)
             postgres = None
             # B7's stores: a new one per size (its file, or its schema, goes with the run).
             b7_stores: dict[str, Callable[[], str]] = {
@@ -408,7 +426,7 @@ async def main(args: argparse.Namespace) -> None:
             if postgres_missing is None:
                 schema = stack.enter_context(PostgresSchema())
                 hs = await Handshake.connect(store=schema.url, temporal=server.url)
-                postgres = Bench(client, server, schema.url, hs)
+                postgres = Bench(client, server, schema.url, hs, profile_dir)
             results: dict[str, dict[str, float]] = {}
             runs: dict[str, Callable[[], Awaitable[dict[str, float]]]] = {
                 "B1": lambda: bench.b1_slots(args.b1_n, 1.0, 10),
@@ -422,8 +440,11 @@ async def main(args: argparse.Namespace) -> None:
                 if not args.only or name in args.only:
                     print(f"{name} ...", file=sys.stderr, flush=True)
                     results[name] = await run()
+            profiles = {**bench.profiles, **(postgres.profiles if postgres else {})}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    figures = json.dumps({"machine": machine, "postgres_missing": postgres_missing, "results": results}, indent=2)
+    figures = json.dumps(
+        {"machine": machine, "postgres_missing": postgres_missing, "results": results, "profiles": profiles}, indent=2
+    )
     if args.out:
         Path(args.out).write_text(figures)
     if args.json:
@@ -434,6 +455,9 @@ async def main(args: argparse.Namespace) -> None:
         print(f"PostgreSQL (B2 c) not measured: {postgres_missing}")
     print()
     print(table(results, args.b7_rows))
+    if profiles:
+        print(f"\nB4's parts: CPU ms per settle as perf sampled it (its own cost included; samples in {profile_dir})")
+        print(profile.table(profiles))
     if args.out:
         print(f"\nfigures written to {args.out}")
 
@@ -450,6 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--b7-rows", type=int, nargs="+", default=[10_000, 1_000_000], help="B7's store sizes (ended executions)"
     )
     parser.add_argument("--out", default="bench-results.json", help="write the figures here as JSON ('' for none)")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="sample B2's settling processes with perf (kept in DIR) and print B4's parts"
+    )
     parser.add_argument("--no-postgres", dest="postgres", action="store_false", help="skip B2's PostgreSQL path")
     parser.add_argument(
         "--only", nargs="*", choices=["B1", "B2", "B3", "B5", "B6", "B7"], help="run these figures only"
