@@ -32,8 +32,8 @@ const TIMEOUT_FRACTION: u32 = 3;
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// After a failed heartbeat (server unreachable), try again this soon.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// A runner's claim on a pumped execution is renewed when a third of its lease is left to run, at most
-/// this often (those due together: one statement).
+/// A runner's claim on a pumped execution is renewed every third of its lease (one renewal may fail and
+/// the claim still holds), at most this often (those due together: one statement).
 const RENEW_FRACTION: u32 = 3;
 const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(100);
 
