@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,27 @@ from typing import Any, TypeVar, get_args, get_origin
 from stigmer_handshake._core import InvalidInput
 
 T = TypeVar("T")
+
+
+class _Unloaded(type):
+    """Stands in for a class that the annotations name from a module imported only for type checking:
+    a value is an instance of it only once that module is loaded (so checking never loads it)."""
+
+    def __instancecheck__(cls, value: object) -> bool:
+        module = sys.modules.get(cls.__module__)
+        return module is not None and isinstance(value, getattr(module, cls.__name__))
+
+
+#: temporalio's classes that the public API's annotations name: the package imports temporalio where it is
+#: used, never for a check (see handshake.py).
+_TYPE_CHECKING_ONLY = {
+    name: _Unloaded(name, (), {"__module__": module})
+    for module, name in (
+        ("temporalio.client", "Client"),
+        ("temporalio.converter", "DataConverter"),
+        ("temporalio.service", "TLSConfig"),
+    )
+}
 
 
 def _accepts(hint: Any, value: Any) -> bool:
@@ -95,6 +117,12 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", text) if isinstance(hint, type) else text
 
 
+def type_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """`function`'s annotations, evaluated: temporalio's classes as stand-ins, so temporalio is not loaded
+    (plain `typing.get_type_hints` needs them imported first)."""
+    return typing.get_type_hints(function, localns=_TYPE_CHECKING_ONLY)
+
+
 def checked(function: Callable[..., T]) -> Callable[..., T]:
     """Check the arguments of `function` against its annotations before it runs."""
     signature = inspect.signature(function)
@@ -102,7 +130,7 @@ def checked(function: Callable[..., T]) -> Callable[..., T]:
 
     def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not hints:
-            hints.update(typing.get_type_hints(function))
+            hints.update(type_hints(function))
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as err:

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from temporalio.service import TLSConfig
+from typing import TYPE_CHECKING
 
 from stigmer_handshake import _core
+
+if TYPE_CHECKING:
+    from temporalio.service import TLSConfig
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from temporalio.client import Client
-from temporalio.converter import DataConverter
-from temporalio.envconfig import ClientConfig
-from temporalio.service import TLSConfig
+from typing import TYPE_CHECKING, Any
 
 from stigmer_handshake import _core
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+    from temporalio.converter import DataConverter
+    from temporalio.service import TLSConfig
 
 
 class _FromEnvironment:
@@ -64,6 +64,10 @@ def resolve(
         if tls is not None or api_key is not None or rpc_metadata is not None:
             raise _core.InvalidInput("tls, api_key and rpc_metadata need Temporal: temporal=None opens the store only")
         return TemporalConnection(None, namespaces or (_core.DEFAULT_NAMESPACE,), None, None, (), None)
+    # Loaded only to reach Temporal: a store-only handshake (the CLI's list) never imports temporalio.
+    from temporalio.client import Client
+    from temporalio.envconfig import ClientConfig
+
     if isinstance(temporal, Client):
         config = temporal.service_client.config
         base: Mapping[str, Any] = {
@@ -105,6 +109,8 @@ def resolve(
 def _tls(tls: bool | TLSConfig | None, api_key: str | None, target: str) -> TLSConfig | None:
     """temporalio's rule: `True` is TLS with the system's roots, `False` none; unset, TLS when there is an
     API key (or the URL is https://)."""
+    from temporalio.service import TLSConfig
+
     if isinstance(tls, TLSConfig):
         if tls.verification_server_name is not None:
             raise _core.InvalidInput("tls.verification_server_name is not supported: set tls.domain instead")

@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from temporalio.service import TLSConfig
-
 from stigmer_handshake import _core
 from stigmer_handshake._temporal_config import FROM_ENVIRONMENT
 from stigmer_handshake.handshake import DEFAULT_RETENTION, DEFAULT_STORE, DEFAULT_TEMPORAL, Handshake, short_age
@@ -186,12 +184,29 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--retention", type=retention_arg, default=DEFAULT_RETENTION, help=retention_help)
 
-    from stigmer_handshake import bench, demo
+    # demo's and bench's options are here rather than in their modules: those import temporalio, and every
+    # command builds this parser.
+    demo = command("demo", "fan out agent runs through a few slots on a dev server", "stigmer-handshake demo")
+    demo.add_argument("--executions", type=int, default=60, help="agent runs the parent fans out")
+    demo.add_argument("--slots", type=int, default=4, help="the worker's activity slots")
 
-    demo.add_arguments(
-        command("demo", "fan out agent runs through a few slots on a dev server", "stigmer-handshake demo")
+    bench = command("bench", "run the benchmarks beside their baselines", "stigmer-handshake bench")
+    bench.add_argument("--b1-n", type=int, default=500)
+    bench.add_argument("--b2-n", type=int, default=2000)
+    bench.add_argument("--b3-n", type=int, default=200)
+    bench.add_argument("--b5-n", type=int, default=10_000)
+    bench.add_argument("--b5-hold", type=float, default=30.0)
+    bench.add_argument("--b6-n", type=int, default=2000)
+    bench.add_argument("--b6-one-by-one", type=int, default=200)
+    bench.add_argument(
+        "--b7-rows", type=int, nargs="+", default=[10_000, 1_000_000], help="B7's store sizes (ended executions)"
     )
-    bench.add_arguments(command("bench", "run the benchmarks beside their baselines", "stigmer-handshake bench"))
+    bench.add_argument("--out", default="bench-results.json", help="write the figures here as JSON ('' for none)")
+    bench.add_argument(
+        "--profile", metavar="DIR", help="sample B2's settling processes with perf (kept in DIR) and print B4's parts"
+    )
+    bench.add_argument("--no-postgres", dest="postgres", action="store_false", help="skip B2's PostgreSQL path")
+    bench.add_argument("--only", nargs="*", choices=["B1", "B2", "B3", "B5", "B6", "B7"], help="run these figures only")
     return top
 
 
@@ -230,6 +245,8 @@ def temporal_credentials(args: argparse.Namespace) -> dict[str, Any]:
     if any((args.tls_ca, args.tls_cert, args.tls_key, args.tls_domain)):
         if (args.tls_cert is None) != (args.tls_key is None):
             raise UsageError("--tls-cert and --tls-key go together")
+        from temporalio.service import TLSConfig  # loaded only by the commands that reach Temporal
+
         given["tls"] = TLSConfig(
             server_root_ca_cert=read(args.tls_ca, "--tls-ca"),
             domain=args.tls_domain,

@@ -10,7 +10,6 @@ parents as the agents finish.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -153,8 +152,3 @@ async def main(executions: int, slots: int) -> None:
         f"{slots} slots while its agent runs"
     )
     print(f"  handshake advantage  {blocking / wall:.1f}x faster than blocking")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--executions", type=int, default=60, help="agent runs the parent fans out")
-    parser.add_argument("--slots", type=int, default=4, help="the worker's activity slots")

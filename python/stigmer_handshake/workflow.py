@@ -3,22 +3,20 @@
 A child workflow cannot call a client (determinism), so it ends the parent activity through the
 package's system activities. This module imports nothing native, so it is safe inside the workflow
 sandbox; still import it with ``workflow.unsafe.imports_passed_through()`` as the example shows.
+temporalio is imported where a workflow uses it: the package's import does not load it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from temporalio import workflow
-from temporalio.common import RetryPolicy
+if TYPE_CHECKING:
+    from temporalio.common import RetryPolicy
 
 COMPLETE_EXTERNAL_ACTIVITY = "stigmer_handshake.complete_external_activity"
 FAIL_EXTERNAL_ACTIVITY = "stigmer_handshake.fail_external_activity"
-
-# Settling is idempotent in the store, so the system activities may retry freely.
-_SYSTEM_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
 
 
 @dataclass(frozen=True)
@@ -53,11 +51,13 @@ async def complete_external_activity(
     callback: Callback, result: Any = None, *, start_to_close_timeout: timedelta = timedelta(seconds=30)
 ) -> str:
     """Complete the parent activity with ``result``; returns the settle outcome (e.g. ``"delivered"``)."""
+    from temporalio import workflow
+
     outcome: str = await workflow.execute_activity(
         COMPLETE_EXTERNAL_ACTIVITY,
         ExternalCompletion(callback, result),
         start_to_close_timeout=start_to_close_timeout,
-        retry_policy=_SYSTEM_RETRY,
+        retry_policy=_system_retry(),
         result_type=str,
     )
     return outcome
@@ -72,11 +72,20 @@ async def fail_external_activity(
     start_to_close_timeout: timedelta = timedelta(seconds=30),
 ) -> str:
     """Fail the parent activity with an ``ApplicationError(message, type=..., non_retryable=...)``."""
+    from temporalio import workflow
+
     outcome: str = await workflow.execute_activity(
         FAIL_EXTERNAL_ACTIVITY,
         ExternalFailure(callback, message, type, non_retryable),
         start_to_close_timeout=start_to_close_timeout,
-        retry_policy=_SYSTEM_RETRY,
+        retry_policy=_system_retry(),
         result_type=str,
     )
     return outcome
+
+
+def _system_retry() -> RetryPolicy:
+    """Settling is idempotent in the store, so the system activities may retry freely."""
+    from temporalio.common import RetryPolicy
+
+    return RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))

@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin
 from google.protobuf.message import Message
 
 from stigmer_handshake import Handshake, HandshakeError, TaskToken, _core, pb
+from stigmer_handshake._checks import type_hints
 from stigmer_handshake.testing import DevServer, sqlite_url
 
 HUGE_TEXT = "x" * (4 * 1024 * 1024)
@@ -127,7 +128,7 @@ def cases(hs: Handshake, execution_id: str) -> list[tuple[str, Callable[..., Any
             continue  # no arguments to spoil
         method = getattr(hs, name)
         signature = inspect.signature(inspect.unwrap(member))
-        hints = typing.get_type_hints(inspect.unwrap(member))
+        hints = type_hints(inspect.unwrap(member))
         assert name in good, f"{name}: add its good arguments to the table"
         for parameter in list(signature.parameters.values())[1:]:
             if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):

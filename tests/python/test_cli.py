@@ -208,6 +208,37 @@ def test_demo_and_bench_commands(tmp_path: Path) -> None:
     assert (results["B3"]["n"], results["B6"]["n"], results["B6"]["http_per_s"] > 0) == (5, 20, True)
 
 
+# Runs the CLI in a fresh interpreter and prints which temporalio modules it loaded.
+LOADED_TEMPORALIO = """
+import json, sys
+from stigmer_handshake import cli
+codes = [cli.main(argv) for argv in json.loads(sys.argv[1])]
+print(json.dumps({"codes": codes, "temporalio": sorted(m for m in sys.modules if m.split(".")[0] == "temporalio")}))
+"""
+
+
+async def test_store_only_commands_never_load_temporalio(tmp_path: Path) -> None:
+    """temporalio's imports are 0.25 s of a CLI start (measured): the commands that read or prune the store
+    alone (and the package's import) never load it, so they answer in a fraction of a second."""
+    store = f"sqlite:///{tmp_path / 'h.db'}"
+    async with await Handshake.connect(store=store, temporal=None) as hs:
+        execution_id = await hs.create(pb.AgentExecutionSpec(agent_id="a", message="m"))
+    commands = [
+        ["--store", store, "--json", "list", "--limit", "5"],
+        ["--store", store, "--json", "list", "--state", "none", "--phase", "PENDING"],
+        ["--store", store, "--json", "show", execution_id],
+        ["--store", store, "--json", "prune", "--older-than", "30d"],
+        ["--store", store, "inspect-token", "00"],
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", LOADED_TEMPORALIO, json.dumps(commands)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report == {"codes": [0, 0, 0, 0, 2], "temporalio": []}, done.stdout
+
+
 def test_version_is_printed() -> None:
     done = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stdout.strip()) == (0, f"stigmer-handshake {stigmer_handshake.__version__}")

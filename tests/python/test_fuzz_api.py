@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stigmer_handshake import Handshake, HandshakeError, pb
+from stigmer_handshake._checks import type_hints
 from stigmer_handshake.testing import DevServer, sqlite_url
 
 SECONDS = float(os.environ.get("STIGMER_HANDSHAKE_FUZZ_SECONDS", "15"))
@@ -100,7 +101,7 @@ def methods() -> dict[str, inspect.Signature]:
             continue
         function = inspect.unwrap(member)
         signature = inspect.signature(function)
-        hints = typing.get_type_hints(function)
+        hints = type_hints(function)
         found[name] = signature.replace(
             parameters=[p.replace(annotation=hints.get(p.name, Any)) for p in list(signature.parameters.values())[1:]]
         )

@@ -460,24 +460,3 @@ async def main(args: argparse.Namespace) -> None:
         print(profile.table(profiles))
     if args.out:
         print(f"\nfigures written to {args.out}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--b1-n", type=int, default=500)
-    parser.add_argument("--b2-n", type=int, default=2000)
-    parser.add_argument("--b3-n", type=int, default=200)
-    parser.add_argument("--b5-n", type=int, default=10_000)
-    parser.add_argument("--b5-hold", type=float, default=30.0)
-    parser.add_argument("--b6-n", type=int, default=2000)
-    parser.add_argument("--b6-one-by-one", type=int, default=200)
-    parser.add_argument(
-        "--b7-rows", type=int, nargs="+", default=[10_000, 1_000_000], help="B7's store sizes (ended executions)"
-    )
-    parser.add_argument("--out", default="bench-results.json", help="write the figures here as JSON ('' for none)")
-    parser.add_argument(
-        "--profile", metavar="DIR", help="sample B2's settling processes with perf (kept in DIR) and print B4's parts"
-    )
-    parser.add_argument("--no-postgres", dest="postgres", action="store_false", help="skip B2's PostgreSQL path")
-    parser.add_argument(
-        "--only", nargs="*", choices=["B1", "B2", "B3", "B5", "B6", "B7"], help="run these figures only"
-    )
