@@ -36,7 +36,8 @@ async def test_pages_walk_every_match_once_whatever_is_added_meanwhile(store_url
     async with await Handshake.connect(store=store_url, temporal=None) as hs:
         ended = await settle_direct(hs, 250, "ended")
         spec = pb.AgentExecutionSpec(agent_id="a", message="m")
-        waiting = [await hs.create(spec, execution_id=f"waiting-{i}", labels={"team": "x"}) for i in range(30)]
+        # Ids sort as they were made: creates in the same millisecond are listed by id.
+        waiting = [await hs.create(spec, execution_id=f"waiting-{i:02}", labels={"team": "x"}) for i in range(30)]
 
         seen: list[str] = []
         page = await hs.list(limit=100)
@@ -51,7 +52,7 @@ async def test_pages_walk_every_match_once_whatever_is_added_meanwhile(store_url
         assert set(seen[: len(ended)]) == set(ended), "oldest first (ties in the same ms by id)"
 
         pending = [e.id async for e in hs.iterate(phase="PENDING", labels={"team": "x"}, page_size=7)]
-        assert pending == waiting  # created one by one: in order
+        assert pending == waiting  # created one by one: oldest first
         direct_ended = [e.id async for e in hs.iterate(state="none", phase="COMPLETED", page_size=64)]
         assert sorted(direct_ended) == sorted(ended) and len(direct_ended) == len(ended)
         with pytest.raises(Exception, match="page_token"):
