@@ -247,16 +247,18 @@ where
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
-        // The PENDING ones start now: IN_PROGRESS, with their start time, in one statement.
+        // The PENDING ones start now: their status says IN_PROGRESS, with their start time (an expired
+        // claim's status already does, and is left as it is). Only the status changes here, a column no
+        // index holds: PostgreSQL updates the row in place (HOT) and SQLite touches no index.
         let mut ids = Vec::with_capacity(rows.len());
         let mut starting = Vec::new();
         for row in rows {
             let id: String = row.try_get("id")?;
-            if Phase::from_proto(row.try_get("phase")?) == Phase::Pending {
-                let status = edit_status(kind, &row.try_get::<Vec<u8>, _>("status")?, |s| {
-                    s.set_phase(Phase::InProgress);
-                    s.mark_started(timestamp(now));
-                })?;
+            let started = edit_status_if_changed(kind, &row.try_get::<Vec<u8>, _>("status")?, |s| {
+                s.set_phase(Phase::InProgress);
+                s.mark_started(timestamp(now));
+            })?;
+            if let Some(status) = started {
                 starting.push((id.clone(), status));
             }
             ids.push(id);
@@ -264,10 +266,10 @@ where
         // A claim has no upper limit; a statement has one on its bound values.
         for chunk in starting.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE executions SET phase = $1, status = v.column2 FROM (VALUES {}) AS v WHERE executions.id = v.column1",
-                values(chunk.len(), 2, 2)
+                "UPDATE executions SET status = v.column2 FROM (VALUES {}) AS v WHERE executions.id = v.column1",
+                values(chunk.len(), 2, 1)
             );
-            let mut query = sqlx::query(&sql).persistent(chunk.len() == 1).bind(Phase::InProgress.to_proto());
+            let mut query = sqlx::query(&sql).persistent(chunk.len() == 1);
             for (id, status) in chunk {
                 query = query.bind(id.as_str()).bind(status.as_slice());
             }
@@ -788,13 +790,13 @@ where
 /// what another claimer holds (`FOR UPDATE` is allowed in a `WITH` query, not in a `UNION`).
 pub(super) fn claim_statement<DB: Backend>() -> String {
     format!(
-        "UPDATE executions SET updated_ms = $1, claim_until_ms = $1 + $2, claim_lease_ms = $2 WHERE id IN (\
+        "UPDATE executions SET updated_ms = $1, claim_until_ms = $1 + $2, claim_lease_ms = $2, phase = $5 WHERE id IN (\
          WITH pending AS (SELECT id, created_ms FROM executions WHERE kind = $3 AND phase = $4 \
          ORDER BY created_ms, id LIMIT $6{skip}), \
          expired AS (SELECT id, created_ms FROM executions WHERE phase = $5 AND claim_until_ms < $1 AND kind = $3 \
          ORDER BY created_ms, id LIMIT $6{skip}) \
          SELECT id FROM (SELECT id, created_ms FROM pending UNION ALL SELECT id, created_ms FROM expired) claimable \
-         ORDER BY created_ms, id LIMIT $6) RETURNING id, phase, status",
+         ORDER BY created_ms, id LIMIT $6) RETURNING id, status",
         skip = DB::SKIP_LOCKED
     )
 }
