@@ -27,8 +27,8 @@ class _Unloaded(type):
     a value is an instance of it only once that module is loaded (so checking never loads it)."""
 
     def __instancecheck__(cls, value: object) -> bool:
-        module = sys.modules.get(cls.__module__)
-        return module is not None and isinstance(value, getattr(module, cls.__name__))
+        real = getattr(sys.modules.get(cls.__module__), cls.__name__, None)
+        return isinstance(real, type) and isinstance(value, real)
 
 
 #: temporalio's classes that the public API's annotations name: the package imports temporalio where it is
